@@ -1,0 +1,176 @@
+//! Request extractors that reproduce FastAPI's parsing, so that a bad request
+//! is rejected with the same status and body the seed server would give.
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use http_body_util::LengthLimitError;
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, Loc, ValidationIssue};
+use crate::models::{Limits, not_an_object};
+
+/// A request body decoded as FastAPI decodes it: `None` for an empty body,
+/// JSON for a JSON (or missing) content type, a 422 otherwise.
+#[derive(Debug)]
+pub struct JsonBody(pub Option<Value>);
+
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+    Limits: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = Limits::from_ref(state).max_body_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let json_content =
+            is_json_content_type(req.headers().get(CONTENT_TYPE).map(|v| v.as_bytes()));
+        let bytes = read_body(req, limit).await?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        if !json_content {
+            let raw = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(ApiError::Validation(vec![not_an_object(Value::String(
+                raw,
+            ))]));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|value| Self(Some(value)))
+            .map_err(|err| ApiError::Validation(vec![json_invalid(&bytes, &err)]))
+    }
+}
+
+async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(
+            |err| match err.into_inner().downcast::<LengthLimitError>() {
+                Ok(_) => ApiError::PayloadTooLarge { limit },
+                Err(_) => ApiError::BodyUnreadable,
+            },
+        )
+}
+
+/// FastAPI reads a body as JSON when the content type is absent, `application/json`
+/// or `application/*+json` (parameters such as `charset` ignored).
+fn is_json_content_type(header: Option<&[u8]>) -> bool {
+    let Some(header) = header else {
+        return true;
+    };
+    let text = String::from_utf8_lossy(header);
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// The 422 item FastAPI gives for a body that is not valid JSON: the location
+/// carries the offset of the error, `ctx.error` the parser's message.
+fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ValidationIssue {
+    let line_start: usize = bytes
+        .split(|&b| b == b'\n')
+        .take(err.line().saturating_sub(1))
+        .map(|line| line.len() + 1)
+        .sum();
+    let column = if err.is_eof() {
+        err.column()
+    } else {
+        err.column().saturating_sub(1)
+    };
+    let offset = (line_start + column).min(bytes.len());
+    let full = err.to_string();
+    let message = full
+        .rfind(" at line ")
+        .map_or(full.as_str(), |at| &full[..at]);
+    ValidationIssue::new(
+        "json_invalid",
+        vec![Loc::from("body"), Loc::from(offset)],
+        "JSON decode error",
+        json!({}),
+    )
+    .with_ctx(json!({ "error": message }))
+}
+
+/// The `{session_id}` path segment, percent-decoded as Starlette decodes it
+/// (invalid UTF-8 becomes U+FFFD).
+#[derive(Debug)]
+pub struct SessionPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        let raw = params
+            .iter()
+            .find_map(|(name, value)| (name == "session_id").then_some(value))
+            .ok_or(ApiError::NotFound)?;
+        let decoded = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        // Starlette decodes the path before routing, so `%2F` splits the
+        // segment and no route matches.
+        if decoded.contains('/') {
+            return Err(ApiError::NotFound);
+        }
+        Ok(Self(decoded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_as_fastapi_sees_them() {
+        let cases: [(Option<&str>, bool); 8] = [
+            (None, true),
+            (Some("application/json"), true),
+            (Some("Application/JSON; charset=utf-8"), true),
+            (Some("application/vnd.api+json"), true),
+            (Some("text/plain"), false),
+            (Some("application/x-www-form-urlencoded"), false),
+            (Some("json"), false),
+            (Some(""), false),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(
+                is_json_content_type(header.map(str::as_bytes)),
+                expected,
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_error_offsets_point_at_the_bad_byte() {
+        let cases: [(&str, usize); 4] = [("{\"a\":}", 5), ("{\"a\":", 5), ("{\n  x", 4), ("", 0)];
+        for (text, offset) in cases {
+            let err = serde_json::from_slice::<Value>(text.as_bytes()).unwrap_err();
+            let issue = json_invalid(text.as_bytes(), &err);
+            assert_eq!(
+                issue.loc,
+                vec![Loc::from("body"), Loc::from(offset)],
+                "{text:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! chatbot-api: a conversation-history chat server that speaks the FastAPI
+//! tutorial server's wire format byte for byte.
+//!
+//! [`app`] builds the whole router from an [`AppState`], so tests can drive it
+//! in-process; [`serve`] runs it on a listener until a shutdown signal.
+
+pub mod chatbot;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod models;
+pub mod routes;
+pub mod store;
+pub mod telemetry;
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::FromRef;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::chatbot::Chatbot;
+use crate::models::Limits;
+use crate::store::Store;
+
+/// What every handler shares: the store, the reply engine and the limits.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub chatbot: Arc<Chatbot>,
+    pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, chatbot: Chatbot, limits: Limits) -> Self {
+        Self {
+            store,
+            chatbot: Arc::new(chatbot),
+            limits,
+        }
+    }
+}
+
+impl FromRef<AppState> for Limits {
+    fn from_ref(state: &AppState) -> Self {
+        state.limits
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::chat::router())
+        .merge(routes::health::router())
+        // Applies to the routes above, so it comes after them.
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(telemetry::trace_layer())
+        .with_state(state)
+}
+
+/// A panic in a handler becomes a bare 500: logged here, never shown.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "detail": "Internal Server Error" })),
+    )
+        .into_response()
+}
+
+/// Serves `state` on `listener` until `shutdown` completes; requests already
+/// in flight are allowed to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

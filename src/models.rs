@@ -1,0 +1,349 @@
+//! Wire types and the validated values they are parsed into.
+//!
+//! `POST /chat` bodies are validated here, once, with the same rules and the
+//! same error items pydantic would produce for the seed's `ChatRequest`.
+
+use std::sync::Arc;
+
+use chrono::{Local, TimeZone};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde_json::{Map, Value, json};
+
+use crate::error::{Loc, ValidationIssue};
+
+/// One stored exchange, in its compact form.
+///
+/// The reply is shared with the rule that produced it and the user name with
+/// the session's previous exchange; the timestamp is Unix seconds, formatted
+/// only when written out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationEntry {
+    pub user_message: Arc<str>,
+    pub bot_reply: Arc<str>,
+    pub user_name: Arc<str>,
+    pub timestamp: i64,
+}
+
+impl Serialize for ConversationEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("ConversationEntry", 4)?;
+        s.serialize_field("user_message", &*self.user_message)?;
+        s.serialize_field("bot_reply", &*self.bot_reply)?;
+        s.serialize_field("user_name", &*self.user_name)?;
+        s.serialize_field("timestamp", &format_timestamp(self.timestamp))?;
+        s.end()
+    }
+}
+
+/// The answer to `POST /chat`, fields in the seed's order.
+#[derive(Debug)]
+pub struct ChatResponse {
+    pub session_id: SessionId,
+    pub entry: ConversationEntry,
+}
+
+impl Serialize for ChatResponse {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("ChatResponse", 5)?;
+        s.serialize_field("bot_reply", &*self.entry.bot_reply)?;
+        s.serialize_field("user_message", &*self.entry.user_message)?;
+        s.serialize_field("user_name", &*self.entry.user_name)?;
+        s.serialize_field("session_id", self.session_id.as_str())?;
+        s.serialize_field("timestamp", &format_timestamp(self.entry.timestamp))?;
+        s.end()
+    }
+}
+
+/// Server-local time as the seed writes it: `%Y-%m-%d %H:%M:%S`.
+pub fn format_timestamp(unix_seconds: i64) -> String {
+    match Local.timestamp_opt(unix_seconds, 0).earliest() {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        None => String::new(),
+    }
+}
+
+/// The current time as Unix seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Size limits applied to request bodies and their fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most characters a `user_message` may have.
+    pub max_message_chars: usize,
+    /// The most bytes a request body may have.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_chars: 4000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The most characters a user name may have.
+pub const MAX_USER_NAME_CHARS: usize = 100;
+/// The most characters a session id may have.
+pub const MAX_SESSION_ID_CHARS: usize = 128;
+/// The pattern a session id must match, as pydantic reports it.
+pub const SESSION_ID_PATTERN: &str = r"^[^/\x00-\x1f\x7f]+$";
+
+/// A session id that passed the contract's rules: 1 to 128 characters, no
+/// `/`, no control character.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Checks `value` against the session id rules.
+    pub fn parse(value: String) -> Result<Self, String> {
+        match check_string(&value, 1, MAX_SESSION_ID_CHARS, Some(session_id_allowed)) {
+            None => Ok(Self(value)),
+            Some(_) => Err(value),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for SessionId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn session_id_allowed(value: &str) -> bool {
+    !value.chars().any(|c| c == '/' || c.is_ascii_control())
+}
+
+/// A validated `POST /chat` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRequest {
+    pub user_message: String,
+    pub user_name: String,
+    pub session_id: SessionId,
+}
+
+struct FieldRule {
+    name: &'static str,
+    default: Option<&'static str>,
+    max_chars: usize,
+    allowed: Option<fn(&str) -> bool>,
+}
+
+enum Violation {
+    TooShort(usize),
+    TooLong(usize),
+    Pattern,
+}
+
+fn check_string(
+    value: &str,
+    min: usize,
+    max: usize,
+    allowed: Option<fn(&str) -> bool>,
+) -> Option<Violation> {
+    // pydantic counts characters (code points), not bytes; checks run in this order.
+    let chars = value.chars().count();
+    if chars < min {
+        Some(Violation::TooShort(min))
+    } else if chars > max {
+        Some(Violation::TooLong(max))
+    } else if allowed.is_some_and(|ok| !ok(value)) {
+        Some(Violation::Pattern)
+    } else {
+        None
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "character" } else { "characters" }
+}
+
+impl ChatRequest {
+    /// Validates a decoded JSON body (`None` when the body was empty).
+    pub fn parse(body: Option<Value>, limits: &Limits) -> Result<Self, Vec<ValidationIssue>> {
+        let object = match body {
+            None | Some(Value::Null) => {
+                return Err(vec![ValidationIssue::new(
+                    "missing",
+                    vec![Loc::from("body")],
+                    "Field required",
+                    Value::Null,
+                )]);
+            }
+            Some(Value::Object(object)) => object,
+            Some(other) => return Err(vec![not_an_object(other)]),
+        };
+        let rules = [
+            FieldRule {
+                name: "user_message",
+                default: None,
+                max_chars: limits.max_message_chars,
+                allowed: None,
+            },
+            FieldRule {
+                name: "user_name",
+                default: Some("User"),
+                max_chars: MAX_USER_NAME_CHARS,
+                allowed: None,
+            },
+            FieldRule {
+                name: "session_id",
+                default: Some("default"),
+                max_chars: MAX_SESSION_ID_CHARS,
+                allowed: Some(session_id_allowed),
+            },
+        ];
+        let mut issues = Vec::new();
+        let mut values = Vec::with_capacity(rules.len());
+        for rule in &rules {
+            match validate_field(&object, rule) {
+                Ok(value) => values.push(value),
+                Err(issue) => issues.push(issue),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let [user_message, user_name, session_id]: [String; 3] =
+            values.try_into().expect("one value per rule");
+        Ok(Self {
+            user_message,
+            user_name,
+            session_id: SessionId(session_id),
+        })
+    }
+}
+
+/// The error pydantic gives when a model's input is not an object.
+pub fn not_an_object(input: Value) -> ValidationIssue {
+    ValidationIssue::new(
+        "model_attributes_type",
+        vec![Loc::from("body")],
+        "Input should be a valid dictionary or object to extract fields from",
+        input,
+    )
+}
+
+fn validate_field(
+    object: &Map<String, Value>,
+    rule: &FieldRule,
+) -> Result<String, ValidationIssue> {
+    let loc = || vec![Loc::from("body"), Loc::from(rule.name)];
+    let value = match (object.get(rule.name), rule.default) {
+        (Some(value), _) => value,
+        (None, Some(default)) => return Ok(default.to_owned()),
+        (None, None) => {
+            return Err(ValidationIssue::new(
+                "missing",
+                loc(),
+                "Field required",
+                Value::Object(object.clone()),
+            ));
+        }
+    };
+    let Value::String(text) = value else {
+        return Err(ValidationIssue::new(
+            "string_type",
+            loc(),
+            "Input should be a valid string",
+            value.clone(),
+        ));
+    };
+    let issue = match check_string(text, 1, rule.max_chars, rule.allowed) {
+        None => return Ok(text.clone()),
+        Some(Violation::TooShort(min)) => ValidationIssue::new(
+            "string_too_short",
+            loc(),
+            format!("String should have at least {min} {}", plural(min)),
+            value.clone(),
+        )
+        .with_ctx(json!({ "min_length": min })),
+        Some(Violation::TooLong(max)) => ValidationIssue::new(
+            "string_too_long",
+            loc(),
+            format!("String should have at most {max} {}", plural(max)),
+            value.clone(),
+        )
+        .with_ctx(json!({ "max_length": max })),
+        Some(Violation::Pattern) => ValidationIssue::new(
+            "string_pattern_mismatch",
+            loc(),
+            format!("String should match pattern '{SESSION_ID_PATTERN}'"),
+            value.clone(),
+        )
+        .with_ctx(json!({ "pattern": SESSION_ID_PATTERN })),
+    };
+    Err(issue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: Value) -> Result<ChatRequest, Vec<ValidationIssue>> {
+        ChatRequest::parse(Some(body), &Limits::default())
+    }
+
+    #[test]
+    fn defaults_fill_missing_optional_fields() {
+        let req = parse(json!({"user_message": "hi"})).unwrap();
+        assert_eq!(req.user_name, "User");
+        assert_eq!(req.session_id.as_str(), "default");
+    }
+
+    #[test]
+    fn field_rules_table() {
+        let long_message = "x".repeat(4001);
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({}), "missing"),
+            (json!({"user_message": 5}), "string_type"),
+            (json!({"user_message": null}), "string_type"),
+            (json!({"user_message": ""}), "string_too_short"),
+            (json!({"user_message": long_message}), "string_too_long"),
+            (
+                json!({"user_message": "a", "session_id": "a/b"}),
+                "string_pattern_mismatch",
+            ),
+            (
+                json!({"user_message": "a", "session_id": "a\u{7f}"}),
+                "string_pattern_mismatch",
+            ),
+            (
+                json!({"user_message": "a", "session_id": "a\nb"}),
+                "string_pattern_mismatch",
+            ),
+            (
+                json!({"user_message": "a", "user_name": "n".repeat(101)}),
+                "string_too_long",
+            ),
+            (json!([1]), "model_attributes_type"),
+        ];
+        for (body, kind) in cases {
+            let issues = parse(body.clone()).unwrap_err();
+            assert_eq!(issues.len(), 1, "{body}");
+            assert_eq!(issues[0].kind, kind, "{body}");
+        }
+    }
+
+    #[test]
+    fn lengths_count_characters_not_bytes() {
+        let message = "é".repeat(4000);
+        assert!(parse(json!({"user_message": message})).is_ok());
+        let session = "日".repeat(128);
+        assert!(parse(json!({"user_message": "a", "session_id": session})).is_ok());
+    }
+
+    #[test]
+    fn timestamp_has_the_seed_format() {
+        let text = format_timestamp(now());
+        assert_eq!(text.len(), 19);
+        assert!(chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S").is_ok());
+    }
+}

@@ -1,0 +1,53 @@
+//! `POST /chat` and `GET /chat/history/{session_id}`: the seed's two routes.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, SessionPath};
+use crate::models::{ChatRequest, ChatResponse, ConversationEntry, now};
+
+/// How many earlier exchanges the reply engine sees.
+pub const CONTEXT_EXCHANGES: usize = 20;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat", post(chat))
+        .route("/chat/history/{session_id}", get(history))
+}
+
+/// Answers a message and stores the exchange.
+async fn chat(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<ChatResponse>, ApiError> {
+    let request = ChatRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    let context = state
+        .store
+        .recent(&request.session_id, CONTEXT_EXCHANGES)
+        .await?;
+    let entry = ConversationEntry {
+        bot_reply: state.chatbot.reply(&request.user_message, &context),
+        user_message: request.user_message.into(),
+        user_name: request.user_name.into(),
+        timestamp: now(),
+    };
+    let entry = state.store.append(&request.session_id, entry).await?;
+    Ok(Json(ChatResponse {
+        session_id: request.session_id,
+        entry,
+    }))
+}
+
+/// The session's exchanges, oldest first.
+async fn history(
+    State(state): State<AppState>,
+    SessionPath(session): SessionPath,
+) -> Result<Json<Vec<ConversationEntry>>, ApiError> {
+    match state.store.history(&session).await? {
+        Some(entries) if !entries.is_empty() => Ok(Json(entries)),
+        _ => Err(ApiError::NoHistory(session)),
+    }
+}
