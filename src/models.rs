@@ -205,7 +205,7 @@ impl ChatRequest {
         for rule in &rules {
             match validate_field(&object, rule) {
                 Ok(value) => values.push(value),
-                Err(issue) => issues.push(issue),
+                Err(issue) => issues.push(*issue),
             }
         }
         if !issues.is_empty() {
@@ -234,27 +234,27 @@ pub fn not_an_object(input: Value) -> ValidationIssue {
 fn validate_field(
     object: &Map<String, Value>,
     rule: &FieldRule,
-) -> Result<String, ValidationIssue> {
+) -> Result<String, Box<ValidationIssue>> {
     let loc = || vec![Loc::from("body"), Loc::from(rule.name)];
     let value = match (object.get(rule.name), rule.default) {
         (Some(value), _) => value,
         (None, Some(default)) => return Ok(default.to_owned()),
         (None, None) => {
-            return Err(ValidationIssue::new(
+            return Err(Box::new(ValidationIssue::new(
                 "missing",
                 loc(),
                 "Field required",
                 Value::Object(object.clone()),
-            ));
+            )));
         }
     };
     let Value::String(text) = value else {
-        return Err(ValidationIssue::new(
+        return Err(Box::new(ValidationIssue::new(
             "string_type",
             loc(),
             "Input should be a valid string",
             value.clone(),
-        ));
+        )));
     };
     let issue = match check_string(text, 1, rule.max_chars, rule.allowed) {
         None => return Ok(text.clone()),
@@ -280,7 +280,7 @@ fn validate_field(
         )
         .with_ctx(json!({ "pattern": SESSION_ID_PATTERN })),
     };
-    Err(issue)
+    Err(Box::new(issue))
 }
 
 #[cfg(test)]

@@ -1,0 +1,232 @@
+//! Over real TCP: the library's `serve` on an ephemeral port, and the binary itself.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatbot_api::chatbot::Chatbot;
+use chatbot_api::models::Limits;
+use chatbot_api::store::MemoryStore;
+use chatbot_api::{AppState, serve};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+async fn spawn_server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(
+        Arc::new(MemoryStore::new()),
+        Chatbot::seed(),
+        Limits::default(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn seed_conversation_over_tcp() {
+    let (addr, _stop) = spawn_server().await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    let response = client
+        .post(format!("{base}/chat"))
+        .json(&json!({"user_message": "Hello!", "user_name": "Alice", "session_id": "alice_chat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["bot_reply"], "Hi there! How can I help you today?");
+
+    let history: Value = client
+        .get(format!("{base}/chat/history/alice_chat"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history[0]["user_message"], "Hello!");
+    assert_eq!(history[0]["timestamp"], body["timestamp"]);
+
+    let wrong = client.get(format!("{base}/chat")).send().await.unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["allow"], "POST");
+    assert_eq!(
+        wrong.text().await.unwrap(),
+        r#"{"detail":"Method Not Allowed"}"#
+    );
+}
+
+/// The compiled binary, with its stderr captured.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            assert!(child.try_wait().unwrap().is_none(), "server exited early");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, addr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let server = Server::start(&[]);
+    let body = r#"{"user_message": "Hello!", "session_id": "inflight"}"#;
+    let (head, tail) = body.split_at(10);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    write!(
+        stream,
+        "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+        body.len()
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(tail.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains("Hi there! How can I help you today?"),
+        "{response}"
+    );
+    assert!(server.wait(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_port_in_use_exits_nonzero_with_one_line_naming_the_address() {
+    let taken = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .args(["--host", "127.0.0.1", "--port", &port])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+#[test]
+fn help_explains_every_flag_and_its_env_var() {
+    let output = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, env) in [
+        ("--host", "CHATBOT_HOST"),
+        ("--port", "CHATBOT_PORT"),
+        ("--max-body-bytes", "CHATBOT_MAX_BODY_BYTES"),
+        ("--max-message-chars", "CHATBOT_MAX_MESSAGE_CHARS"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(&format!("env: {env}")),
+            "{flag} / {env} in:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn env_vars_configure_the_binary() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .env("CHATBOT_PORT", port.to_string())
+        .env("CHATBOT_MAX_MESSAGE_CHARS", "3")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        if let Ok(stream) = TcpStream::connect(addr) {
+            break stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not start on CHATBOT_PORT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let body = r#"{"user_message": "four"}"#;
+    write!(
+        stream,
+        "POST /chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(response.starts_with("HTTP/1.1 422"), "{response}");
+    assert!(
+        response.contains("String should have at most 3 characters"),
+        "{response}"
+    );
+}
