@@ -3,6 +3,7 @@
 use clap::Parser;
 
 use crate::models::Limits;
+use crate::store::StoreKind;
 
 /// A conversation-history chat server, wire-compatible with the FastAPI tutorial server.
 #[derive(Debug, Clone, Parser)]
@@ -15,6 +16,18 @@ pub struct Config {
     /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "CHATBOT_PORT", default_value_t = 8000)]
     pub port: u16,
+
+    /// Where conversations live: `memory` (lost on exit), `sqlite:PATH` (one
+    /// file, created if missing) or a `postgres://user:pass@host/db` URL
+    /// (several instances may share it).
+    #[arg(long, env = "CHATBOT_STORE", default_value = "sqlite:chatbot.db",
+          value_parser = StoreKind::parse)]
+    pub store: StoreKind,
+
+    /// Database connections per instance (SQLite and PostgreSQL).
+    #[arg(long, env = "CHATBOT_DB_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: u32,
 
     /// Largest accepted request body in bytes; larger bodies get a 413.
     #[arg(long, env = "CHATBOT_MAX_BODY_BYTES", default_value_t = 64 * 1024,
@@ -46,6 +59,8 @@ mod tests {
         let config = Config::try_parse_from(["chatbot-api"]).unwrap();
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
+        assert_eq!(config.store, StoreKind::Sqlite("chatbot.db".into()));
+        assert_eq!(config.db_pool_size, 8);
         assert_eq!(config.limits(), Limits::default());
     }
 
@@ -56,6 +71,8 @@ mod tests {
             &["chatbot-api", "--port", "http"],
             &["chatbot-api", "--max-body-bytes", "0"],
             &["chatbot-api", "--max-message-chars", "-3"],
+            &["chatbot-api", "--store", "redis://x"],
+            &["chatbot-api", "--db-pool-size", "0"],
         ] {
             assert!(Config::try_parse_from(args).is_err(), "{args:?}");
         }

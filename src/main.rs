@@ -1,11 +1,10 @@
-//! The `chatbot-api` binary: parse flags, start logging, serve until a signal.
+//! The `chatbot-api` binary: parse flags, start logging, open the store,
+//! serve until a signal, then close the store.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use chatbot_api::chatbot::Chatbot;
 use chatbot_api::config::Config;
-use chatbot_api::store::MemoryStore;
 use chatbot_api::{AppState, serve, telemetry};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -14,12 +13,14 @@ use tokio::net::TcpListener;
 async fn main() -> ExitCode {
     let config = Config::parse();
     telemetry::init();
-    let state = AppState::new(
-        Arc::new(MemoryStore::new()),
-        Chatbot::seed(),
-        config.limits(),
-    );
 
+    let store = match config.store.open(config.db_pool_size).await {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("chatbot-api: cannot open store {}: {err}", config.store);
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match TcpListener::bind((config.host.as_str(), config.port)).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -31,9 +32,13 @@ async fn main() -> ExitCode {
         }
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("listening on http://{addr}");
+        tracing::info!(store = %config.store, "listening on http://{addr}");
     }
-    match serve(listener, state, shutdown_signal()).await {
+
+    let state = AppState::new(store.clone(), Chatbot::seed(), config.limits());
+    let served = serve(listener, state, shutdown_signal()).await;
+    store.close().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("chatbot-api: server error: {err}");

@@ -1,15 +1,21 @@
-//! Where exchanges live: the `Store` trait and its backends.
+//! Where exchanges live: the `Store` trait, its backends, and how a
+//! `--store` value picks one.
 
 mod memory;
+mod sql;
+
+use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use sql::{CommitStats, Dialect, SqlStore};
 
 use crate::models::{ConversationEntry, SessionId};
 
 /// Why a store could not do what it was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backing storage failed or is unreachable; retrying later may work.
     #[error("storage unavailable: {0}")]
@@ -17,7 +23,8 @@ pub enum StoreError {
 }
 
 /// A conversation store. Every backend keeps each session's exchanges in the
-/// order they were appended.
+/// order they were appended, and `append` returns only once the exchange is
+/// as durable as the backend makes it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Up to `n` of the session's latest exchanges, oldest first.
@@ -36,4 +43,116 @@ pub trait Store: Send + Sync + 'static {
 
     /// The session's whole history, oldest first, or `None` when it has none.
     async fn history(&self, session: &str) -> Result<Option<Vec<ConversationEntry>>, StoreError>;
+
+    /// Flushes and releases resources at shutdown.
+    async fn close(&self) {}
+}
+
+/// Which backend to use, as given to `--store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Everything in RAM; nothing survives a restart.
+    Memory,
+    /// One SQLite file, created if missing.
+    Sqlite(String),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StoreKind {
+    /// Parses `memory`, `sqlite:PATH` or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value == "memory" {
+            Ok(Self::Memory)
+        } else if let Some(path) = value.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                Err("sqlite: needs a file path, e.g. sqlite:chatbot.db".into())
+            } else {
+                Ok(Self::Sqlite(path.to_owned()))
+            }
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            url::Url::parse(value).map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
+            Ok(Self::Postgres(value.to_owned()))
+        } else {
+            Err("expected `memory`, `sqlite:PATH` or a `postgres://` URL".into())
+        }
+    }
+
+    /// Opens the store: connects, migrates, starts background tasks.
+    pub async fn open(&self, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            Self::Memory => Arc::new(MemoryStore::new()),
+            Self::Sqlite(path) => {
+                let url = format!("sqlite:{path}?mode=rwc");
+                Arc::new(SqlStore::connect(Dialect::Sqlite, &url, pool_size).await?)
+            }
+            Self::Postgres(url) => {
+                Arc::new(SqlStore::connect(Dialect::Postgres, url, pool_size).await?)
+            }
+        })
+    }
+}
+
+/// Shows the store with any password masked, fit for logs and error messages.
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Sqlite(path) => write!(f, "sqlite:{path}"),
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut parsed) if parsed.password().is_some() => {
+                    let _ = parsed.set_password(Some("***"));
+                    f.write_str(parsed.as_str())
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_values_parse() {
+        assert_eq!(StoreKind::parse("memory"), Ok(StoreKind::Memory));
+        assert_eq!(
+            StoreKind::parse("sqlite:chatbot.db"),
+            Ok(StoreKind::Sqlite("chatbot.db".into()))
+        );
+        assert_eq!(
+            StoreKind::parse("sqlite:///tmp/x.db"),
+            Ok(StoreKind::Sqlite("/tmp/x.db".into()))
+        );
+        assert!(matches!(
+            StoreKind::parse("postgres://u@h/db"),
+            Ok(StoreKind::Postgres(_))
+        ));
+        for bad in [
+            "",
+            "mem",
+            "sqlite:",
+            "mysql://h/db",
+            "postgres://exa mple:x/",
+        ] {
+            assert!(StoreKind::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        let kind = StoreKind::parse("postgres://app:s3cret@db.example:5432/chat").unwrap();
+        let shown = kind.to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("app:***@db.example:5432/chat"), "{shown}");
+        assert!(!format!("{kind:?}").contains("s3cret"));
+    }
 }
