@@ -135,3 +135,189 @@ pub fn without_timestamps(mut value: Value) -> Value {
     }
     value
 }
+
+/// A store under test plus whatever must live as long as it (a temp dir, a schema).
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub _guard: Box<dyn std::any::Any + Send>,
+}
+
+pub fn memory() -> Backend {
+    Backend {
+        store: Arc::new(MemoryStore::new()),
+        _guard: Box::new(()),
+    }
+}
+
+/// A SQLite store on a fresh file; returns the dir so a test can reopen it.
+pub async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_sqlite(dir.path()).await;
+    Backend {
+        store,
+        _guard: Box::new(dir),
+    }
+}
+
+pub async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
+    let path = dir.join("chat.db");
+    chatbot_api::store::StoreKind::Sqlite(path.display().to_string())
+        .open(4)
+        .await
+        .expect("open sqlite")
+}
+
+/// A URL to a fresh, empty PostgreSQL schema, or `None` (with a notice) when no
+/// server answers and `CHATBOT_REQUIRE_POSTGRES` is not `1`.
+pub async fn postgres_schema() -> Option<PgSchema> {
+    use sqlx::{Connection, Executor};
+    let base = std::env::var("CHATBOT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut conn = match sqlx::PgConnection::connect(&base).await {
+        Ok(conn) => conn,
+        Err(err) => {
+            if std::env::var("CHATBOT_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("PostgreSQL required (CHATBOT_REQUIRE_POSTGRES=1) but {base} failed: {err}");
+            }
+            eprintln!("NOTICE: skipping a PostgreSQL test: {base} is not reachable ({err})");
+            return None;
+        }
+    };
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "chatbot_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        chrono::Utc::now().timestamp_micros()
+    );
+    conn.execute(format!("CREATE SCHEMA {name}").as_str())
+        .await
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+    Some(PgSchema { base, name, url })
+}
+
+/// A throwaway schema, dropped when the test ends.
+pub struct PgSchema {
+    base: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgSchema {
+    /// The same schema reached through another host and port (a proxy).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url).expect("url");
+        url.set_host(Some(&addr.ip().to_string())).expect("host");
+        url.set_port(Some(addr.port())).expect("port");
+        url.to_string()
+    }
+
+    pub async fn open(&self, pool_size: u32) -> Arc<dyn Store> {
+        chatbot_api::store::StoreKind::Postgres(self.url.clone())
+            .open(pool_size)
+            .await
+            .expect("open postgres")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs outside any runtime guarantee, so use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::PgConnection::connect(&base).await.ok()?;
+                conn.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub async fn postgres() -> Option<Backend> {
+    let schema = postgres_schema().await?;
+    let store = schema.open(4).await;
+    Some(Backend {
+        store,
+        _guard: Box::new(schema),
+    })
+}
+
+/// The compiled binary, killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Server {
+    /// Starts the binary on a free port with `args` and waits until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        use std::process::{Command, Stdio};
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the binary");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "server did not start");
+            assert!(child.try_wait().unwrap().is_none(), "server exited early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

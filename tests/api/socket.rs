@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ use chatbot_api::store::MemoryStore;
 use chatbot_api::{AppState, serve};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+use crate::helpers::{Server, free_port};
 
 async fn spawn_server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -65,70 +67,9 @@ async fn seed_conversation_over_tcp() {
     );
 }
 
-/// The compiled binary, with its stderr captured.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
-            .args(["--port", &port.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            assert!(child.try_wait().unwrap().is_none(), "server exited early");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, addr }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn sigterm_lets_the_request_in_flight_finish() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&["--store", "memory"]);
     let body = r#"{"user_message": "Hello!", "session_id": "inflight"}"#;
     let (head, tail) = body.split_at(10);
     let mut stream = TcpStream::connect(server.addr).unwrap();
@@ -161,7 +102,7 @@ fn a_port_in_use_exits_nonzero_with_one_line_naming_the_address() {
     let taken = StdListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
-        .args(["--host", "127.0.0.1", "--port", &port])
+        .args(["--host", "127.0.0.1", "--port", &port, "--store", "memory"])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -184,6 +125,8 @@ fn help_explains_every_flag_and_its_env_var() {
         ("--port", "CHATBOT_PORT"),
         ("--max-body-bytes", "CHATBOT_MAX_BODY_BYTES"),
         ("--max-message-chars", "CHATBOT_MAX_MESSAGE_CHARS"),
+        ("--store", "CHATBOT_STORE"),
+        ("--db-pool-size", "CHATBOT_DB_POOL_SIZE"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),
@@ -198,6 +141,7 @@ fn env_vars_configure_the_binary() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
         .env("CHATBOT_PORT", port.to_string())
         .env("CHATBOT_MAX_MESSAGE_CHARS", "3")
+        .env("CHATBOT_STORE", "memory")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

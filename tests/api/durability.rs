@@ -1,0 +1,372 @@
+//! Durability: restarts, `kill -9` mid-load, group commit, two instances on
+//! one PostgreSQL database, and a database outage with recovery.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chatbot_api::models::{ConversationEntry, SessionId};
+use chatbot_api::store::{Dialect, SqlStore, Store};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::helpers::{Server, TestApp, open_sqlite, postgres_schema};
+
+fn entry(message: &str) -> ConversationEntry {
+    ConversationEntry {
+        user_message: message.into(),
+        bot_reply: "ok".into(),
+        user_name: "U".into(),
+        timestamp: 0,
+    }
+}
+
+#[tokio::test]
+async fn sqlite_history_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_sqlite(dir.path()).await;
+    let s = SessionId::parse("kept".into()).unwrap();
+    store.append(&s, entry("one")).await.unwrap();
+    store.append(&s, entry("two")).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let reopened = open_sqlite(dir.path()).await;
+    let history = reopened.history("kept").await.unwrap().unwrap();
+    assert_eq!(history, vec![entry("one"), entry("two")]);
+}
+
+async fn assert_commits_are_grouped(store: Arc<SqlStore>) {
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = SessionId::parse(format!("g{}", i % 4)).unwrap();
+                store.append(&s, entry(&format!("m{i}"))).await.unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (commits, exchanges) = store.commit_stats().snapshot();
+    assert_eq!(exchanges, 64);
+    assert!(
+        commits < exchanges,
+        "64 concurrent appends took {commits} commits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_concurrent_exchanges_in_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("g.db").display());
+    let store = Arc::new(SqlStore::connect(Dialect::Sqlite, &url, 4).await.unwrap());
+    assert_commits_are_grouped(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commits_concurrent_exchanges_in_groups() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let store = Arc::new(
+        SqlStore::connect(Dialect::Postgres, &schema.url, 4)
+            .await
+            .unwrap(),
+    );
+    assert_commits_are_grouped(store).await;
+}
+
+/// Posts `message` and returns whether it was acknowledged with a 200.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    session: &str,
+    message: &str,
+) -> Result<bool, reqwest::Error> {
+    let body = json!({"user_message": message, "session_id": session});
+    let response = client.post(url).json(&body).send().await?;
+    Ok(response.status() == 200)
+}
+
+async fn messages_of(client: &reqwest::Client, url: String) -> Vec<String> {
+    let response = client.get(url).send().await.unwrap();
+    if response.status() == 404 {
+        return Vec::new();
+    }
+    let history: Value = response.json().await.unwrap();
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user_message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_loses_no_acknowledged_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_arg = format!("sqlite:{}", dir.path().join("crash.db").display());
+    let mut server = Server::start(&["--store", &store_arg]);
+    let url = server.url("/chat");
+    let client = reqwest::Client::new();
+
+    // 32 writers, each to its own session and to a shared one, until the server dies.
+    let acked: Arc<Mutex<HashMap<usize, Vec<String>>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashMap<usize, String>>> = Arc::default();
+    let writers: Vec<JoinHandle<()>> = (0..32)
+        .map(|w| {
+            let (client, url, acked, in_flight) = (
+                client.clone(),
+                url.clone(),
+                acked.clone(),
+                in_flight.clone(),
+            );
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let message = format!("w{w}-{i}");
+                    let session = if i % 2 == 0 {
+                        format!("crash-{w}")
+                    } else {
+                        "crash-shared".to_owned()
+                    };
+                    in_flight.lock().unwrap().insert(w, message.clone());
+                    match post(&client, &url, &session, &message).await {
+                        Ok(true) => acked.lock().unwrap().entry(w).or_default().push(message),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the load run, then kill without warning.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().values().map(Vec::len).sum::<usize>() < 1500
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.signal("KILL");
+    server.wait(Duration::from_secs(10));
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let in_flight = in_flight.lock().unwrap().clone();
+    assert!(
+        acked.values().map(Vec::len).sum::<usize>() > 100,
+        "the load barely ran"
+    );
+
+    let restarted = Server::start(&["--store", &store_arg]);
+    let shared = messages_of(&client, restarted.url("/chat/history/crash-shared")).await;
+    for w in 0..32 {
+        let own = messages_of(&client, restarted.url(&format!("/chat/history/crash-{w}"))).await;
+        let prefix = format!("w{w}-");
+        let stored: Vec<String> = own
+            .into_iter()
+            .chain(shared.iter().filter(|m| m.starts_with(&prefix)).cloned())
+            .collect();
+        let mut stored_sorted = stored.clone();
+        stored_sorted.sort_by_key(|m| m[prefix.len()..].parse::<u32>().unwrap());
+        let wanted = acked.get(&w).cloned().unwrap_or_default();
+        // Everything acknowledged is there, once, in order; at most the one
+        // request in flight at the kill may also be there, whole.
+        let mut allowed = wanted.clone();
+        if let Some(last) = in_flight.get(&w).filter(|m| !wanted.contains(m)) {
+            allowed.push(last.clone());
+        }
+        assert!(
+            stored_sorted == wanted || stored_sorted == allowed,
+            "writer {w}: stored {stored_sorted:?}, acknowledged {wanted:?}"
+        );
+        let mut unique = stored.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), stored.len(), "writer {w} has duplicates");
+    }
+    // Within each session, each writer's messages are in its order.
+    for (i, pair) in shared.windows(2).enumerate() {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.split('-').next() == b.split('-').next() {
+            let n = |m: &str| m.split('-').nth(1).unwrap().parse::<u32>().unwrap();
+            assert!(n(a) < n(b), "out of order at {i}: {a} then {b}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_postgres_database() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let a = Server::start(&["--store", &schema.url]);
+    let b = Server::start(&["--store", &schema.url]);
+    let client = reqwest::Client::new();
+
+    // A write on one is read on the other at once.
+    assert!(
+        post(&client, &a.url("/chat"), "seen", "Hello!")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        messages_of(&client, b.url("/chat/history/seen")).await,
+        ["Hello!"]
+    );
+
+    // Concurrent writers on both instances, one session: every exchange once, each writer in order.
+    let tasks: Vec<_> = (0..16)
+        .map(|w| {
+            let client = client.clone();
+            let url = if w % 2 == 0 {
+                a.url("/chat")
+            } else {
+                b.url("/chat")
+            };
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    assert!(
+                        post(&client, &url, "both", &format!("w{w}-{i}"))
+                            .await
+                            .unwrap()
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let from_a = messages_of(&client, a.url("/chat/history/both")).await;
+    let from_b = messages_of(&client, b.url("/chat/history/both")).await;
+    assert_eq!(from_a, from_b, "both instances see the same history");
+    assert_eq!(from_a.len(), 16 * 40);
+    for w in 0..16 {
+        let prefix = format!("w{w}-");
+        let own: Vec<&String> = from_a.iter().filter(|m| m.starts_with(&prefix)).collect();
+        let expected: Vec<String> = (0..40).map(|i| format!("w{w}-{i}")).collect();
+        assert_eq!(own, expected.iter().collect::<Vec<_>>());
+    }
+}
+
+/// A TCP proxy that can be cut (every connection dropped, new ones refused) and restored.
+struct Proxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            addr: listener.local_addr().unwrap(),
+            target,
+            tasks: Arc::default(),
+        };
+        proxy.accept_on(listener);
+        proxy
+    }
+
+    fn accept_on(&self, listener: TcpListener) {
+        let (tasks, target) = (self.tasks.clone(), self.target);
+        let accept = tokio::spawn({
+            let tasks = tasks.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    tasks.lock().unwrap().push(link);
+                }
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the proxy port");
+        self.accept_on(listener);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let pg: SocketAddr = {
+        let url = url::Url::parse(&schema.url).unwrap();
+        let host = url.host_str().unwrap().to_owned();
+        tokio::net::lookup_host((host.as_str(), url.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(pg).await;
+    let store = Arc::new(
+        SqlStore::connect(Dialect::Postgres, &schema.url_via(proxy.addr), 2)
+            .await
+            .unwrap(),
+    );
+    let app = TestApp::with_store(store, Default::default());
+    app.say("outage", "U", "before").await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = app
+        .post_chat(r#"{"user_message": "during", "session_id": "outage"}"#)
+        .await;
+    assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(during.header("content-type"), Some("application/json"));
+    assert_eq!(during.text(), r#"{"detail":"Storage unavailable"}"#);
+    let read = app.get("/chat/history/outage").await;
+    assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(read.text(), r#"{"detail":"Storage unavailable"}"#);
+
+    proxy.restore().await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app
+            .post_chat(r#"{"user_message": "after", "session_id": "outage"}"#)
+            .await
+            .status
+            == StatusCode::OK
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "no 200 within 10 s of the database coming back");
+    let history: Vec<String> = app
+        .get("/chat/history/outage")
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user_message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        history,
+        ["before", "after"],
+        "the failed write stored nothing"
+    );
+}
