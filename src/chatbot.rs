@@ -7,6 +7,16 @@ use std::sync::{Arc, LazyLock};
 
 use crate::models::ConversationEntry;
 
+/// How many of a session's latest exchanges the engine is shown.
+pub const CONTEXT_EXCHANGES: usize = 20;
+
+/// Anything that answers a message given the session's earlier exchanges
+/// (oldest first, at most [`CONTEXT_EXCHANGES`]). Stores call it at the
+/// moment they append, so the history it sees is exactly what came before.
+pub trait Replier: Send + Sync + 'static {
+    fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str>;
+}
+
 /// One keyword rule: the message matches when it contains any keyword,
 /// compared case-insensitively.
 #[derive(Debug, Clone)]
@@ -79,6 +89,12 @@ impl Chatbot {
             .iter()
             .find(|rule| rule.matches(&lowered))
             .map_or_else(|| self.fallback.clone(), |rule| rule.reply.clone())
+    }
+}
+
+impl Replier for Chatbot {
+    fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str> {
+        Chatbot::reply(self, message, history)
     }
 }
 

@@ -8,9 +8,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, SessionPath};
 use crate::models::{ChatRequest, ChatResponse, ConversationEntry, now};
-
-/// How many earlier exchanges the reply engine sees.
-pub const CONTEXT_EXCHANGES: usize = 20;
+use crate::store::NewExchange;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -24,17 +22,15 @@ async fn chat(
     JsonBody(body): JsonBody,
 ) -> Result<Json<ChatResponse>, ApiError> {
     let request = ChatRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
-    let context = state
-        .store
-        .recent(&request.session_id, CONTEXT_EXCHANGES)
-        .await?;
-    let entry = ConversationEntry {
-        bot_reply: state.chatbot.reply(&request.user_message, &context),
+    let exchange = NewExchange {
         user_message: request.user_message.into(),
         user_name: request.user_name.into(),
         timestamp: now(),
     };
-    let entry = state.store.append(&request.session_id, entry).await?;
+    let entry = state
+        .store
+        .append(&request.session_id, exchange, state.chatbot.clone())
+        .await?;
     Ok(Json(ChatResponse {
         session_id: request.session_id,
         entry,

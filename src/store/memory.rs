@@ -5,7 +5,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{Store, StoreError};
+use super::{NewExchange, Store, StoreError};
+use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
 use crate::models::{ConversationEntry, SessionId};
 
 /// Every session's exchanges, oldest first.
@@ -39,28 +40,22 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn recent(
-        &self,
-        session: &SessionId,
-        n: usize,
-    ) -> Result<Vec<ConversationEntry>, StoreError> {
-        let sessions = self.read();
-        let entries = sessions
-            .get(session.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        Ok(entries[entries.len().saturating_sub(n)..].to_vec())
-    }
-
     async fn append(
         &self,
         session: &SessionId,
-        mut entry: ConversationEntry,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError> {
         let mut sessions = self.write();
         let entries = match sessions.get_mut(session.as_str()) {
             Some(entries) => entries,
             None => sessions.entry(session.as_str().to_owned()).or_default(),
         };
+        // The engine reads the history in place: no copy, and no exchange can
+        // slip in between what it saw and where this one lands.
+        let context = &entries[entries.len().saturating_sub(CONTEXT_EXCHANGES)..];
+        let bot_reply = replier.reply(&exchange.user_message, context);
+        let mut entry = exchange.answered(bot_reply);
         // Share the user name with the previous exchange when it repeats.
         if let Some(last) = entries.last()
             && last.user_name == entry.user_name

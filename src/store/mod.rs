@@ -12,7 +12,29 @@ use async_trait::async_trait;
 pub use memory::MemoryStore;
 pub use sql::{CommitStats, Dialect, SqlStore};
 
+use crate::chatbot::Replier;
 use crate::models::{ConversationEntry, SessionId};
+
+/// A user's message, before the bot has answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewExchange {
+    pub user_message: Arc<str>,
+    pub user_name: Arc<str>,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+impl NewExchange {
+    /// The stored exchange once `bot_reply` is known.
+    pub fn answered(self, bot_reply: Arc<str>) -> ConversationEntry {
+        ConversationEntry {
+            user_message: self.user_message,
+            bot_reply,
+            user_name: self.user_name,
+            timestamp: self.timestamp,
+        }
+    }
+}
 
 /// Why a store could not do what it was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,18 +49,14 @@ pub enum StoreError {
 /// as durable as the backend makes it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Up to `n` of the session's latest exchanges, oldest first.
-    async fn recent(
-        &self,
-        session: &SessionId,
-        n: usize,
-    ) -> Result<Vec<ConversationEntry>, StoreError>;
-
-    /// Appends one exchange to the session, creating the session if needed.
+    /// Answers `exchange` with `replier`, shown the session's latest
+    /// exchanges as they stand at this moment, and appends the answered
+    /// exchange to the session (created if needed).
     async fn append(
         &self,
         session: &SessionId,
-        entry: ConversationEntry,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError>;
 
     /// The session's whole history, oldest first, or `None` when it has none.

@@ -5,6 +5,7 @@
 //! pending exchange, writes them in one transaction, commits once, and only
 //! then answers each of them. A 200 therefore always means committed.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +16,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, FromRow};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError};
+use super::{NewExchange, Store, StoreError};
+use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
 use crate::models::{ConversationEntry, SessionId};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -56,25 +58,77 @@ impl Dialect {
     }
 }
 
-const UPSERT_SESSION: &str = "\
-    INSERT INTO sessions (session_id, message_count, first_at, last_at) VALUES ($1, 1, $2, $2) \
-    ON CONFLICT (session_id) DO UPDATE \
-    SET message_count = sessions.message_count + 1, last_at = excluded.last_at \
-    RETURNING id, message_count";
+/// Rows per multi-row `INSERT`, well under both dialects' parameter limits.
+const ROWS_PER_INSERT: usize = 256;
 
-const INSERT_EXCHANGE: &str = "\
-    INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at) \
-    VALUES ($1, $2, $3, $4, $5, $6)";
+/// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `columns` columns.
+fn insert_sql(head: &str, rows: usize, columns: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 6);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + column + 1));
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+/// Adds `k` exchanges to each session row (creating missing ones) and returns
+/// each session's row id and new count. Rows lock in `session_id` order, so
+/// two instances committing overlapping batches cannot deadlock.
+fn upsert_sessions_sql(sessions: usize) -> String {
+    insert_sql(
+        "INSERT INTO sessions (session_id, message_count, first_at, last_at)",
+        sessions,
+        4,
+        "ON CONFLICT (session_id) DO UPDATE \
+         SET message_count = sessions.message_count + excluded.message_count, last_at = excluded.last_at \
+         RETURNING id, session_id, message_count",
+    )
+}
+
+fn insert_exchanges_sql(rows: usize) -> String {
+    insert_sql(
+        "INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at)",
+        rows,
+        6,
+        "",
+    )
+}
 
 const SELECT_HISTORY: &str = "\
     SELECT e.user_message, e.bot_reply, e.user_name, e.created_at \
     FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
     WHERE s.session_id = $1 ORDER BY e.seq";
 
-const SELECT_RECENT: &str = "\
-    SELECT e.user_message, e.bot_reply, e.user_name, e.created_at \
-    FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
-    WHERE s.session_id = $1 ORDER BY e.seq DESC LIMIT $2";
+/// The latest exchanges of the batch's sessions, read after their rows are
+/// locked, so each reply sees exactly the history before it. `$1` is the
+/// window; the rest are session row ids.
+fn select_context_sql(sessions: usize) -> String {
+    let ids: Vec<String> = (0..sessions).map(|i| format!("${}", i + 2)).collect();
+    format!(
+        "SELECT e.session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
+         FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+         WHERE e.session_ref IN ({}) AND e.seq > s.message_count - $1 \
+         ORDER BY e.session_ref, e.seq",
+        ids.join(", ")
+    )
+}
+
+#[derive(FromRow)]
+struct ContextRow {
+    session_ref: i64,
+    #[sqlx(flatten)]
+    exchange: ExchangeRow,
+}
 
 #[derive(FromRow)]
 struct ExchangeRow {
@@ -98,8 +152,9 @@ impl From<ExchangeRow> for ConversationEntry {
 /// One exchange waiting for the next group commit.
 struct Pending {
     session: SessionId,
-    entry: ConversationEntry,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    exchange: NewExchange,
+    replier: Arc<dyn Replier>,
+    done: oneshot::Sender<Result<ConversationEntry, StoreError>>,
 }
 
 /// How many exchanges went into how many commits, for the benchmarks.
@@ -150,6 +205,8 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A local file cannot vanish; a server can, so check its connections.
+            .test_before_acquire(dialect == Dialect::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     conn.execute(dialect.session_setup()).await?;
@@ -186,77 +243,146 @@ impl SqlStore {
 async fn commit_loop(pool: AnyPool, mut queue: mpsc::Receiver<Pending>, stats: Arc<CommitStats>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = write_batch(&pool, &batch).await;
-        if let Err(err) = &result {
-            tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
-        } else {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .exchanges
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        let result = result.map_err(unavailable);
-        for pending in batch.drain(..) {
-            let _ = pending.done.send(result.clone());
+        match write_batch(&pool, &batch).await {
+            Ok(entries) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .exchanges
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (pending, entry) in batch.drain(..).zip(entries) {
+                    let _ = pending.done.send(Ok(entry));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
+                let err = unavailable(err);
+                for pending in batch.drain(..) {
+                    let _ = pending.done.send(Err(err.clone()));
+                }
+            }
         }
     }
 }
 
+/// What one batch adds to one session.
+struct Tally {
+    count: i64,
+    first_at: i64,
+    last_at: i64,
+}
+
+/// Writes a whole batch with a fixed number of statements: one upsert for
+/// all its sessions, one read of their recent history, then multi-row
+/// inserts. Returns the answered exchanges in batch order.
 #[tracing::instrument(skip_all, fields(exchanges = batch.len()))]
-async fn write_batch(pool: &AnyPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn write_batch(
+    pool: &AnyPool,
+    batch: &[Pending],
+) -> Result<Vec<ConversationEntry>, sqlx::Error> {
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for pending in batch {
-        let (session_ref, seq): (i64, i64) = sqlx::query_as(UPSERT_SESSION)
-            .bind(pending.session.as_str())
-            .bind(pending.entry.timestamp)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(INSERT_EXCHANGE)
-            .bind(session_ref)
-            .bind(seq)
-            .bind(&*pending.entry.user_message)
-            .bind(&*pending.entry.bot_reply)
-            .bind(&*pending.entry.user_name)
-            .bind(pending.entry.timestamp)
-            .execute(&mut *tx)
-            .await?;
+        let at = pending.exchange.timestamp;
+        let tally = tallies.entry(pending.session.as_str()).or_insert(Tally {
+            count: 0,
+            first_at: at,
+            last_at: at,
+        });
+        tally.count += 1;
+        tally.last_at = at;
     }
-    tx.commit().await
+
+    let mut tx = pool.begin().await?;
+    let upsert = upsert_sessions_sql(tallies.len());
+    let mut query = sqlx::query_as::<_, (i64, String, i64)>(&upsert).persistent(false);
+    for (session, tally) in &tallies {
+        query = query
+            .bind(*session)
+            .bind(tally.count)
+            .bind(tally.first_at)
+            .bind(tally.last_at);
+    }
+    // Each session's row id and the seq its first exchange in this batch gets.
+    let mut next_seq: HashMap<String, (i64, i64)> = HashMap::with_capacity(tallies.len());
+    for (id, session, count) in query.fetch_all(&mut *tx).await? {
+        let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
+        next_seq.insert(session, (id, count - added + 1));
+    }
+
+    let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
+    let select = select_context_sql(next_seq.len());
+    let mut query = sqlx::query_as::<_, ContextRow>(&select)
+        .persistent(false)
+        .bind(CONTEXT_EXCHANGES as i64 + most_added);
+    for (id, _) in next_seq.values() {
+        query = query.bind(*id);
+    }
+    let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
+    for row in query.fetch_all(&mut *tx).await? {
+        context
+            .entry(row.session_ref)
+            .or_default()
+            .push(row.exchange.into());
+    }
+
+    let mut answered = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let slot = next_seq
+            .get_mut(pending.session.as_str())
+            .ok_or_else(|| sqlx::Error::Protocol("upsert returned no row for a session".into()))?;
+        let (session_ref, seq) = *slot;
+        slot.1 += 1;
+        let history = context.entry(session_ref).or_default();
+        let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
+        let bot_reply = pending
+            .replier
+            .reply(&pending.exchange.user_message, window);
+        let entry = pending.exchange.clone().answered(bot_reply);
+        history.push(entry.clone());
+        rows.push((session_ref, seq));
+        answered.push(entry);
+    }
+
+    for (entries, refs) in answered
+        .chunks(ROWS_PER_INSERT)
+        .zip(rows.chunks(ROWS_PER_INSERT))
+    {
+        let insert = insert_exchanges_sql(entries.len());
+        let mut query = sqlx::query(&insert).persistent(false);
+        for (entry, (session_ref, seq)) in entries.iter().zip(refs) {
+            query = query
+                .bind(*session_ref)
+                .bind(*seq)
+                .bind(&*entry.user_message)
+                .bind(&*entry.bot_reply)
+                .bind(&*entry.user_name)
+                .bind(entry.timestamp);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(answered)
 }
 
 #[async_trait]
 impl Store for SqlStore {
     #[tracing::instrument(skip_all)]
-    async fn recent(
-        &self,
-        session: &SessionId,
-        n: usize,
-    ) -> Result<Vec<ConversationEntry>, StoreError> {
-        let rows: Vec<ExchangeRow> = sqlx::query_as(SELECT_RECENT)
-            .bind(session.as_str())
-            .bind(i64::try_from(n).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().rev().map(Into::into).collect())
-    }
-
-    #[tracing::instrument(skip_all)]
     async fn append(
         &self,
         session: &SessionId,
-        entry: ConversationEntry,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError> {
         let (done, committed) = oneshot::channel();
         let pending = Pending {
             session: session.clone(),
-            entry: entry.clone(),
+            exchange,
+            replier,
             done,
         };
         let gone = || StoreError::Unavailable("commit task stopped".into());
         self.writer.send(pending).await.map_err(|_| gone())?;
-        committed.await.map_err(|_| gone())??;
-        Ok(entry)
+        committed.await.map_err(|_| gone())?
     }
 
     #[tracing::instrument(skip_all)]
@@ -273,5 +399,20 @@ impl Store for SqlStore {
         let (commits, exchanges) = self.stats.snapshot();
         tracing::info!(commits, exchanges, "group commit totals");
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_inserts_number_their_parameters() {
+        assert_eq!(
+            insert_sql("INSERT INTO t (a, b)", 2, 2, "X"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X"
+        );
+        assert!(upsert_sessions_sql(1).contains("VALUES ($1, $2, $3, $4) ON CONFLICT"));
+        assert!(insert_exchanges_sql(3).ends_with("($13, $14, $15, $16, $17, $18) "));
     }
 }

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use chatbot_api::chatbot::Chatbot;
 use chatbot_api::models::{ConversationEntry, SessionId};
-use chatbot_api::store::{Dialect, SqlStore, Store};
+use chatbot_api::store::{Dialect, NewExchange, SqlStore, Store};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -18,10 +19,22 @@ use crate::helpers::{Server, TestApp, open_sqlite, postgres_schema};
 fn entry(message: &str) -> ConversationEntry {
     ConversationEntry {
         user_message: message.into(),
-        bot_reply: "ok".into(),
+        bot_reply: "Interesting! I'm still learning...".into(),
         user_name: "U".into(),
         timestamp: 0,
     }
+}
+
+async fn append(store: &dyn Store, session: &SessionId, message: &str) -> ConversationEntry {
+    let exchange = NewExchange {
+        user_message: message.into(),
+        user_name: "U".into(),
+        timestamp: 0,
+    };
+    store
+        .append(session, exchange, Arc::new(Chatbot::seed()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -29,8 +42,8 @@ async fn sqlite_history_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_sqlite(dir.path()).await;
     let s = SessionId::parse("kept".into()).unwrap();
-    store.append(&s, entry("one")).await.unwrap();
-    store.append(&s, entry("two")).await.unwrap();
+    append(&*store, &s, "one").await;
+    append(&*store, &s, "two").await;
     store.close().await;
     drop(store);
 
@@ -45,7 +58,7 @@ async fn assert_commits_are_grouped(store: Arc<SqlStore>) {
             let store = store.clone();
             tokio::spawn(async move {
                 let s = SessionId::parse(format!("g{}", i % 4)).unwrap();
-                store.append(&s, entry(&format!("m{i}"))).await.unwrap();
+                append(&*store, &s, &format!("m{i}")).await;
             })
         })
         .collect();

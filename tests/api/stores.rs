@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use chatbot_api::chatbot::Replier;
 use chatbot_api::models::{ConversationEntry, SessionId};
-use chatbot_api::store::Store;
+use chatbot_api::store::{NewExchange, Store};
 
 fn entry(message: &str, user: &str, timestamp: i64) -> ConversationEntry {
     ConversationEntry {
@@ -14,6 +15,39 @@ fn entry(message: &str, user: &str, timestamp: i64) -> ConversationEntry {
         user_name: user.into(),
         timestamp,
     }
+}
+
+/// Replies `re: MESSAGE`, and records the history it was shown.
+#[derive(Default)]
+struct Echo {
+    seen: std::sync::Mutex<Vec<Vec<String>>>,
+}
+
+impl Replier for Echo {
+    fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str> {
+        let shown = history.iter().map(|e| e.user_message.to_string()).collect();
+        self.seen.lock().unwrap().push(shown);
+        format!("re: {message}").into()
+    }
+}
+
+/// Appends `message` with the echo replier.
+async fn say(
+    store: &Arc<dyn Store>,
+    session: &SessionId,
+    message: &str,
+    user: &str,
+    timestamp: i64,
+) -> ConversationEntry {
+    let exchange = NewExchange {
+        user_message: message.into(),
+        user_name: user.into(),
+        timestamp,
+    };
+    store
+        .append(session, exchange, Arc::new(Echo::default()))
+        .await
+        .unwrap()
 }
 
 fn sid(id: &str) -> SessionId {
@@ -26,18 +60,9 @@ fn messages(entries: &[ConversationEntry]) -> Vec<&str> {
 
 async fn appends_come_back_in_order_with_every_field(store: Arc<dyn Store>) {
     let s = sid("alice_chat");
-    store
-        .append(&s, entry("Hello!", "Alice", 1_700_000_000))
-        .await
-        .unwrap();
-    store
-        .append(&s, entry("What's your name?", "Alice", 1_700_000_000))
-        .await
-        .unwrap();
-    store
-        .append(&s, entry("Bye", "Al", 1_699_999_999))
-        .await
-        .unwrap();
+    say(&store, &s, "Hello!", "Alice", 1_700_000_000).await;
+    say(&store, &s, "What's your name?", "Alice", 1_700_000_000).await;
+    say(&store, &s, "Bye", "Al", 1_699_999_999).await;
     let history = store.history("alice_chat").await.unwrap().expect("history");
     // Order is the order of appends, not of timestamps.
     assert_eq!(
@@ -52,18 +77,11 @@ async fn appends_come_back_in_order_with_every_field(store: Arc<dyn Store>) {
 
 async fn unknown_sessions_have_no_history(store: Arc<dyn Store>) {
     assert_eq!(store.history("nobody").await.unwrap(), None);
-    assert!(store.recent(&sid("nobody"), 5).await.unwrap().is_empty());
 }
 
 async fn sessions_are_separate(store: Arc<dyn Store>) {
-    store
-        .append(&sid("a"), entry("for a", "A", 1))
-        .await
-        .unwrap();
-    store
-        .append(&sid("b"), entry("for b", "B", 2))
-        .await
-        .unwrap();
+    say(&store, &sid("a"), "for a", "A", 1).await;
+    say(&store, &sid("b"), "for b", "B", 2).await;
     assert_eq!(
         messages(&store.history("a").await.unwrap().unwrap()),
         ["for a"]
@@ -74,26 +92,34 @@ async fn sessions_are_separate(store: Arc<dyn Store>) {
     );
 }
 
-async fn recent_returns_the_latest_oldest_first(store: Arc<dyn Store>) {
+async fn the_replier_sees_the_latest_exchanges_oldest_first(store: Arc<dyn Store>) {
     let s = sid("r");
-    for i in 0..10 {
-        store
-            .append(&s, entry(&format!("m{i}"), "U", i))
-            .await
-            .unwrap();
+    let echo = Arc::new(Echo::default());
+    let total = chatbot_api::chatbot::CONTEXT_EXCHANGES + 5;
+    for i in 0..total {
+        let exchange = NewExchange {
+            user_message: format!("m{i}").into(),
+            user_name: "U".into(),
+            timestamp: i as i64,
+        };
+        store.append(&s, exchange, echo.clone()).await.unwrap();
     }
-    assert_eq!(
-        messages(&store.recent(&s, 3).await.unwrap()),
-        ["m7", "m8", "m9"]
-    );
-    assert_eq!(store.recent(&s, 100).await.unwrap().len(), 10);
-    assert!(store.recent(&s, 0).await.unwrap().is_empty());
+    let seen = echo.seen.lock().unwrap().clone();
+    assert!(seen[0].is_empty(), "the first exchange has no history");
+    assert_eq!(seen[1], ["m0"]);
+    let last = &seen[total - 1];
+    let expected: Vec<String> = (total - 1 - chatbot_api::chatbot::CONTEXT_EXCHANGES..total - 1)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(last, &expected, "a window of the latest, oldest first");
+    // Another session's history is never shown.
+    say(&store, &sid("other"), "x", "U", 0).await;
 }
 
 async fn unicode_and_quotes_round_trip(store: Arc<dyn Store>) {
     let s = sid("会话 ☕ 'x' \"y\"");
     let e = entry("Ça va? 你好 🙂 \\ ' \" \n\t%_", "Zoë 🚀", 5);
-    store.append(&s, e.clone()).await.unwrap();
+    say(&store, &s, &e.user_message, &e.user_name, e.timestamp).await;
     assert_eq!(store.history(s.as_str()).await.unwrap(), Some(vec![e]));
     // LIKE-style wildcards in an id match nothing else.
     assert_eq!(store.history("会话 %").await.unwrap(), None);
@@ -112,10 +138,7 @@ async fn concurrent_appends_keep_each_writers_order(store: Arc<dyn Store>) {
                 } else {
                     sid(&format!("own-{w}"))
                 };
-                store
-                    .append(&session, entry(&format!("w{w}-{i}"), "U", 0))
-                    .await
-                    .unwrap();
+                say(&store, &session, &format!("w{w}-{i}"), "U", 0).await;
             }
         }));
     }
@@ -184,7 +207,7 @@ store_suite!(
     appends_come_back_in_order_with_every_field,
     unknown_sessions_have_no_history,
     sessions_are_separate,
-    recent_returns_the_latest_oldest_first,
+    the_replier_sees_the_latest_exchanges_oldest_first,
     unicode_and_quotes_round_trip,
     concurrent_appends_keep_each_writers_order,
 );
