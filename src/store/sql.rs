@@ -27,6 +27,8 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 const MAX_BATCH: usize = 512;
 /// Pending writes allowed to queue before `append` waits.
 const QUEUE_DEPTH: usize = 4096;
+/// Sessions whose recent exchanges the SQLite commit task keeps in memory.
+const CONTEXT_CACHE_SESSIONS: usize = 10_000;
 /// How long a request waits for a connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -224,7 +226,10 @@ impl SqlStore {
 
         let (writer, queue) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(CommitStats::default());
-        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone()));
+        // Only SQLite has a single writer, so only there can a cache of recent
+        // exchanges never go stale; PostgreSQL instances share their writes.
+        let cache = (dialect == Dialect::Sqlite).then(ContextCache::default);
+        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), cache));
         Ok(Self {
             pool,
             writer,
@@ -240,10 +245,15 @@ impl SqlStore {
 
 /// Takes every pending exchange, writes them in one transaction, commits,
 /// then answers them all with the commit's outcome.
-async fn commit_loop(pool: AnyPool, mut queue: mpsc::Receiver<Pending>, stats: Arc<CommitStats>) {
+async fn commit_loop(
+    pool: AnyPool,
+    mut queue: mpsc::Receiver<Pending>,
+    stats: Arc<CommitStats>,
+    mut cache: Option<ContextCache>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match write_batch(&pool, &batch).await {
+        match write_batch(&pool, &batch, cache.as_mut()).await {
             Ok(entries) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -264,6 +274,24 @@ async fn commit_loop(pool: AnyPool, mut queue: mpsc::Receiver<Pending>, stats: A
     }
 }
 
+/// The latest exchanges of recently written sessions, owned by the commit
+/// task. Valid only while that task is the database's one writer.
+#[derive(Default)]
+struct ContextCache {
+    sessions: HashMap<String, Vec<ConversationEntry>>,
+}
+
+impl ContextCache {
+    fn remember(&mut self, session: &str, window: &[ConversationEntry]) {
+        if self.sessions.len() >= CONTEXT_CACHE_SESSIONS && !self.sessions.contains_key(session) {
+            // Crude but bounded: start over rather than track recency.
+            self.sessions.clear();
+        }
+        let keep = &window[window.len().saturating_sub(CONTEXT_EXCHANGES)..];
+        self.sessions.insert(session.to_owned(), keep.to_vec());
+    }
+}
+
 /// What one batch adds to one session.
 struct Tally {
     count: i64,
@@ -278,6 +306,7 @@ struct Tally {
 async fn write_batch(
     pool: &AnyPool,
     batch: &[Pending],
+    mut cache: Option<&mut ContextCache>,
 ) -> Result<Vec<ConversationEntry>, sqlx::Error> {
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for pending in batch {
@@ -308,20 +337,32 @@ async fn write_batch(
         next_seq.insert(session, (id, count - added + 1));
     }
 
-    let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
-    let select = select_context_sql(next_seq.len());
-    let mut query = sqlx::query_as::<_, ContextRow>(&select)
-        .persistent(false)
-        .bind(CONTEXT_EXCHANGES as i64 + most_added);
-    for (id, _) in next_seq.values() {
-        query = query.bind(*id);
-    }
+    // Recent history per session row: from the cache where it has it, else one read.
     let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
-    for row in query.fetch_all(&mut *tx).await? {
-        context
-            .entry(row.session_ref)
-            .or_default()
-            .push(row.exchange.into());
+    let mut missing = Vec::new();
+    for (session, (id, _)) in &next_seq {
+        match cache.as_deref().and_then(|c| c.sessions.get(session)) {
+            Some(window) => {
+                context.insert(*id, window.clone());
+            }
+            None => missing.push(*id),
+        }
+    }
+    if !missing.is_empty() {
+        let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
+        let select = select_context_sql(missing.len());
+        let mut query = sqlx::query_as::<_, ContextRow>(&select)
+            .persistent(false)
+            .bind(CONTEXT_EXCHANGES as i64 + most_added);
+        for id in &missing {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            context
+                .entry(row.session_ref)
+                .or_default()
+                .push(row.exchange.into());
+        }
     }
 
     let mut answered = Vec::with_capacity(batch.len());
@@ -361,6 +402,13 @@ async fn write_batch(
         query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    if let Some(cache) = cache.as_deref_mut() {
+        for (session, (id, _)) in &next_seq {
+            if let Some(window) = context.get(id) {
+                cache.remember(session, window);
+            }
+        }
+    }
     Ok(answered)
 }
 
