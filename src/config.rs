@@ -29,6 +29,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
 
+    /// JSON file of reply rules: {"rules":[{"any":["price"],"reply":"…"}],"fallback":"…"}.
+    /// Without it the seed's replies are used.
+    #[arg(long, env = "CHATBOT_RULES")]
+    pub rules: Option<std::path::PathBuf>,
+
+    /// Mount the seed's debug endpoints: GET /debug/sessions and POST /debug/clear,
+    /// which ERASES EVERY CONVERSATION. Off by default; never on a shared server.
+    #[arg(long, env = "CHATBOT_DEBUG_ENDPOINTS")]
+    pub debug_endpoints: bool,
+
     /// Largest accepted request body in bytes; larger bodies get a 413.
     #[arg(long, env = "CHATBOT_MAX_BODY_BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=1 << 30))]

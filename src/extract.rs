@@ -174,3 +174,153 @@ mod tests {
         }
     }
 }
+
+/// Query parameters, validated as FastAPI validates them: every problem is
+/// collected, each with `loc: ["query", NAME]` and the raw text as `input`.
+#[derive(Debug, Default)]
+pub struct QueryParams {
+    pairs: Vec<(String, String)>,
+    issues: Vec<ValidationIssue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let pairs = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(Self {
+            pairs,
+            issues: Vec::new(),
+        })
+    }
+}
+
+impl QueryParams {
+    /// The parameter's last value, as Starlette's `QueryParams.get` gives it.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn reject(&mut self, issue: ValidationIssue) {
+        self.issues.push(issue);
+    }
+
+    fn loc(name: &'static str) -> Vec<Loc> {
+        vec![Loc::from("query"), Loc::from(name)]
+    }
+
+    /// An optional integer in `min..=max`.
+    pub fn int(&mut self, name: &'static str, min: i64, max: i64) -> Option<i64> {
+        let raw = self.raw(name)?.to_owned();
+        let input = Value::String(raw.clone());
+        let Ok(value) = raw.trim().parse::<i64>() else {
+            self.reject(ValidationIssue::new(
+                "int_parsing",
+                Self::loc(name),
+                "Input should be a valid integer, unable to parse string as an integer",
+                input,
+            ));
+            return None;
+        };
+        if value < min {
+            self.reject(
+                ValidationIssue::new(
+                    "greater_than_equal",
+                    Self::loc(name),
+                    format!("Input should be greater than or equal to {min}"),
+                    input,
+                )
+                .with_ctx(json!({ "ge": min })),
+            );
+            None
+        } else if value > max {
+            self.reject(
+                ValidationIssue::new(
+                    "less_than_equal",
+                    Self::loc(name),
+                    format!("Input should be less than or equal to {max}"),
+                    input,
+                )
+                .with_ctx(json!({ "le": max })),
+            );
+            None
+        } else {
+            Some(value)
+        }
+    }
+
+    /// A string of at least one character; `required` makes absence an error.
+    pub fn text(&mut self, name: &'static str, required: bool) -> Option<String> {
+        match self.raw(name).map(str::to_owned) {
+            None if required => {
+                self.reject(ValidationIssue::new(
+                    "missing",
+                    Self::loc(name),
+                    "Field required",
+                    Value::Null,
+                ));
+                None
+            }
+            None => None,
+            Some(value) if value.is_empty() => {
+                self.reject(
+                    ValidationIssue::new(
+                        "string_too_short",
+                        Self::loc(name),
+                        "String should have at least 1 character",
+                        Value::String(value),
+                    )
+                    .with_ctx(json!({ "min_length": 1 })),
+                );
+                None
+            }
+            Some(value) => Some(value),
+        }
+    }
+
+    /// One of `choices`, or `default` when absent.
+    pub fn choice(
+        &mut self,
+        name: &'static str,
+        choices: &[&'static str],
+        default: &'static str,
+    ) -> &'static str {
+        let Some(raw) = self.raw(name).map(str::to_owned) else {
+            return default;
+        };
+        if let Some(choice) = choices.iter().find(|c| **c == raw) {
+            return choice;
+        }
+        let quoted: Vec<String> = choices.iter().map(|c| format!("'{c}'")).collect();
+        let expected = match quoted.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.reject(
+            ValidationIssue::new(
+                "enum",
+                Self::loc(name),
+                format!("Input should be {expected}"),
+                Value::String(raw),
+            )
+            .with_ctx(json!({ "expected": expected })),
+        );
+        default
+    }
+
+    /// `Ok` when every parameter read so far was valid, else the 422.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.issues))
+        }
+    }
+}

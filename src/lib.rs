@@ -7,6 +7,7 @@
 pub mod chatbot;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod models;
 pub mod routes;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub chatbot: Arc<Chatbot>,
     pub limits: Limits,
+    /// Mount the seed's `/debug/*` endpoints (which can erase everything).
+    pub debug_endpoints: bool,
 }
 
 impl AppState {
@@ -44,7 +47,14 @@ impl AppState {
             store,
             chatbot: Arc::new(chatbot),
             limits,
+            debug_endpoints: false,
         }
+    }
+
+    /// The same state with the debug endpoints on or off.
+    pub fn with_debug_endpoints(mut self, on: bool) -> Self {
+        self.debug_endpoints = on;
+        self
     }
 }
 
@@ -56,9 +66,15 @@ impl FromRef<AppState> for Limits {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .merge(routes::chat::router())
-        .merge(routes::health::router())
+        .merge(routes::history::router())
+        .merge(routes::sessions::router())
+        .merge(routes::health::router());
+    if state.debug_endpoints {
+        router = router.merge(routes::debug::router());
+    }
+    router
         // Applies to the routes above, so it comes after them.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

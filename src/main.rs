@@ -14,6 +14,16 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     telemetry::init();
 
+    let chatbot = match &config.rules {
+        None => Chatbot::seed(),
+        Some(path) => match Chatbot::from_rules_file(path) {
+            Ok(chatbot) => chatbot,
+            Err(err) => {
+                eprintln!("chatbot-api: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let store = match config.store.open(config.db_pool_size).await {
         Ok(store) => store,
         Err(err) => {
@@ -35,7 +45,8 @@ async fn main() -> ExitCode {
         tracing::info!(store = %config.store, "listening on http://{addr}");
     }
 
-    let state = AppState::new(store.clone(), Chatbot::seed(), config.limits());
+    let state = AppState::new(store.clone(), chatbot, config.limits())
+        .with_debug_endpoints(config.debug_endpoints);
     let served = serve(listener, state, shutdown_signal()).await;
     store.close().await;
     match served {

@@ -54,6 +54,61 @@ impl Serialize for ChatResponse {
     }
 }
 
+/// A session's size and time span. Serializes as an item of
+/// `GET /chat/sessions`; [`SessionStats`] gives the stats shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub session_id: String,
+    pub total_messages: usize,
+    /// Unix seconds of the first and the last exchange.
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+impl Serialize for SessionSummary {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("SessionSummary", 4)?;
+        s.serialize_field("session_id", &self.session_id)?;
+        s.serialize_field("total_messages", &self.total_messages)?;
+        s.serialize_field("first_message_time", &format_timestamp(self.first_at))?;
+        s.serialize_field("last_message_time", &format_timestamp(self.last_at))?;
+        s.end()
+    }
+}
+
+/// `GET /chat/history/{id}/stats`: the seed's debug tip, made real.
+#[derive(Debug)]
+pub struct SessionStats(pub SessionSummary);
+
+impl Serialize for SessionStats {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("SessionStats", 3)?;
+        s.serialize_field("total_messages", &self.0.total_messages)?;
+        s.serialize_field("first_message_time", &format_timestamp(self.0.first_at))?;
+        s.serialize_field("last_message_time", &format_timestamp(self.0.last_at))?;
+        s.end()
+    }
+}
+
+/// An exchange found by a search, with the session it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub session_id: String,
+    pub entry: ConversationEntry,
+}
+
+impl Serialize for Found {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Found", 5)?;
+        s.serialize_field("session_id", &self.session_id)?;
+        s.serialize_field("user_message", &*self.entry.user_message)?;
+        s.serialize_field("bot_reply", &*self.entry.bot_reply)?;
+        s.serialize_field("user_name", &*self.entry.user_name)?;
+        s.serialize_field("timestamp", &format_timestamp(self.entry.timestamp))?;
+        s.end()
+    }
+}
+
 /// Server-local time as the seed writes it: `%Y-%m-%d %H:%M:%S`.
 pub fn format_timestamp(unix_seconds: i64) -> String {
     match Local.timestamp_opt(unix_seconds, 0).earliest() {

@@ -1,22 +1,21 @@
-//! `POST /chat` and `GET /chat/history/{session_id}`: the seed's two routes.
+//! `POST /chat`: answer a message and store the exchange.
 
 use axum::extract::State;
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, SessionPath};
-use crate::models::{ChatRequest, ChatResponse, ConversationEntry, now};
+use crate::extract::JsonBody;
+use crate::models::{ChatRequest, ChatResponse, now};
 use crate::store::NewExchange;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/chat", post(chat))
-        .route("/chat/history/{session_id}", get(history))
+    Router::new().route("/chat", post(chat))
 }
 
-/// Answers a message and stores the exchange.
+/// Answers a message and stores the exchange; the reply is computed by the
+/// store's append, from the session's history at that moment.
 async fn chat(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -35,15 +34,4 @@ async fn chat(
         session_id: request.session_id,
         entry,
     }))
-}
-
-/// The session's exchanges, oldest first.
-async fn history(
-    State(state): State<AppState>,
-    SessionPath(session): SessionPath,
-) -> Result<Json<Vec<ConversationEntry>>, ApiError> {
-    match state.store.history(&session).await? {
-        Some(entries) if !entries.is_empty() => Ok(Json(entries)),
-        _ => Err(ApiError::NoHistory(session)),
-    }
 }

@@ -1,4 +1,7 @@
 //! HTTP routes, one module per resource, each exporting its `router()`.
 
 pub mod chat;
+pub mod debug;
 pub mod health;
+pub mod history;
+pub mod sessions;

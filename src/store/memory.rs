@@ -5,7 +5,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{NewExchange, Store, StoreError};
+use super::{
+    Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError, search_text,
+};
 use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
 use crate::models::{ConversationEntry, SessionId};
 
@@ -38,6 +40,15 @@ impl MemoryStore {
     }
 }
 
+fn summarize(session_id: &str, entries: &[ConversationEntry]) -> Option<SessionSummary> {
+    Some(SessionSummary {
+        session_id: session_id.to_owned(),
+        total_messages: entries.len(),
+        first_at: entries.first()?.timestamp,
+        last_at: entries.last()?.timestamp,
+    })
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn append(
@@ -66,7 +77,78 @@ impl Store for MemoryStore {
         Ok(entry)
     }
 
-    async fn history(&self, session: &str) -> Result<Option<Vec<ConversationEntry>>, StoreError> {
-        Ok(self.read().get(session).cloned())
+    async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
+        let sessions = self.read();
+        let Some(entries) = sessions.get(session).filter(|e| !e.is_empty()) else {
+            return Ok(None);
+        };
+        let start = page.offset.min(entries.len());
+        let end = page.limit.map_or(entries.len(), |l| {
+            start.saturating_add(l).min(entries.len())
+        });
+        Ok(Some(HistoryPage {
+            total: entries.len(),
+            entries: entries[start..end].to_vec(),
+        }))
+    }
+
+    async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError> {
+        Ok(self.read().get(session).and_then(|e| summarize(session, e)))
+    }
+
+    async fn sessions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let sessions = self.read();
+        let mut ids: Vec<&String> = sessions
+            .keys()
+            .filter(|id| after.is_none_or(|after| id.as_str() > after))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| summarize(id, &sessions[id]))
+            .take(limit)
+            .collect())
+    }
+
+    async fn delete(&self, session: &str) -> Result<bool, StoreError> {
+        Ok(self.write().remove(session).is_some())
+    }
+
+    async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
+        let sessions = self.read();
+        let mut found: Vec<(i64, &str, usize, &ConversationEntry)> = Vec::new();
+        for (id, entries) in sessions.iter() {
+            if search
+                .session_id
+                .as_deref()
+                .is_some_and(|wanted| wanted != id)
+            {
+                continue;
+            }
+            for (seq, entry) in entries.iter().enumerate() {
+                if search_text(&entry.user_message, &entry.bot_reply).contains(&search.text) {
+                    found.push((entry.timestamp, id, seq, entry));
+                }
+            }
+        }
+        // Newest first; within one second, later in the session first.
+        found.sort_unstable_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+        Ok(found
+            .into_iter()
+            .take(search.limit)
+            .map(|(_, id, _, entry)| Found {
+                session_id: id.to_owned(),
+                entry: entry.clone(),
+            })
+            .collect())
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.write().clear();
+        Ok(())
     }
 }

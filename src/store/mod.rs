@@ -14,6 +14,7 @@ pub use sql::{CommitStats, Dialect, SqlStore};
 
 use crate::chatbot::Replier;
 use crate::models::{ConversationEntry, SessionId};
+pub use crate::models::{Found, SessionSummary};
 
 /// A user's message, before the bot has answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,40 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Which part of a history to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Page {
+    /// Exchanges to skip from the oldest.
+    pub offset: usize,
+    /// The most to return; `None` for all the rest.
+    pub limit: Option<usize>,
+}
+
+/// A page of a history and the session's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub total: usize,
+    pub entries: Vec<ConversationEntry>,
+}
+
+/// What to search for: `text` (already lower-cased) in messages and replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    pub text: String,
+    pub session_id: Option<String>,
+    pub limit: usize,
+}
+
+/// The lower-cased text a search looks in: message and reply, kept apart by
+/// a separator no query contains.
+pub fn search_text(user_message: &str, bot_reply: &str) -> String {
+    format!(
+        "{}\u{1f}{}",
+        user_message.to_lowercase(),
+        bot_reply.to_lowercase()
+    )
+}
+
 /// A conversation store. Every backend keeps each session's exchanges in the
 /// order they were appended, and `append` returns only once the exchange is
 /// as durable as the backend makes it.
@@ -59,8 +94,27 @@ pub trait Store: Send + Sync + 'static {
         replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError>;
 
-    /// The session's whole history, oldest first, or `None` when it has none.
-    async fn history(&self, session: &str) -> Result<Option<Vec<ConversationEntry>>, StoreError>;
+    /// A page of the session's history, oldest first, or `None` when it has none.
+    async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError>;
+
+    /// The session's size and time span, or `None` when it has no history.
+    async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError>;
+
+    /// Up to `limit` sessions with ids after `after`, sorted by id.
+    async fn sessions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionSummary>, StoreError>;
+
+    /// Removes the session and all its exchanges; `false` when there was none.
+    async fn delete(&self, session: &str) -> Result<bool, StoreError>;
+
+    /// Exchanges whose message or reply contains the text, newest first.
+    async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError>;
+
+    /// Removes every session.
+    async fn clear(&self) -> Result<(), StoreError>;
 
     /// Flushes and releases resources at shutdown.
     async fn close(&self) {}

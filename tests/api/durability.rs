@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use chatbot_api::chatbot::Chatbot;
 use chatbot_api::models::{ConversationEntry, SessionId};
 use chatbot_api::store::{Dialect, NewExchange, SqlStore, Store};
+
+use crate::helpers::all;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -48,7 +50,7 @@ async fn sqlite_history_survives_a_restart() {
     drop(store);
 
     let reopened = open_sqlite(dir.path()).await;
-    let history = reopened.history("kept").await.unwrap().unwrap();
+    let history = all(&*reopened, "kept").await.unwrap();
     assert_eq!(history, vec![entry("one"), entry("two")]);
 }
 

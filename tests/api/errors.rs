@@ -43,7 +43,8 @@ async fn wrong_method_is_405_with_allow() {
         (Method::GET, "/chat", "POST"),
         (Method::PUT, "/chat", "POST"),
         (Method::DELETE, "/chat", "POST"),
-        (Method::POST, "/chat/history/x", "GET,HEAD"),
+        (Method::POST, "/chat/history/x", "GET,HEAD,DELETE"),
+        (Method::POST, "/chat/history/x/stats", "GET,HEAD"),
         (Method::POST, "/health", "GET,HEAD"),
     ] {
         let response = app.request(method.clone(), uri, None, Body::empty()).await;

@@ -321,3 +321,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The session's whole history straight from a store, or `None`.
+pub async fn all(
+    store: &dyn Store,
+    session: &str,
+) -> Option<Vec<chatbot_api::models::ConversationEntry>> {
+    store
+        .history(session, chatbot_api::store::Page::default())
+        .await
+        .expect("history")
+        .map(|page| page.entries)
+}

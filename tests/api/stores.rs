@@ -8,6 +8,8 @@ use chatbot_api::chatbot::Replier;
 use chatbot_api::models::{ConversationEntry, SessionId};
 use chatbot_api::store::{NewExchange, Store};
 
+use crate::helpers::all;
+
 fn entry(message: &str, user: &str, timestamp: i64) -> ConversationEntry {
     ConversationEntry {
         user_message: message.into(),
@@ -63,7 +65,7 @@ async fn appends_come_back_in_order_with_every_field(store: Arc<dyn Store>) {
     say(&store, &s, "Hello!", "Alice", 1_700_000_000).await;
     say(&store, &s, "What's your name?", "Alice", 1_700_000_000).await;
     say(&store, &s, "Bye", "Al", 1_699_999_999).await;
-    let history = store.history("alice_chat").await.unwrap().expect("history");
+    let history = all(&*store, "alice_chat").await.expect("history");
     // Order is the order of appends, not of timestamps.
     assert_eq!(
         history,
@@ -76,20 +78,14 @@ async fn appends_come_back_in_order_with_every_field(store: Arc<dyn Store>) {
 }
 
 async fn unknown_sessions_have_no_history(store: Arc<dyn Store>) {
-    assert_eq!(store.history("nobody").await.unwrap(), None);
+    assert_eq!(all(&*store, "nobody").await, None);
 }
 
 async fn sessions_are_separate(store: Arc<dyn Store>) {
     say(&store, &sid("a"), "for a", "A", 1).await;
     say(&store, &sid("b"), "for b", "B", 2).await;
-    assert_eq!(
-        messages(&store.history("a").await.unwrap().unwrap()),
-        ["for a"]
-    );
-    assert_eq!(
-        messages(&store.history("b").await.unwrap().unwrap()),
-        ["for b"]
-    );
+    assert_eq!(messages(&all(&*store, "a").await.unwrap()), ["for a"]);
+    assert_eq!(messages(&all(&*store, "b").await.unwrap()), ["for b"]);
 }
 
 async fn the_replier_sees_the_latest_exchanges_oldest_first(store: Arc<dyn Store>) {
@@ -120,9 +116,9 @@ async fn unicode_and_quotes_round_trip(store: Arc<dyn Store>) {
     let s = sid("会话 ☕ 'x' \"y\"");
     let e = entry("Ça va? 你好 🙂 \\ ' \" \n\t%_", "Zoë 🚀", 5);
     say(&store, &s, &e.user_message, &e.user_name, e.timestamp).await;
-    assert_eq!(store.history(s.as_str()).await.unwrap(), Some(vec![e]));
+    assert_eq!(all(&*store, s.as_str()).await, Some(vec![e]));
     // LIKE-style wildcards in an id match nothing else.
-    assert_eq!(store.history("会话 %").await.unwrap(), None);
+    assert_eq!(all(&*store, "会话 %").await, None);
 }
 
 async fn concurrent_appends_keep_each_writers_order(store: Arc<dyn Store>) {
@@ -145,7 +141,7 @@ async fn concurrent_appends_keep_each_writers_order(store: Arc<dyn Store>) {
     for task in tasks {
         task.await.unwrap();
     }
-    let shared = store.history("shared").await.unwrap().unwrap();
+    let shared = all(&*store, "shared").await.unwrap();
     assert_eq!(shared.len(), writers * per_writer / 2);
     for w in 0..writers {
         let prefix = format!("w{w}-");
@@ -159,7 +155,7 @@ async fn concurrent_appends_keep_each_writers_order(store: Arc<dyn Store>) {
             .map(|i| format!("w{w}-{i}"))
             .collect();
         assert_eq!(own, expected);
-        let private = store.history(&format!("own-{w}")).await.unwrap().unwrap();
+        let private = all(&*store, &format!("own-{w}")).await.unwrap();
         let expected: Vec<String> = (1..per_writer)
             .step_by(2)
             .map(|i| format!("w{w}-{i}"))

@@ -1,0 +1,126 @@
+//! One session's history: read (whole or in pages), stats, delete, export.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::export::{ExportFormat, export};
+use crate::extract::{QueryParams, SessionPath};
+use crate::models::SessionStats;
+use crate::store::Page;
+
+/// The most exchanges one page may ask for.
+pub const MAX_PAGE: i64 = 10_000;
+
+/// Characters escaped in a path segment we write into a `Link` header.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|');
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat/history/{session_id}", get(history).delete(delete))
+        .route("/chat/history/{session_id}/stats", get(stats))
+        .route("/chat/history/{session_id}/export", get(download))
+}
+
+/// The session's exchanges, oldest first; `offset`/`limit` page through them.
+async fn history(
+    State(state): State<AppState>,
+    SessionPath(session): SessionPath,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
+    let offset = query.int("offset", 0, i64::MAX);
+    let limit = query.int("limit", 1, MAX_PAGE);
+    query.finish()?;
+    let page = Page {
+        offset: offset.unwrap_or(0) as usize,
+        limit: limit.map(|l| l as usize),
+    };
+    let found = state.store.history(&session, page).await?;
+    let Some(found) = found.filter(|f| f.total > 0) else {
+        return Err(ApiError::NoHistory(session));
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(found.total));
+    let next = page.offset.saturating_add(found.entries.len());
+    if let Some(limit) = page.limit
+        && next < found.total
+    {
+        let path = utf8_percent_encode(&session, SEGMENT);
+        let link = format!("</chat/history/{path}?offset={next}&limit={limit}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, value);
+        }
+    }
+    Ok((headers, Json(found.entries)).into_response())
+}
+
+/// `{"total_messages", "first_message_time", "last_message_time"}`.
+async fn stats(
+    State(state): State<AppState>,
+    SessionPath(session): SessionPath,
+) -> Result<Json<SessionStats>, ApiError> {
+    match state.store.summary(&session).await? {
+        Some(summary) => Ok(Json(SessionStats(summary))),
+        None => Err(ApiError::NoHistory(session)),
+    }
+}
+
+/// Removes the whole conversation; the id is free for a new one at once.
+async fn delete(
+    State(state): State<AppState>,
+    SessionPath(session): SessionPath,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete(&session).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NoHistory(session))
+    }
+}
+
+/// The whole conversation as a download: JSON lines, CSV or Markdown.
+async fn download(
+    State(state): State<AppState>,
+    SessionPath(session): SessionPath,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
+    let format = query.choice("format", ExportFormat::NAMES, "jsonl");
+    query.finish()?;
+    let format = ExportFormat::from_name(format).unwrap_or(ExportFormat::Jsonl);
+    let Some(found) = state.store.history(&session, Page::default()).await? else {
+        return Err(ApiError::NoHistory(session));
+    };
+    let body = export(format, &session, &found.entries);
+    let filename = utf8_percent_encode(&session, percent_encoding::NON_ALPHANUMERIC);
+    let disposition = format!(
+        "attachment; filename=\"conversation.{ext}\"; filename*=UTF-8''{filename}.{ext}",
+        ext = format.extension()
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok((headers, body).into_response())
+}

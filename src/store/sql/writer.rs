@@ -1,0 +1,358 @@
+//! The commit task: the one writer of a SQL store.
+//!
+//! Appends queue up and are written in groups (one transaction, one commit,
+//! then every request in the group is answered). Deletes and clears go
+//! through the same queue, in order, so nothing the task remembers can go
+//! stale behind its back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::{AnyPool, FromRow};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ExchangeRow, unavailable};
+use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
+use crate::models::{ConversationEntry, SessionId};
+use crate::store::{NewExchange, StoreError, search_text};
+
+/// The most exchanges written in one transaction.
+pub(super) const MAX_BATCH: usize = 512;
+/// Rows per multi-row `INSERT`, well under both dialects' parameter limits.
+const ROWS_PER_INSERT: usize = 256;
+/// Sessions whose recent exchanges the SQLite commit task keeps in memory.
+const CONTEXT_CACHE_SESSIONS: usize = 10_000;
+
+/// Work for the commit task.
+pub(super) enum Command {
+    Append(Pending),
+    Delete {
+        session: String,
+        done: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Clear {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// One exchange waiting for the next group commit.
+pub(super) struct Pending {
+    pub session: SessionId,
+    pub exchange: NewExchange,
+    pub replier: Arc<dyn Replier>,
+    pub done: oneshot::Sender<Result<ConversationEntry, StoreError>>,
+}
+
+/// How many exchanges went into how many commits, for the benchmarks.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    commits: AtomicU64,
+    exchanges: AtomicU64,
+}
+
+impl CommitStats {
+    /// (commits, exchanges) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.exchanges.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The latest exchanges of recently written sessions, owned by the commit
+/// task. Valid only while that task is the database's one writer.
+#[derive(Default)]
+pub(super) struct ContextCache {
+    sessions: HashMap<String, Vec<ConversationEntry>>,
+}
+
+impl ContextCache {
+    fn remember(&mut self, session: &str, window: &[ConversationEntry]) {
+        if self.sessions.len() >= CONTEXT_CACHE_SESSIONS && !self.sessions.contains_key(session) {
+            // Crude but bounded: start over rather than track recency.
+            self.sessions.clear();
+        }
+        let keep = &window[window.len().saturating_sub(CONTEXT_EXCHANGES)..];
+        self.sessions.insert(session.to_owned(), keep.to_vec());
+    }
+}
+
+/// Runs until every sender is gone: groups consecutive appends into one
+/// commit; deletes and clears run in queue order between groups.
+pub(super) async fn commit_loop(
+    pool: AnyPool,
+    mut queue: mpsc::Receiver<Command>,
+    stats: Arc<CommitStats>,
+    mut cache: Option<ContextCache>,
+) {
+    let mut received = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut received, MAX_BATCH).await > 0 {
+        for command in received.drain(..) {
+            match command {
+                Command::Append(pending) => batch.push(pending),
+                Command::Delete { session, done } => {
+                    commit_group(&pool, &mut batch, &stats, cache.as_mut()).await;
+                    if let Some(cache) = cache.as_mut() {
+                        cache.sessions.remove(&session);
+                    }
+                    let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
+                        .bind(&session)
+                        .execute(&pool)
+                        .await
+                        .map(|done| done.rows_affected() > 0)
+                        .map_err(unavailable);
+                    let _ = done.send(result);
+                }
+                Command::Clear { done } => {
+                    commit_group(&pool, &mut batch, &stats, cache.as_mut()).await;
+                    if let Some(cache) = cache.as_mut() {
+                        cache.sessions.clear();
+                    }
+                    let result = sqlx::query("DELETE FROM sessions")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(unavailable);
+                    let _ = done.send(result);
+                }
+            }
+        }
+        commit_group(&pool, &mut batch, &stats, cache.as_mut()).await;
+    }
+}
+
+/// Writes and commits `batch`, answers each of its requests, and empties it.
+async fn commit_group(
+    pool: &AnyPool,
+    batch: &mut Vec<Pending>,
+    stats: &CommitStats,
+    cache: Option<&mut ContextCache>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    match write_batch(pool, batch, cache).await {
+        Ok(entries) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .exchanges
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (pending, entry) in batch.drain(..).zip(entries) {
+                let _ = pending.done.send(Ok(entry));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
+            let err = unavailable(err);
+            for pending in batch.drain(..) {
+                let _ = pending.done.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `columns` columns.
+fn insert_sql(head: &str, rows: usize, columns: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 6);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + column + 1));
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+/// Adds `k` exchanges to each session row (creating missing ones) and returns
+/// each session's row id and new count. Rows lock in `session_id` order, so
+/// two instances committing overlapping batches cannot deadlock.
+fn upsert_sessions_sql(sessions: usize) -> String {
+    insert_sql(
+        "INSERT INTO sessions (session_id, message_count, first_at, last_at)",
+        sessions,
+        4,
+        "ON CONFLICT (session_id) DO UPDATE \
+         SET message_count = sessions.message_count + excluded.message_count, last_at = excluded.last_at \
+         RETURNING id, session_id, message_count",
+    )
+}
+
+fn insert_exchanges_sql(rows: usize) -> String {
+    insert_sql(
+        "INSERT INTO exchanges \
+         (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text)",
+        rows,
+        7,
+        "",
+    )
+}
+
+/// The latest exchanges of the batch's sessions, read after their rows are
+/// locked, so each reply sees exactly the history before it. `$1` is the
+/// window; the rest are session row ids.
+fn select_context_sql(sessions: usize) -> String {
+    let ids: Vec<String> = (0..sessions).map(|i| format!("${}", i + 2)).collect();
+    format!(
+        "SELECT e.session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
+         FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+         WHERE e.session_ref IN ({}) AND e.seq > s.message_count - $1 \
+         ORDER BY e.session_ref, e.seq",
+        ids.join(", ")
+    )
+}
+
+#[derive(FromRow)]
+struct ContextRow {
+    session_ref: i64,
+    #[sqlx(flatten)]
+    exchange: ExchangeRow,
+}
+
+/// What one batch adds to one session.
+struct Tally {
+    count: i64,
+    first_at: i64,
+    last_at: i64,
+}
+
+/// Writes a whole batch with a fixed number of statements: one upsert for
+/// all its sessions, one read of their recent history (skipped where the
+/// cache has it), then multi-row inserts. Returns the answered exchanges in
+/// batch order.
+#[tracing::instrument(skip_all, fields(exchanges = batch.len()))]
+async fn write_batch(
+    pool: &AnyPool,
+    batch: &[Pending],
+    mut cache: Option<&mut ContextCache>,
+) -> Result<Vec<ConversationEntry>, sqlx::Error> {
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    for pending in batch {
+        let at = pending.exchange.timestamp;
+        let tally = tallies.entry(pending.session.as_str()).or_insert(Tally {
+            count: 0,
+            first_at: at,
+            last_at: at,
+        });
+        tally.count += 1;
+        tally.last_at = at;
+    }
+
+    let mut tx = pool.begin().await?;
+    let upsert = upsert_sessions_sql(tallies.len());
+    let mut query = sqlx::query_as::<_, (i64, String, i64)>(&upsert).persistent(false);
+    for (session, tally) in &tallies {
+        query = query
+            .bind(*session)
+            .bind(tally.count)
+            .bind(tally.first_at)
+            .bind(tally.last_at);
+    }
+    // Each session's row id and the seq its first exchange in this batch gets.
+    let mut next_seq: HashMap<String, (i64, i64)> = HashMap::with_capacity(tallies.len());
+    for (id, session, count) in query.fetch_all(&mut *tx).await? {
+        let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
+        next_seq.insert(session, (id, count - added + 1));
+    }
+
+    // Recent history per session row: from the cache where it has it, else one read.
+    let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
+    let mut missing = Vec::new();
+    for (session, (id, _)) in &next_seq {
+        match cache.as_deref().and_then(|c| c.sessions.get(session)) {
+            Some(window) => {
+                context.insert(*id, window.clone());
+            }
+            None => missing.push(*id),
+        }
+    }
+    if !missing.is_empty() {
+        let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
+        let select = select_context_sql(missing.len());
+        let mut query = sqlx::query_as::<_, ContextRow>(&select)
+            .persistent(false)
+            .bind(CONTEXT_EXCHANGES as i64 + most_added);
+        for id in &missing {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            context
+                .entry(row.session_ref)
+                .or_default()
+                .push(row.exchange.into());
+        }
+    }
+
+    let mut answered = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let slot = next_seq
+            .get_mut(pending.session.as_str())
+            .ok_or_else(|| sqlx::Error::Protocol("upsert returned no row for a session".into()))?;
+        let (session_ref, seq) = *slot;
+        slot.1 += 1;
+        let history = context.entry(session_ref).or_default();
+        let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
+        let bot_reply = pending
+            .replier
+            .reply(&pending.exchange.user_message, window);
+        let entry = pending.exchange.clone().answered(bot_reply);
+        history.push(entry.clone());
+        rows.push((session_ref, seq));
+        answered.push(entry);
+    }
+
+    for (entries, refs) in answered
+        .chunks(ROWS_PER_INSERT)
+        .zip(rows.chunks(ROWS_PER_INSERT))
+    {
+        let insert = insert_exchanges_sql(entries.len());
+        let mut query = sqlx::query(&insert).persistent(false);
+        for (entry, (session_ref, seq)) in entries.iter().zip(refs) {
+            query = query
+                .bind(*session_ref)
+                .bind(*seq)
+                .bind(&*entry.user_message)
+                .bind(&*entry.bot_reply)
+                .bind(&*entry.user_name)
+                .bind(entry.timestamp)
+                .bind(search_text(&entry.user_message, &entry.bot_reply));
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    if let Some(cache) = cache.as_deref_mut() {
+        for (session, (id, _)) in &next_seq {
+            if let Some(window) = context.get(id) {
+                cache.remember(session, window);
+            }
+        }
+    }
+    Ok(answered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_inserts_number_their_parameters() {
+        assert_eq!(
+            insert_sql("INSERT INTO t (a, b)", 2, 2, "X"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X"
+        );
+        assert!(upsert_sessions_sql(1).contains("VALUES ($1, $2, $3, $4) ON CONFLICT"));
+        assert!(insert_exchanges_sql(2).ends_with("($8, $9, $10, $11, $12, $13, $14) "));
+        assert!(select_context_sql(2).contains("IN ($2, $3)"));
+    }
+}
