@@ -385,3 +385,18 @@ async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
         "the failed write stored nothing"
     );
 }
+
+#[tokio::test]
+async fn after_a_restart_replies_still_remember_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::with_store(open_sqlite(dir.path()).await, Default::default());
+    app.say("mem", "Ann", "I like green tea").await;
+    app.state.store.close().await;
+    drop(app);
+
+    let app = TestApp::with_store(open_sqlite(dir.path()).await, Default::default());
+    let reply = app.say("mem", "User", "What did I just say?").await;
+    assert_eq!(reply["bot_reply"], "You said: \"I like green tea\"");
+    let name = app.say("mem", "User", "What is my name?").await;
+    assert_eq!(name["bot_reply"], "Your name is Ann.");
+}

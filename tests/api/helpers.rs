@@ -13,8 +13,9 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-/// The router over a fresh in-memory store.
+/// The router over a store, and the state it was built from.
 pub struct TestApp {
+    pub state: AppState,
     pub router: Router,
 }
 
@@ -49,8 +50,13 @@ impl TestApp {
     }
 
     pub fn with_store(store: Arc<dyn Store>, limits: Limits) -> Self {
+        Self::from_state(AppState::new(store, Chatbot::seed(), limits))
+    }
+
+    pub fn from_state(state: AppState) -> Self {
         Self {
-            router: app(AppState::new(store, Chatbot::seed(), limits)),
+            router: app(state.clone()),
+            state,
         }
     }
 

@@ -4,6 +4,7 @@ mod concurrency;
 mod durability;
 mod errors;
 mod helpers;
+mod manage;
 mod seed;
 mod socket;
 mod stores;

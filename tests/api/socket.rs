@@ -127,6 +127,8 @@ fn help_explains_every_flag_and_its_env_var() {
         ("--max-message-chars", "CHATBOT_MAX_MESSAGE_CHARS"),
         ("--store", "CHATBOT_STORE"),
         ("--db-pool-size", "CHATBOT_DB_POOL_SIZE"),
+        ("--rules", "CHATBOT_RULES"),
+        ("--debug-endpoints", "CHATBOT_DEBUG_ENDPOINTS"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),
@@ -172,5 +174,88 @@ fn env_vars_configure_the_binary() {
     assert!(
         response.contains("String should have at most 3 characters"),
         "{response}"
+    );
+}
+
+#[test]
+fn a_broken_rules_file_stops_the_server_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.json");
+    std::fs::write(
+        &path,
+        r#"{"rules":[{"any":["ok"],"reply":"fine"},{"any":["x"]}]}"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .args(["--store", "memory", "--port", "0", "--rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "chatbot-api: rules file {}: rule 1: \"reply\" is missing",
+            path.display()
+        )
+    );
+    let missing = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .args([
+            "--store",
+            "memory",
+            "--port",
+            "0",
+            "--rules",
+            "/nonexistent/rules.json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert_eq!(String::from_utf8_lossy(&missing.stderr).lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_file_from_the_environment_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.json");
+    std::fs::write(&path, r#"{"rules":[{"any":["price","pricing"],"reply":"Plans start at five euros."}],"fallback":"Ask me about prices."}"#).unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .env("CHATBOT_RULES", &path)
+        .env("CHATBOT_STORE", "memory")
+        .env("CHATBOT_PORT", port.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut replies = Vec::new();
+    for message in ["What's the PRICING?", "Hello!"] {
+        let mut answer = None;
+        for _ in 0..200 {
+            if let Ok(response) = client
+                .post(format!("{base}/chat"))
+                .json(&json!({"user_message": message}))
+                .send()
+                .await
+            {
+                answer = Some(
+                    response.json::<Value>().await.unwrap()["bot_reply"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        replies.push(answer.expect("server answered"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        replies,
+        ["Plans start at five euros.", "Ask me about prices."]
     );
 }
