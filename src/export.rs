@@ -3,7 +3,8 @@
 use crate::models::{ConversationEntry, format_timestamp};
 
 /// A download format of `GET /chat/history/{id}/export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Jsonl,
     Csv,

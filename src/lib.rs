@@ -6,6 +6,7 @@
 
 pub mod chatbot;
 pub mod config;
+pub mod docs;
 pub mod error;
 pub mod export;
 pub mod extract;
@@ -26,6 +27,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::chatbot::Chatbot;
 use crate::models::Limits;
@@ -64,23 +68,38 @@ impl FromRef<AppState> for Limits {
     }
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application: the documented routes, `/openapi.json`,
+/// Swagger UI at `/docs`, and FastAPI's 404/405 bodies for everything else.
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new()
-        .merge(routes::chat::router())
-        .merge(routes::history::router())
-        .merge(routes::sessions::router())
-        .merge(routes::health::router());
-    if state.debug_endpoints {
-        router = router.merge(routes::debug::router());
-    }
+    let (router, api) = api_router(&state).split_for_parts();
     router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         // Applies to the routes above, so it comes after them.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(telemetry::trace_layer())
         .with_state(state)
+}
+
+/// Every route with its OpenAPI operation: registering a route through
+/// `utoipa_axum::routes!` is what documents it.
+pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut router = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .merge(routes::chat::router())
+        .merge(routes::history::router())
+        .merge(routes::sessions::router())
+        .merge(routes::health::router())
+        .merge(routes::ui::router());
+    if state.debug_endpoints {
+        router = router.merge(routes::debug::router());
+    }
+    router
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
+    api_router(state).into_openapi()
 }
 
 /// A panic in a handler becomes a bare 500: logged here, never shown.

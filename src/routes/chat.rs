@@ -1,21 +1,37 @@
 //! `POST /chat`: answer a message and store the exchange.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::docs::{ChatRequestBody, ChatResponseBody, DetailBody, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::models::{ChatRequest, ChatResponse, now};
 use crate::store::NewExchange;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/chat", post(chat))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(chat))
 }
 
 /// Answers a message and stores the exchange; the reply is computed by the
 /// store's append, from the session's history at that moment.
+#[utoipa::path(
+    post,
+    path = "/chat",
+    tag = "chat",
+    summary = "Send a message",
+    description = "Answers with the bot's reply once the exchange is stored (committed, on a database).",
+    request_body = ChatRequestBody,
+    responses(
+        (status = 200, description = "The bot's reply", body = ChatResponseBody),
+        (status = 413, description = "Body larger than the limit", body = DetailBody),
+        (status = 422, description = "Invalid body", body = ValidationBody),
+        (status = 503, description = "Storage unavailable", body = DetailBody),
+    )
+)]
 async fn chat(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,

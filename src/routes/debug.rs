@@ -1,22 +1,27 @@
 //! The seed's debugging tips, mounted only with `--debug-endpoints`.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::docs::{DebugSessions, DetailBody, StatusBody};
 use crate::error::ApiError;
 
 const PAGE: usize = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/debug/sessions", get(sessions))
-        .route("/debug/clear", post(clear))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sessions))
+        .routes(routes!(clear))
 }
 
 /// `{"total_sessions", "session_ids", "total_messages"}` over every session.
+#[utoipa::path(get, path = "/debug/sessions", tag = "service", summary = "Every session (debug)",
+    description = "Only with `--debug-endpoints`.",
+    responses((status = 200, body = DebugSessions), (status = 503, body = DetailBody)))]
 async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut ids = Vec::new();
     let mut total_messages = 0;
@@ -41,6 +46,9 @@ async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 /// Erases every conversation.
+#[utoipa::path(post, path = "/debug/clear", tag = "service", summary = "Erase everything (debug)",
+    description = "Only with `--debug-endpoints`. Erases every conversation.",
+    responses((status = 200, body = StatusBody, example = json!({"status": "cleared"})), (status = 503, body = DetailBody)))]
 async fn clear(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.clear().await?;
     Ok(Json(json!({ "status": "cleared" })))

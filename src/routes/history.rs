@@ -1,13 +1,15 @@
 //! One session's history: read (whole or in pages), stats, delete, export.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::docs::{DetailBody, HistoryEntry, StatsBody, ValidationBody};
 use crate::error::ApiError;
 use crate::export::{ExportFormat, export};
 use crate::extract::{QueryParams, SessionPath};
@@ -34,14 +36,31 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'^')
     .add(b'|');
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/chat/history/{session_id}", get(history).delete(delete))
-        .route("/chat/history/{session_id}/stats", get(stats))
-        .route("/chat/history/{session_id}/export", get(download))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(history, delete))
+        .routes(routes!(stats))
+        .routes(routes!(download))
 }
 
 /// The session's exchanges, oldest first; `offset`/`limit` page through them.
+#[utoipa::path(get, path = "/chat/history/{session_id}", tag = "chat", summary = "Read a conversation",
+    description = "Without parameters: the whole history, as the seed server answers.",
+    params(
+        ("session_id" = String, Path, description = "The conversation (percent-decoded)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Exchanges to skip"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "Exchanges, oldest first", body = Vec<HistoryEntry>,
+            headers(
+                ("x-total-count" = u64, description = "The session's size"),
+                ("link" = String, description = "`<…>; rel=\"next\"` while more remain"),
+            )),
+        (status = 404, description = "No history for this session", body = DetailBody),
+        (status = 422, body = ValidationBody),
+        (status = 503, body = DetailBody),
+    ))]
 async fn history(
     State(state): State<AppState>,
     SessionPath(session): SessionPath,
@@ -74,6 +93,13 @@ async fn history(
 }
 
 /// `{"total_messages", "first_message_time", "last_message_time"}`.
+#[utoipa::path(get, path = "/chat/history/{session_id}/stats", tag = "chat", summary = "Conversation stats",
+    params(("session_id" = String, Path, description = "The conversation")),
+    responses(
+        (status = 200, body = StatsBody),
+        (status = 404, description = "No history for this session", body = DetailBody),
+        (status = 503, body = DetailBody),
+    ))]
 async fn stats(
     State(state): State<AppState>,
     SessionPath(session): SessionPath,
@@ -85,6 +111,13 @@ async fn stats(
 }
 
 /// Removes the whole conversation; the id is free for a new one at once.
+#[utoipa::path(delete, path = "/chat/history/{session_id}", tag = "chat", summary = "Delete a conversation",
+    params(("session_id" = String, Path, description = "The conversation")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No history for this session", body = DetailBody),
+        (status = 503, body = DetailBody),
+    ))]
 async fn delete(
     State(state): State<AppState>,
     SessionPath(session): SessionPath,
@@ -97,6 +130,23 @@ async fn delete(
 }
 
 /// The whole conversation as a download: JSON lines, CSV or Markdown.
+#[utoipa::path(get, path = "/chat/history/{session_id}/export", tag = "chat", summary = "Download a conversation",
+    params(
+        ("session_id" = String, Path, description = "The conversation"),
+        ("format" = Option<ExportFormat>, Query, description = "`jsonl` (default), `csv` or `markdown`"),
+    ),
+    responses(
+        (status = 200, description = "An attachment",
+            content(
+                (String = "application/x-ndjson"),
+                (String = "text/csv; charset=utf-8"),
+                (String = "text/markdown; charset=utf-8"),
+            ),
+            headers(("content-disposition" = String, description = "attachment; filename=…"))),
+        (status = 404, description = "No history for this session", body = DetailBody),
+        (status = 422, body = ValidationBody),
+        (status = 503, body = DetailBody),
+    ))]
 async fn download(
     State(state): State<AppState>,
     SessionPath(session): SessionPath,

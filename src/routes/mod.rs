@@ -5,3 +5,4 @@ pub mod debug;
 pub mod health;
 pub mod history;
 pub mod sessions;
+pub mod ui;

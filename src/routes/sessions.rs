@@ -1,12 +1,14 @@
 //! Across sessions: list them in pages, search their exchanges.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::docs::{DetailBody, SearchHit, SessionItem, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::models::Found;
@@ -16,14 +18,25 @@ use crate::store::Search;
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/chat/sessions", get(list))
-        .route("/chat/search", get(search))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(search))
 }
 
 /// Sessions sorted by id, `limit` at a time; `after` is the last id of the
 /// previous page, so paging sees every session once even while new ones appear.
+#[utoipa::path(get, path = "/chat/sessions", tag = "sessions", summary = "List sessions",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+        ("after" = Option<String>, Query, description = "The last session_id of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Sessions sorted by id", body = Vec<SessionItem>,
+            headers(("link" = String, description = "`<…>; rel=\"next\"` while more remain"))),
+        (status = 422, body = ValidationBody),
+        (status = 503, body = DetailBody),
+    ))]
 async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<Response, ApiError> {
     let limit = query.int("limit", 1, MAX_LIMIT).unwrap_or(DEFAULT_LIMIT) as usize;
     let after = query.raw("after").map(str::to_owned);
@@ -47,6 +60,17 @@ async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<R
 }
 
 /// Exchanges whose message or reply contains `q` (case-insensitive), newest first.
+#[utoipa::path(get, path = "/chat/search", tag = "sessions", summary = "Search exchanges",
+    params(
+        ("q" = String, Query, min_length = 1, description = "Text to find in messages and replies, case-insensitively"),
+        ("session_id" = Option<String>, Query, description = "Search one session only"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Most hits (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Hits, newest first", body = Vec<SearchHit>),
+        (status = 422, body = ValidationBody),
+        (status = 503, body = DetailBody),
+    ))]
 async fn search(
     State(state): State<AppState>,
     mut query: QueryParams,

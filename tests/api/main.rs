@@ -5,6 +5,7 @@ mod durability;
 mod errors;
 mod helpers;
 mod manage;
+mod openapi;
 mod seed;
 mod socket;
 mod stores;
