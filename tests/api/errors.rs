@@ -23,7 +23,7 @@ async fn unknown_routes_are_404_not_found() {
         (Method::GET, "/chat/history/"),
         (Method::GET, "/chat/history/a/b"),
         (Method::GET, "/chat/history/a%2Fb"),
-        (Method::DELETE, "/"),
+        (Method::DELETE, "/nope/deeper"),
     ] {
         let response = app.request(method.clone(), uri, None, Body::empty()).await;
         assert_eq!(response.status, StatusCode::NOT_FOUND, "{method} {uri}");
@@ -46,6 +46,7 @@ async fn wrong_method_is_405_with_allow() {
         (Method::POST, "/chat/history/x", "GET,HEAD,DELETE"),
         (Method::POST, "/chat/history/x/stats", "GET,HEAD"),
         (Method::POST, "/health", "GET,HEAD"),
+        (Method::DELETE, "/", "GET,HEAD"),
     ] {
         let response = app.request(method.clone(), uri, None, Body::empty()).await;
         assert_eq!(
