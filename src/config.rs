@@ -44,6 +44,54 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     pub max_body_bytes: u64,
 
+    /// Seconds a client may take to send a request's headers or body (408 and
+    /// the connection closed after); also how long an idle keep-alive
+    /// connection is kept open.
+    #[arg(long, env = "CHATBOT_REQUEST_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
+
+    /// An API key clients must send (`Authorization: Bearer KEY` or `X-API-Key`);
+    /// repeat for several. Each key sees only its own sessions. Also
+    /// CHATBOT_API_KEYS, comma-separated. None: the server is open.
+    #[arg(
+        long = "api-key",
+        env = "CHATBOT_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Requests per second allowed per API key (per client address without keys); off by default.
+    #[arg(long, env = "CHATBOT_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
+
+    /// Requests allowed in a burst above the rate limit.
+    #[arg(long, env = "CHATBOT_RATE_LIMIT_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Most sessions kept (507 for a new one past it); unlimited by default.
+    #[arg(long, env = "CHATBOT_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
+    /// Most messages one session keeps (507 past it); unlimited by default.
+    #[arg(long, env = "CHATBOT_MAX_MESSAGES_PER_SESSION")]
+    pub max_messages_per_session: Option<usize>,
+
+    /// Remove a session untouched (no new message) for this many seconds; off by default.
+    #[arg(long, env = "CHATBOT_SESSION_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_ttl: Option<u64>,
+
+    /// An origin allowed to call the API from a browser (CORS); repeatable.
+    /// Also CHATBOT_CORS_ORIGINS, comma-separated. None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "CHATBOT_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
     /// Longest accepted `user_message`, in characters; longer ones get a 422.
     #[arg(long, env = "CHATBOT_MAX_MESSAGE_CHARS", default_value_t = 4000,
           value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
@@ -56,6 +104,7 @@ impl Config {
         Limits {
             max_message_chars: usize::try_from(self.max_message_chars).unwrap_or(usize::MAX),
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout),
         }
     }
 }

@@ -130,6 +130,37 @@ pub struct DebugSessions {
     pub total_messages: u64,
 }
 
+/// Marks every conversation operation as needing an API key, given as
+/// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+pub fn require_api_key(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    components.add_security_scheme(
+        "api_key",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+    );
+    let either = [
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::new("api_key", Vec::<String>::new()),
+    ];
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if path.starts_with("/chat") || path.starts_with("/debug") {
+            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                operation.security = Some(either.to_vec());
+            }
+        }
+    }
+}
+
 /// The document's frame; paths are added by the routers.
 #[derive(OpenApi)]
 #[openapi(

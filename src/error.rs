@@ -4,7 +4,7 @@
 //! logged here and answered without internals.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -81,6 +81,12 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// The body did not arrive within the request timeout.
+    #[error("request body timed out after {seconds} s")]
+    RequestTimeout { seconds: u64 },
+    /// No valid API key on a server that requires one.
+    #[error("not authenticated")]
+    Unauthorized,
     /// The store failed; the cause is logged, never sent.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -108,6 +114,16 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 json!("There was an error parsing the body"),
             ),
+            Self::RequestTimeout { seconds } => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!(format!(
+                    "Request timed out: the body did not arrive within {seconds} seconds"
+                )),
+            ),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
+            Self::Store(StoreError::Full(detail)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, json!(detail))
+            }
             Self::Store(StoreError::Unavailable(cause)) => {
                 tracing::error!(error = %cause, "store unavailable");
                 (
@@ -122,7 +138,22 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, detail) = self.status_and_detail();
-        (status, Json(json!({ "detail": detail }))).into_response()
+        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        match self {
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of a slow body is not worth waiting for.
+            Self::RequestTimeout { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -10,7 +10,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, Loc, ValidationIssue};
-use crate::models::{Limits, not_an_object};
+use crate::models::{Limits, could_be_session_id, not_an_object};
 
 /// A request body decoded as FastAPI decodes it: `None` for an empty body,
 /// JSON for a JSON (or missing) content type, a 422 otherwise.
@@ -25,7 +25,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = Limits::from_ref(state).max_body_bytes;
+        let limits = Limits::from_ref(state);
+        let limit = limits.max_body_bytes;
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -36,7 +37,7 @@ where
         }
         let json_content =
             is_json_content_type(req.headers().get(CONTENT_TYPE).map(|v| v.as_bytes()));
-        let bytes = read_body(req, limit).await?;
+        let bytes = read_body(req, &limits).await?;
         if bytes.is_empty() {
             return Ok(Self(None));
         }
@@ -52,15 +53,22 @@ where
     }
 }
 
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
+    let limit = limits.max_body_bytes;
     axum::body::to_bytes(req.into_body(), limit)
         .await
-        .map_err(
-            |err| match err.into_inner().downcast::<LengthLimitError>() {
-                Ok(_) => ApiError::PayloadTooLarge { limit },
-                Err(_) => ApiError::BodyUnreadable,
-            },
-        )
+        .map_err(|err| {
+            let cause = err.into_inner();
+            if cause.is::<LengthLimitError>() {
+                ApiError::PayloadTooLarge { limit }
+            } else if cause.is::<tower_http::timeout::TimeoutError>() {
+                ApiError::RequestTimeout {
+                    seconds: limits.request_timeout.as_secs(),
+                }
+            } else {
+                ApiError::BodyUnreadable
+            }
+        })
 }
 
 /// FastAPI reads a body as JSON when the content type is absent, `application/json`
@@ -130,6 +138,10 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
         // segment and no route matches.
         if decoded.contains('/') {
             return Err(ApiError::NotFound);
+        }
+        // No stored session can have a control character; don't ask the store.
+        if !could_be_session_id(&decoded) {
+            return Err(ApiError::NoHistory(decoded));
         }
         Ok(Self(decoded))
     }

@@ -4,6 +4,7 @@
 //! [`app`] builds the whole router from an [`AppState`], so tests can drive it
 //! in-process; [`serve`] runs it on a listener until a shutdown signal.
 
+pub mod auth;
 pub mod chatbot;
 pub mod config;
 pub mod docs;
@@ -11,7 +12,9 @@ pub mod error;
 pub mod export;
 pub mod extract;
 pub mod models;
+pub mod ratelimit;
 pub mod routes;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 
@@ -23,10 +26,16 @@ use axum::Json;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::auth::ApiKeys;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -43,6 +52,12 @@ pub struct AppState {
     pub limits: Limits,
     /// Mount the seed's `/debug/*` endpoints (which can erase everything).
     pub debug_endpoints: bool,
+    /// The API keys; none configured: an open server.
+    pub keys: Arc<ApiKeys>,
+    /// Requests per second and burst per key (or client address), if limited.
+    pub rate_limit: Option<(u32, u32)>,
+    /// Origins allowed to call the API from a browser.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
@@ -52,7 +67,28 @@ impl AppState {
             chatbot: Arc::new(chatbot),
             limits,
             debug_endpoints: false,
+            keys: Arc::default(),
+            rate_limit: None,
+            cors_origins: Vec::new(),
         }
+    }
+
+    /// The same state requiring one of `keys` on every conversation route.
+    pub fn with_api_keys(mut self, keys: ApiKeys) -> Self {
+        self.keys = Arc::new(keys);
+        self
+    }
+
+    /// The same state limiting each client to `per_second` with a `burst`.
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate_limit = Some((per_second, burst));
+        self
+    }
+
+    /// The same state allowing these origins (CORS).
+    pub fn with_cors_origins(mut self, origins: Vec<HeaderValue>) -> Self {
+        self.cors_origins = origins;
+        self
     }
 
     /// The same state with the debug endpoints on or off.
@@ -71,12 +107,28 @@ impl FromRef<AppState> for Limits {
 /// The whole HTTP application: the documented routes, `/openapi.json`,
 /// Swagger UI at `/docs`, and FastAPI's 404/405 bodies for everything else.
 pub fn app(state: AppState) -> Router {
-    let (router, api) = api_router(&state).split_for_parts();
+    let (router, api) = documented(&state);
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([
+            header::LINK,
+            HeaderName::from_static("x-total-count"),
+            header::RETRY_AFTER,
+        ]);
+    let body_timeout = state.limits.request_timeout;
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         // Applies to the routes above, so it comes after them.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(cors)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(telemetry::trace_layer())
         .with_state(state)
@@ -85,21 +137,65 @@ pub fn app(state: AppState) -> Router {
 /// Every route with its OpenAPI operation: registering a route through
 /// `utoipa_axum::routes!` is what documents it.
 pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
-    let mut router = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+    let mut conversations = OpenApiRouter::new()
         .merge(routes::chat::router())
         .merge(routes::history::router())
-        .merge(routes::sessions::router())
-        .merge(routes::health::router())
-        .merge(routes::ui::router());
+        .merge(routes::sessions::router());
     if state.debug_endpoints {
-        router = router.merge(routes::debug::router());
+        conversations = conversations.merge(routes::debug::router());
     }
-    router
+    // Layers apply to the routes added before them: key check first, then
+    // the rate limit around it, so floods of bad keys are limited too.
+    conversations = conversations.route_layer(middleware::from_fn_with_state(
+        state.keys.clone(),
+        auth::require_key,
+    ));
+    if let Some((per_second, burst)) = state.rate_limit {
+        conversations =
+            conversations.route_layer(ratelimit::layer(per_second, burst, state.keys.clone()));
+    }
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .merge(conversations)
+        .merge(routes::health::router())
+        .merge(routes::ui::router())
+}
+
+/// Removes sessions untouched for `ttl`, checking every `ttl / 4` (between
+/// one second and a minute), for as long as the store lives.
+pub fn spawn_expiry(
+    store: Arc<dyn Store>,
+    ttl: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let every = (ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            let before = models::now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+            match store.expire(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "expired idle sessions"),
+                Err(err) => tracing::warn!(error = %err, "session expiry failed"),
+            }
+        }
+    })
+}
+
+/// The routes and the OpenAPI document served at `/openapi.json`.
+fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = api_router(state).split_for_parts();
+    if !state.keys.is_open() {
+        docs::require_api_key(&mut api);
+    }
+    (router, api)
 }
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
-    api_router(state).into_openapi()
+    documented(state).1
 }
 
 /// A panic in a handler becomes a bare 500: logged here, never shown.
@@ -124,7 +220,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_timeout = state.limits.request_timeout;
+    server::serve(listener, app(state), header_timeout, shutdown).await
 }

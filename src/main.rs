@@ -3,9 +3,12 @@
 
 use std::process::ExitCode;
 
+use axum::http::HeaderValue;
+use chatbot_api::auth::ApiKeys;
 use chatbot_api::chatbot::Chatbot;
 use chatbot_api::config::Config;
-use chatbot_api::{AppState, serve, telemetry};
+use chatbot_api::store::Caps;
+use chatbot_api::{AppState, serve, spawn_expiry, telemetry};
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -24,7 +27,21 @@ async fn main() -> ExitCode {
             }
         },
     };
-    let store = match config.store.open(config.db_pool_size).await {
+    let mut origins = Vec::with_capacity(config.cors_origins.len());
+    for origin in &config.cors_origins {
+        match HeaderValue::from_str(origin) {
+            Ok(value) => origins.push(value),
+            Err(_) => {
+                eprintln!("chatbot-api: --cors-origin {origin:?} is not a valid origin");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let caps = Caps {
+        max_sessions: config.max_sessions,
+        max_messages_per_session: config.max_messages_per_session,
+    };
+    let store = match config.store.open_with(config.db_pool_size, caps).await {
         Ok(store) => store,
         Err(err) => {
             eprintln!("chatbot-api: cannot open store {}: {err}", config.store);
@@ -42,11 +59,20 @@ async fn main() -> ExitCode {
         }
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(store = %config.store, "listening on http://{addr}");
+        tracing::info!(store = %config.store, keys = config.api_keys.len(), "listening on http://{addr}");
+    }
+    if let Some(ttl) = config.session_ttl {
+        spawn_expiry(store.clone(), std::time::Duration::from_secs(ttl));
     }
 
-    let state = AppState::new(store.clone(), chatbot, config.limits())
-        .with_debug_endpoints(config.debug_endpoints);
+    let keys = ApiKeys::new(config.api_keys.iter().filter(|k| !k.is_empty()));
+    let mut state = AppState::new(store.clone(), chatbot, config.limits())
+        .with_debug_endpoints(config.debug_endpoints)
+        .with_api_keys(keys)
+        .with_cors_origins(origins);
+    if let Some(per_second) = config.rate_limit {
+        state = state.with_rate_limit(per_second, config.rate_limit_burst);
+    }
     let served = serve(listener, state, shutdown_signal()).await;
     store.close().await;
     match served {

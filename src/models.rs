@@ -129,6 +129,8 @@ pub struct Limits {
     pub max_message_chars: usize,
     /// The most bytes a request body may have.
     pub max_body_bytes: usize,
+    /// How long a request's headers or body may take to arrive.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -136,6 +138,7 @@ impl Default for Limits {
         Self {
             max_message_chars: 4000,
             max_body_bytes: 64 * 1024,
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +149,9 @@ pub const MAX_USER_NAME_CHARS: usize = 100;
 pub const MAX_SESSION_ID_CHARS: usize = 128;
 /// The pattern a session id must match, as pydantic reports it.
 pub const SESSION_ID_PATTERN: &str = r"^[^/\x00-\x1f\x7f]+$";
+/// The pattern messages and names must match: no NUL, which PostgreSQL
+/// cannot store in text (ours; the same on every backend).
+pub const TEXT_PATTERN: &str = r"^[^\x00]*$";
 
 /// A session id that passed the contract's rules: 1 to 128 characters, no
 /// `/`, no control character.
@@ -164,12 +170,22 @@ impl SessionId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id as stored for an owner: `prefix` (see `auth::Owner`) then the id.
+    pub fn scoped(&self, prefix: &str) -> Self {
+        Self(format!("{prefix}{}", self.0))
+    }
 }
 
 impl AsRef<str> for SessionId {
     fn as_ref(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `value` could be a stored session id (after decoding a path).
+pub fn could_be_session_id(value: &str) -> bool {
+    session_id_allowed(value)
 }
 
 fn session_id_allowed(value: &str) -> bool {
@@ -189,6 +205,11 @@ struct FieldRule {
     default: Option<&'static str>,
     max_chars: usize,
     allowed: Option<fn(&str) -> bool>,
+    pattern: &'static str,
+}
+
+fn text_allowed(value: &str) -> bool {
+    !value.contains('\0')
 }
 
 enum Violation {
@@ -240,19 +261,22 @@ impl ChatRequest {
                 name: "user_message",
                 default: None,
                 max_chars: limits.max_message_chars,
-                allowed: None,
+                allowed: Some(text_allowed),
+                pattern: TEXT_PATTERN,
             },
             FieldRule {
                 name: "user_name",
                 default: Some("User"),
                 max_chars: MAX_USER_NAME_CHARS,
-                allowed: None,
+                allowed: Some(text_allowed),
+                pattern: TEXT_PATTERN,
             },
             FieldRule {
                 name: "session_id",
                 default: Some("default"),
                 max_chars: MAX_SESSION_ID_CHARS,
                 allowed: Some(session_id_allowed),
+                pattern: SESSION_ID_PATTERN,
             },
         ];
         let mut issues = Vec::new();
@@ -330,10 +354,10 @@ fn validate_field(
         Some(Violation::Pattern) => ValidationIssue::new(
             "string_pattern_mismatch",
             loc(),
-            format!("String should match pattern '{SESSION_ID_PATTERN}'"),
+            format!("String should match pattern '{}'", rule.pattern),
             value.clone(),
         )
-        .with_ctx(json!({ "pattern": SESSION_ID_PATTERN })),
+        .with_ctx(json!({ "pattern": rule.pattern })),
     };
     Err(Box::new(issue))
 }

@@ -1,11 +1,12 @@
 //! `POST /chat`: answer a message and store the exchange.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::Owner;
 use crate::docs::{ChatRequestBody, ChatResponseBody, DetailBody, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -26,14 +27,19 @@ pub fn router() -> OpenApiRouter<AppState> {
     description = "Answers with the bot's reply once the exchange is stored (committed, on a database).",
     request_body = ChatRequestBody,
     responses(
-        (status = 200, description = "The bot's reply", body = ChatResponseBody),
+                (status = 200, description = "The bot's reply", body = ChatResponseBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
         (status = 413, description = "Body larger than the limit", body = DetailBody),
+                (status = 408, description = "The body arrived too slowly", body = DetailBody),
         (status = 422, description = "Invalid body", body = ValidationBody),
-        (status = 503, description = "Storage unavailable", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
+                (status = 503, description = "Storage unavailable", body = DetailBody),
+        (status = 507, description = "A session or message cap was reached; nothing stored", body = DetailBody),
     )
 )]
 async fn chat(
     State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<ChatResponse>, ApiError> {
     let request = ChatRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
@@ -44,7 +50,11 @@ async fn chat(
     };
     let entry = state
         .store
-        .append(&request.session_id, exchange, state.chatbot.clone())
+        .append(
+            &request.session_id.scoped(owner.prefix()),
+            exchange,
+            state.chatbot.clone(),
+        )
         .await?;
     Ok(Json(ChatResponse {
         session_id: request.session_id,

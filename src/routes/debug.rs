@@ -27,7 +27,7 @@ async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     let mut total_messages = 0;
     let mut after: Option<String> = None;
     loop {
-        let page = state.store.sessions(after.as_deref(), PAGE).await?;
+        let page = state.store.sessions("", after.as_deref(), PAGE).await?;
         let full = page.len() == PAGE;
         for summary in page {
             total_messages += summary.total_messages;

@@ -1,14 +1,15 @@
 //! One session's history: read (whole or in pages), stats, delete, export.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::Owner;
 use crate::docs::{DetailBody, HistoryEntry, StatsBody, ValidationBody};
 use crate::error::ApiError;
 use crate::export::{ExportFormat, export};
@@ -63,6 +64,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ))]
 async fn history(
     State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
     SessionPath(session): SessionPath,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -73,7 +75,7 @@ async fn history(
         offset: offset.unwrap_or(0) as usize,
         limit: limit.map(|l| l as usize),
     };
-    let found = state.store.history(&session, page).await?;
+    let found = state.store.history(&owner.scope(&session), page).await?;
     let Some(found) = found.filter(|f| f.total > 0) else {
         return Err(ApiError::NoHistory(session));
     };
@@ -102,9 +104,10 @@ async fn history(
     ))]
 async fn stats(
     State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
     SessionPath(session): SessionPath,
 ) -> Result<Json<SessionStats>, ApiError> {
-    match state.store.summary(&session).await? {
+    match state.store.summary(&owner.scope(&session)).await? {
         Some(summary) => Ok(Json(SessionStats(summary))),
         None => Err(ApiError::NoHistory(session)),
     }
@@ -120,9 +123,10 @@ async fn stats(
     ))]
 async fn delete(
     State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
     SessionPath(session): SessionPath,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete(&session).await? {
+    if state.store.delete(&owner.scope(&session)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NoHistory(session))
@@ -149,13 +153,18 @@ async fn delete(
     ))]
 async fn download(
     State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
     SessionPath(session): SessionPath,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     let format = query.choice("format", ExportFormat::NAMES, "jsonl");
     query.finish()?;
     let format = ExportFormat::from_name(format).unwrap_or(ExportFormat::Jsonl);
-    let Some(found) = state.store.history(&session, Page::default()).await? else {
+    let Some(found) = state
+        .store
+        .history(&owner.scope(&session), Page::default())
+        .await?
+    else {
         return Err(ApiError::NoHistory(session));
     };
     let body = export(format, &session, &found.entries);

@@ -1,13 +1,14 @@
 //! Across sessions: list them in pages, search their exchanges.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::Owner;
 use crate::docs::{DetailBody, SearchHit, SessionItem, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::QueryParams;
@@ -37,14 +38,25 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 422, body = ValidationBody),
         (status = 503, body = DetailBody),
     ))]
-async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<Response, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
     let limit = query.int("limit", 1, MAX_LIMIT).unwrap_or(DEFAULT_LIMIT) as usize;
     let after = query.raw("after").map(str::to_owned);
     query.finish()?;
     // One extra row tells whether another page follows.
-    let mut sessions = state.store.sessions(after.as_deref(), limit + 1).await?;
+    let after = after.map(|after| owner.scope(&after));
+    let mut sessions = state
+        .store
+        .sessions(owner.prefix(), after.as_deref(), limit + 1)
+        .await?;
     let more = sessions.len() > limit;
     sessions.truncate(limit);
+    for summary in &mut sessions {
+        summary.session_id = owner.unscope(std::mem::take(&mut summary.session_id));
+    }
     let mut headers = HeaderMap::new();
     if more && let Some(last) = sessions.last() {
         let next: String = url::form_urlencoded::Serializer::new(String::new())
@@ -73,6 +85,7 @@ async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<R
     ))]
 async fn search(
     State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
     mut query: QueryParams,
 ) -> Result<Json<Vec<Found>>, ApiError> {
     let text = query.text("q", true);
@@ -80,9 +93,14 @@ async fn search(
     let limit = query.int("limit", 1, MAX_LIMIT).unwrap_or(DEFAULT_LIMIT) as usize;
     query.finish()?;
     let search = Search {
+        prefix: owner.prefix().to_owned(),
         text: text.unwrap_or_default().to_lowercase(),
-        session_id,
+        session_id: session_id.map(|id| owner.scope(&id)),
         limit,
     };
-    Ok(Json(state.store.search(&search).await?))
+    let mut found = state.store.search(&search).await?;
+    for hit in &mut found {
+        hit.session_id = owner.unscope(std::mem::take(&mut hit.session_id));
+    }
+    Ok(Json(found))
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 
 use super::{
-    Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError, search_text,
+    Caps, Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError,
+    search_text,
 };
 use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
 use crate::models::{ConversationEntry, SessionId};
@@ -21,11 +22,19 @@ pub type Sessions = Arc<RwLock<HashMap<String, Vec<ConversationEntry>>>>;
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     sessions: Sessions,
+    caps: Caps,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_caps(caps: Caps) -> Self {
+        Self {
+            caps,
+            ..Self::default()
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Vec<ConversationEntry>>> {
@@ -58,10 +67,22 @@ impl Store for MemoryStore {
         replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError> {
         let mut sessions = self.write();
+        let known = sessions.contains_key(session.as_str());
+        if let Some(max) = self.caps.max_sessions
+            && !known
+            && sessions.len() >= max
+        {
+            return Err(Caps::sessions_full(max));
+        }
         let entries = match sessions.get_mut(session.as_str()) {
             Some(entries) => entries,
             None => sessions.entry(session.as_str().to_owned()).or_default(),
         };
+        if let Some(max) = self.caps.max_messages_per_session
+            && entries.len() >= max
+        {
+            return Err(Caps::session_full(max));
+        }
         // The engine reads the history in place: no copy, and no exchange can
         // slip in between what it saw and where this one lands.
         let context = &entries[entries.len().saturating_sub(CONTEXT_EXCHANGES)..];
@@ -98,12 +119,14 @@ impl Store for MemoryStore {
 
     async fn sessions(
         &self,
+        prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SessionSummary>, StoreError> {
         let sessions = self.read();
         let mut ids: Vec<&String> = sessions
             .keys()
+            .filter(|id| id.starts_with(prefix))
             .filter(|id| after.is_none_or(|after| id.as_str() > after))
             .collect();
         ids.sort_unstable();
@@ -122,11 +145,11 @@ impl Store for MemoryStore {
         let sessions = self.read();
         let mut found: Vec<(i64, &str, usize, &ConversationEntry)> = Vec::new();
         for (id, entries) in sessions.iter() {
-            if search
+            let other_session = search
                 .session_id
                 .as_deref()
-                .is_some_and(|wanted| wanted != id)
-            {
+                .is_some_and(|wanted| wanted != id);
+            if !id.starts_with(&search.prefix) || other_session {
                 continue;
             }
             for (seq, entry) in entries.iter().enumerate() {
@@ -150,5 +173,12 @@ impl Store for MemoryStore {
     async fn clear(&self) -> Result<(), StoreError> {
         self.write().clear();
         Ok(())
+    }
+
+    async fn expire(&self, before: i64) -> Result<usize, StoreError> {
+        let mut sessions = self.write();
+        let had = sessions.len();
+        sessions.retain(|_, entries| entries.last().is_some_and(|last| last.timestamp >= before));
+        Ok(had - sessions.len())
     }
 }

@@ -43,6 +43,9 @@ pub enum StoreError {
     /// The backing storage failed or is unreachable; retrying later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A configured cap would be exceeded; nothing was stored.
+    #[error("{0}")]
+    Full(String),
 }
 
 /// Which part of a history to return.
@@ -61,9 +64,43 @@ pub struct HistoryPage {
     pub entries: Vec<ConversationEntry>,
 }
 
+/// Limits on what a store accepts; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub max_sessions: Option<usize>,
+    pub max_messages_per_session: Option<usize>,
+}
+
+impl Caps {
+    /// The 507 message when a new session would pass `max_sessions`.
+    pub fn sessions_full(max: usize) -> StoreError {
+        StoreError::Full(format!(
+            "Session limit reached: this server keeps at most {max} sessions"
+        ))
+    }
+
+    /// The 507 message when a session would pass `max_messages_per_session`.
+    pub fn session_full(max: usize) -> StoreError {
+        StoreError::Full(format!(
+            "Message limit reached: a session holds at most {max} messages"
+        ))
+    }
+}
+
+/// The first key after every key that starts with `prefix`, for range scans
+/// (`None` for the empty prefix: no upper bound).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    chars.push(char::from_u32(last as u32 + 1)?);
+    Some(chars.into_iter().collect())
+}
+
 /// What to search for: `text` (already lower-cased) in messages and replies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Search {
+    /// Only sessions whose ids start with this (an owner's scope, or `""`).
+    pub prefix: String,
     pub text: String,
     pub session_id: Option<String>,
     pub limit: usize,
@@ -101,8 +138,11 @@ pub trait Store: Send + Sync + 'static {
     async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError>;
 
     /// Up to `limit` sessions with ids after `after`, sorted by id.
+    /// Sessions whose ids start with `prefix` (an owner's scope, or `""`),
+    /// after `after` (a full id), sorted by id.
     async fn sessions(
         &self,
+        prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SessionSummary>, StoreError>;
@@ -115,6 +155,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes every session.
     async fn clear(&self) -> Result<(), StoreError>;
+
+    /// Removes every session whose last exchange is older than `before`
+    /// (Unix seconds); returns how many went.
+    async fn expire(&self, before: i64) -> Result<usize, StoreError>;
 
     /// Flushes and releases resources at shutdown.
     async fn close(&self) {}
@@ -153,14 +197,23 @@ impl StoreKind {
 
     /// Opens the store: connects, migrates, starts background tasks.
     pub async fn open(&self, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_with(pool_size, Caps::default()).await
+    }
+
+    /// Opens the store with caps on what it accepts.
+    pub async fn open_with(
+        &self,
+        pool_size: u32,
+        caps: Caps,
+    ) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
-            Self::Memory => Arc::new(MemoryStore::new()),
+            Self::Memory => Arc::new(MemoryStore::with_caps(caps)),
             Self::Sqlite(path) => {
                 let url = format!("sqlite:{path}?mode=rwc");
-                Arc::new(SqlStore::connect(Dialect::Sqlite, &url, pool_size).await?)
+                Arc::new(SqlStore::connect(Dialect::Sqlite, &url, pool_size, caps).await?)
             }
             Self::Postgres(url) => {
-                Arc::new(SqlStore::connect(Dialect::Postgres, url, pool_size).await?)
+                Arc::new(SqlStore::connect(Dialect::Postgres, url, pool_size, caps).await?)
             }
         })
     }

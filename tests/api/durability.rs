@@ -79,7 +79,11 @@ async fn assert_commits_are_grouped(store: Arc<SqlStore>) {
 async fn sqlite_commits_concurrent_exchanges_in_groups() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}?mode=rwc", dir.path().join("g.db").display());
-    let store = Arc::new(SqlStore::connect(Dialect::Sqlite, &url, 4).await.unwrap());
+    let store = Arc::new(
+        SqlStore::connect(Dialect::Sqlite, &url, 4, Default::default())
+            .await
+            .unwrap(),
+    );
     assert_commits_are_grouped(store).await;
 }
 
@@ -89,7 +93,7 @@ async fn postgres_commits_concurrent_exchanges_in_groups() {
         return;
     };
     let store = Arc::new(
-        SqlStore::connect(Dialect::Postgres, &schema.url, 4)
+        SqlStore::connect(Dialect::Postgres, &schema.url, 4, Default::default())
             .await
             .unwrap(),
     );
@@ -336,9 +340,14 @@ async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
     };
     let proxy = Proxy::start(pg).await;
     let store = Arc::new(
-        SqlStore::connect(Dialect::Postgres, &schema.url_via(proxy.addr), 2)
-            .await
-            .unwrap(),
+        SqlStore::connect(
+            Dialect::Postgres,
+            &schema.url_via(proxy.addr),
+            2,
+            Default::default(),
+        )
+        .await
+        .unwrap(),
     );
     let app = TestApp::with_store(store, Default::default());
     app.say("outage", "U", "before").await;

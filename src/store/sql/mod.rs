@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 pub use writer::CommitStats;
 use writer::{Command, ContextCache, MAX_BATCH, Pending, commit_loop};
 
-use super::{Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError};
+use super::{
+    Caps, Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError,
+    prefix_end,
+};
 use crate::chatbot::Replier;
 use crate::models::{ConversationEntry, SessionId};
 
@@ -48,6 +51,15 @@ impl Dialect {
 
     /// Per-connection settings. SQLite: write-ahead log with a full fsync at
     /// every commit, so that a committed exchange survives power loss.
+    /// Compare text by bytes (code points), as the memory store does, not by
+    /// the database's locale.
+    fn byte_order(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " COLLATE \"C\"",
+        }
+    }
+
     fn session_setup(self) -> &'static str {
         match self {
             Self::Sqlite => {
@@ -67,19 +79,27 @@ const SELECT_PAGE: &str = "\
     WHERE session_ref = (SELECT id FROM sessions WHERE session_id = $1) AND seq > $2 AND seq <= $3 \
     ORDER BY seq";
 
-const SELECT_SESSIONS: &str = "\
-    SELECT session_id, message_count, first_at, last_at FROM sessions \
-    WHERE session_id > $1 ORDER BY session_id LIMIT $2";
+/// Sessions after `$1` and before `$2` (unless empty), in byte order: an
+/// owner's sessions are one range of keys.
+fn select_sessions_sql(dialect: Dialect) -> String {
+    let c = dialect.byte_order();
+    format!(
+        "SELECT session_id, message_count, first_at, last_at FROM sessions \
+         WHERE session_id{c} > $1 AND ($2 = '' OR session_id{c} < $2) \
+         ORDER BY session_id{c} LIMIT $3"
+    )
+}
 
-const SELECT_FIRST_SESSIONS: &str = "\
-    SELECT session_id, message_count, first_at, last_at FROM sessions \
-    ORDER BY session_id LIMIT $1";
-
-const SEARCH: &str = "\
-    SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
-    FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
-    WHERE e.search_text LIKE $1 ESCAPE '\\' AND ($2 = '' OR s.session_id = $2) \
-    ORDER BY e.created_at DESC, s.session_id DESC, e.seq DESC LIMIT $3";
+fn search_sql(dialect: Dialect) -> String {
+    let c = dialect.byte_order();
+    format!(
+        "SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
+         FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+         WHERE e.search_text LIKE $1 ESCAPE '\\' AND ($2 = '' OR s.session_id = $2) \
+         AND s.session_id{c} >= $4 AND ($5 = '' OR s.session_id{c} < $5) \
+         ORDER BY e.created_at DESC, s.session_id{c} DESC, e.seq DESC LIMIT $3"
+    )
+}
 
 #[derive(FromRow)]
 struct ExchangeRow {
@@ -151,6 +171,7 @@ fn contains_pattern(text: &str) -> String {
 /// A SQLite- or PostgreSQL-backed store with group commit.
 pub struct SqlStore {
     pool: AnyPool,
+    dialect: Dialect,
     writer: mpsc::Sender<Command>,
     stats: Arc<CommitStats>,
 }
@@ -160,7 +181,12 @@ impl SqlStore {
     ///
     /// A database that cannot be reached fails here, with the driver's own
     /// reason, rather than on the first request.
-    pub async fn connect(dialect: Dialect, url: &str, pool_size: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        dialect: Dialect,
+        url: &str,
+        pool_size: u32,
+        caps: Caps,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let options: AnyConnectOptions = url.parse().map_err(unavailable)?;
         let mut probe = AnyConnection::connect_with(&options)
@@ -197,9 +223,10 @@ impl SqlStore {
         // Only SQLite has a single writer, so only there can a cache of recent
         // exchanges never go stale; PostgreSQL instances share their writes.
         let cache = (dialect == Dialect::Sqlite).then(ContextCache::default);
-        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), cache));
+        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), cache, caps));
         Ok(Self {
             pool,
+            dialect,
             writer,
             stats,
         })
@@ -280,14 +307,14 @@ impl Store for SqlStore {
     #[tracing::instrument(skip_all)]
     async fn sessions(
         &self,
+        prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        let query = match after {
-            Some(after) => sqlx::query_as(SELECT_SESSIONS).bind(after),
-            None => sqlx::query_as(SELECT_FIRST_SESSIONS),
-        };
-        let rows: Vec<SummaryRow> = query
+        let sql = select_sessions_sql(self.dialect);
+        let rows: Vec<SummaryRow> = sqlx::query_as(&sql)
+            .bind(after.unwrap_or(prefix))
+            .bind(prefix_end(prefix).unwrap_or_default())
             .bind(to_i64(limit))
             .fetch_all(&self.pool)
             .await
@@ -302,10 +329,13 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all)]
     async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
-        let rows: Vec<FoundRow> = sqlx::query_as(SEARCH)
+        let sql = search_sql(self.dialect);
+        let rows: Vec<FoundRow> = sqlx::query_as(&sql)
             .bind(contains_pattern(&search.text))
             .bind(search.session_id.as_deref().unwrap_or(""))
             .bind(to_i64(search.limit))
+            .bind(&search.prefix)
+            .bind(prefix_end(&search.prefix).unwrap_or_default())
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -320,6 +350,10 @@ impl Store for SqlStore {
 
     async fn clear(&self) -> Result<(), StoreError> {
         self.submit(|done| Command::Clear { done }).await
+    }
+
+    async fn expire(&self, before: i64) -> Result<usize, StoreError> {
+        self.submit(|done| Command::Expire { before, done }).await
     }
 
     async fn close(&self) {

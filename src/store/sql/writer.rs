@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ExchangeRow, unavailable};
 use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
 use crate::models::{ConversationEntry, SessionId};
-use crate::store::{NewExchange, StoreError, search_text};
+use crate::store::{Caps, NewExchange, StoreError, search_text};
 
 /// The most exchanges written in one transaction.
 pub(super) const MAX_BATCH: usize = 512;
@@ -33,6 +33,10 @@ pub(super) enum Command {
     },
     Clear {
         done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Expire {
+        before: i64,
+        done: oneshot::Sender<Result<usize, StoreError>>,
     },
 }
 
@@ -86,6 +90,7 @@ pub(super) async fn commit_loop(
     mut queue: mpsc::Receiver<Command>,
     stats: Arc<CommitStats>,
     mut cache: Option<ContextCache>,
+    caps: Caps,
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -94,7 +99,7 @@ pub(super) async fn commit_loop(
             match command {
                 Command::Append(pending) => batch.push(pending),
                 Command::Delete { session, done } => {
-                    commit_group(&pool, &mut batch, &stats, cache.as_mut()).await;
+                    commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
                     if let Some(cache) = cache.as_mut() {
                         cache.sessions.remove(&session);
                     }
@@ -107,7 +112,7 @@ pub(super) async fn commit_loop(
                     let _ = done.send(result);
                 }
                 Command::Clear { done } => {
-                    commit_group(&pool, &mut batch, &stats, cache.as_mut()).await;
+                    commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
                     if let Some(cache) = cache.as_mut() {
                         cache.sessions.clear();
                     }
@@ -118,9 +123,22 @@ pub(super) async fn commit_loop(
                         .map_err(unavailable);
                     let _ = done.send(result);
                 }
+                Command::Expire { before, done } => {
+                    commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
+                    let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
+                        .bind(before)
+                        .execute(&pool)
+                        .await
+                        .map(|done| done.rows_affected() as usize)
+                        .map_err(unavailable);
+                    if let (Some(cache), Ok(1..)) = (cache.as_mut(), &result) {
+                        cache.sessions.clear();
+                    }
+                    let _ = done.send(result);
+                }
             }
         }
-        commit_group(&pool, &mut batch, &stats, cache.as_mut()).await;
+        commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
     }
 }
 
@@ -130,18 +148,18 @@ async fn commit_group(
     batch: &mut Vec<Pending>,
     stats: &CommitStats,
     cache: Option<&mut ContextCache>,
+    caps: Caps,
 ) {
     if batch.is_empty() {
         return;
     }
-    match write_batch(pool, batch, cache).await {
-        Ok(entries) => {
+    match write_batch(pool, batch, cache, caps).await {
+        Ok(outcomes) => {
+            let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
             stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .exchanges
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for (pending, entry) in batch.drain(..).zip(entries) {
-                let _ = pending.done.send(Ok(entry));
+            stats.exchanges.fetch_add(stored, Ordering::Relaxed);
+            for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = pending.done.send(outcome);
             }
         }
         Err(err) => {
@@ -235,9 +253,18 @@ async fn write_batch(
     pool: &AnyPool,
     batch: &[Pending],
     mut cache: Option<&mut ContextCache>,
-) -> Result<Vec<ConversationEntry>, sqlx::Error> {
+    caps: Caps,
+) -> Result<Vec<Result<ConversationEntry, StoreError>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let refusals = admit(&mut tx, batch, caps).await?;
+    let admitted: Vec<&Pending> = batch
+        .iter()
+        .zip(&refusals)
+        .filter_map(|(pending, refusal)| refusal.is_none().then_some(pending))
+        .collect();
+
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-    for pending in batch {
+    for pending in admitted.iter().copied() {
         let at = pending.exchange.timestamp;
         let tally = tallies.entry(pending.session.as_str()).or_insert(Tally {
             count: 0,
@@ -248,7 +275,13 @@ async fn write_batch(
         tally.last_at = at;
     }
 
-    let mut tx = pool.begin().await?;
+    if admitted.is_empty() {
+        tx.commit().await?;
+        return Ok(refusals
+            .into_iter()
+            .map(|r| Err(r.unwrap_or_else(unreachable_refusal)))
+            .collect());
+    }
     let upsert = upsert_sessions_sql(tallies.len());
     let mut query = sqlx::query_as::<_, (i64, String, i64)>(&upsert).persistent(false);
     for (session, tally) in &tallies {
@@ -293,9 +326,9 @@ async fn write_batch(
         }
     }
 
-    let mut answered = Vec::with_capacity(batch.len());
-    let mut rows = Vec::with_capacity(batch.len());
-    for pending in batch {
+    let mut answered = Vec::with_capacity(admitted.len());
+    let mut rows = Vec::with_capacity(admitted.len());
+    for pending in admitted.iter().copied() {
         let slot = next_seq
             .get_mut(pending.session.as_str())
             .ok_or_else(|| sqlx::Error::Protocol("upsert returned no row for a session".into()))?;
@@ -303,9 +336,13 @@ async fn write_batch(
         slot.1 += 1;
         let history = context.entry(session_ref).or_default();
         let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
-        let bot_reply = pending
-            .replier
-            .reply(&pending.exchange.user_message, window);
+        // A panicking reply engine must not take the commit task down with it.
+        let bot_reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pending
+                .replier
+                .reply(&pending.exchange.user_message, window)
+        }))
+        .map_err(|_| sqlx::Error::Protocol("the reply engine panicked".into()))?;
         let entry = pending.exchange.clone().answered(bot_reply);
         history.push(entry.clone());
         rows.push((session_ref, seq));
@@ -338,7 +375,77 @@ async fn write_batch(
             }
         }
     }
-    Ok(answered)
+    let mut answered = answered.into_iter();
+    Ok(refusals
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(refusal) => Err(refusal),
+            None => answered.next().ok_or_else(unreachable_refusal),
+        })
+        .collect())
+}
+
+/// Never reached: every admitted exchange was answered.
+fn unreachable_refusal() -> StoreError {
+    StoreError::Unavailable("batch bookkeeping mismatch".into())
+}
+
+/// Which exchanges of the batch the caps refuse (`Some(507 error)`), in
+/// order: a session at its message cap, or a new session past the session
+/// cap. Reads only when a cap is set.
+async fn admit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch: &[Pending],
+    caps: Caps,
+) -> Result<Vec<Option<StoreError>>, sqlx::Error> {
+    if caps == Caps::default() {
+        return Ok(batch.iter().map(|_| None).collect());
+    }
+    let sessions: Vec<&str> = batch.iter().map(|p| p.session.as_str()).collect();
+    let params: Vec<String> = (1..=sessions.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT session_id, message_count FROM sessions WHERE session_id IN ({})",
+        params.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false);
+    for session in &sessions {
+        query = query.bind(*session);
+    }
+    let mut counts: HashMap<String, usize> = query
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(id, n)| (id, usize::try_from(n).unwrap_or(0)))
+        .collect();
+    let mut total = match caps.max_sessions {
+        Some(_) => {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
+                .fetch_one(&mut **tx)
+                .await?;
+            usize::try_from(n).unwrap_or(0)
+        }
+        None => 0,
+    };
+    let mut refusals = Vec::with_capacity(batch.len());
+    for session in sessions {
+        let refusal = match counts.get(session).copied() {
+            None if caps.max_sessions.is_some_and(|max| total >= max) => {
+                caps.max_sessions.map(Caps::sessions_full)
+            }
+            Some(n) if caps.max_messages_per_session.is_some_and(|max| n >= max) => {
+                caps.max_messages_per_session.map(Caps::session_full)
+            }
+            known => {
+                if known.is_none() {
+                    total += 1;
+                }
+                *counts.entry(session.to_owned()).or_insert(0) += 1;
+                None
+            }
+        };
+        refusals.push(refusal);
+    }
+    Ok(refusals)
 }
 
 #[cfg(test)]
