@@ -59,9 +59,9 @@ async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
         .await
         .map_err(|err| {
             let cause = err.into_inner();
-            if cause.is::<LengthLimitError>() {
+            if caused_by::<LengthLimitError>(cause.as_ref()) {
                 ApiError::PayloadTooLarge { limit }
-            } else if cause.is::<tower_http::timeout::TimeoutError>() {
+            } else if caused_by::<tower_http::timeout::TimeoutError>(cause.as_ref()) {
                 ApiError::RequestTimeout {
                     seconds: limits.request_timeout.as_secs(),
                 }
@@ -69,6 +69,21 @@ async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
                 ApiError::BodyUnreadable
             }
         })
+}
+
+/// Whether `T` is anywhere in the error's chain: body errors reach us
+/// wrapped by each layer they pass.
+fn caused_by<T: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + Send + Sync + 'static),
+) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.is::<T>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// FastAPI reads a body as JSON when the content type is absent, `application/json`

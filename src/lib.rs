@@ -40,7 +40,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::chatbot::Chatbot;
+use crate::chatbot::Replier;
 use crate::models::Limits;
 use crate::store::Store;
 
@@ -48,7 +48,7 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub chatbot: Arc<Chatbot>,
+    pub chatbot: Arc<dyn Replier>,
     pub limits: Limits,
     /// Mount the seed's `/debug/*` endpoints (which can erase everything).
     pub debug_endpoints: bool,
@@ -61,7 +61,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, chatbot: Chatbot, limits: Limits) -> Self {
+    pub fn new(store: Arc<dyn Store>, chatbot: impl Replier, limits: Limits) -> Self {
         Self {
             store,
             chatbot: Arc::new(chatbot),

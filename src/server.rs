@@ -1,6 +1,9 @@
 //! The accept loop: hyper with a timer, so that a client that sends its
 //! headers too slowly, or leaves a keep-alive connection idle, is cut off
 //! after the request timeout; graceful shutdown lets requests in flight finish.
+//!
+//! HTTP/1.1 only: telling HTTP/2 apart would need a first read that no timer
+//! covers, and a silent client could hold a connection forever.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,8 +13,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -25,9 +28,8 @@ pub async fn serve(
     header_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         // Runs while hyper waits for a request head: slow headers and idle
         // keep-alive connections alike.
@@ -56,11 +58,9 @@ pub async fn serve(
                     .insert(ConnectInfo::<SocketAddr>(peer));
                 request.map(Body::new)
             });
-        let connection = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service),
-        );
-        let connection = graceful.watch(connection.into_owned());
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");

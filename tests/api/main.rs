@@ -3,6 +3,7 @@
 mod concurrency;
 mod durability;
 mod errors;
+mod hardening;
 mod helpers;
 mod manage;
 mod openapi;

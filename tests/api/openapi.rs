@@ -125,7 +125,7 @@ async fn debug_endpoints_are_documented_only_when_mounted() {
     assert!(off["paths"].get("/debug/clear").is_none());
     let state = chatbot_api::AppState::new(
         Arc::new(MemoryStore::new()),
-        Default::default(),
+        chatbot_api::chatbot::Chatbot::seed(),
         Default::default(),
     )
     .with_debug_endpoints(true);
