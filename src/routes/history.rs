@@ -60,6 +60,8 @@ pub fn router() -> OpenApiRouter<AppState> {
             )),
         (status = 404, description = "No history for this session", body = DetailBody),
         (status = 422, body = ValidationBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
         (status = 503, body = DetailBody),
     ))]
 async fn history(
@@ -100,6 +102,8 @@ async fn history(
     responses(
         (status = 200, body = StatsBody),
         (status = 404, description = "No history for this session", body = DetailBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
         (status = 503, body = DetailBody),
     ))]
 async fn stats(
@@ -119,6 +123,8 @@ async fn stats(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No history for this session", body = DetailBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
         (status = 503, body = DetailBody),
     ))]
 async fn delete(
@@ -149,6 +155,8 @@ async fn delete(
             headers(("content-disposition" = String, description = "attachment; filename=…"))),
         (status = 404, description = "No history for this session", body = DetailBody),
         (status = 422, body = ValidationBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
         (status = 503, body = DetailBody),
     ))]
 async fn download(

@@ -36,6 +36,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "Sessions sorted by id", body = Vec<SessionItem>,
             headers(("link" = String, description = "`<…>; rel=\"next\"` while more remain"))),
         (status = 422, body = ValidationBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
         (status = 503, body = DetailBody),
     ))]
 async fn list(
@@ -81,6 +83,8 @@ async fn list(
     responses(
         (status = 200, description = "Hits, newest first", body = Vec<SearchHit>),
         (status = 422, body = ValidationBody),
+        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
         (status = 503, body = DetailBody),
     ))]
 async fn search(

@@ -163,3 +163,51 @@ async fn the_root_serves_a_page_to_browsers_and_an_index_to_clients() {
         "Swagger UI is served from the binary"
     );
 }
+
+#[tokio::test]
+async fn with_keys_the_document_has_the_security_scheme() {
+    let state = chatbot_api::AppState::new(
+        Arc::new(MemoryStore::new()),
+        chatbot_api::chatbot::Chatbot::seed(),
+        Default::default(),
+    )
+    .with_api_keys(chatbot_api::auth::ApiKeys::new(["k"]));
+    let doc = TestApp::from_state(state).get("/openapi.json").await.json();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
+    let security = &doc["paths"]["/chat"]["post"]["security"];
+    assert!(
+        security.as_array().is_some_and(|s| s.len() == 2),
+        "{security}"
+    );
+    assert!(
+        doc["paths"]["/health"]["get"].get("security").is_none(),
+        "health stays open"
+    );
+    for (path, method) in [
+        ("/chat", "post"),
+        ("/chat/history/{session_id}", "get"),
+        ("/chat/sessions", "get"),
+        ("/chat/search", "get"),
+    ] {
+        for status in ["401", "429"] {
+            assert!(
+                doc["paths"][path][method]["responses"]
+                    .get(status)
+                    .is_some(),
+                "{method} {path} documents {status}"
+            );
+        }
+    }
+    let open = TestApp::new().get("/openapi.json").await.json();
+    assert!(
+        open["components"].get("securitySchemes").is_none(),
+        "no scheme without keys"
+    );
+}
