@@ -30,7 +30,7 @@ impl Serialize for ConversationEntry {
         s.serialize_field("user_message", &*self.user_message)?;
         s.serialize_field("bot_reply", &*self.bot_reply)?;
         s.serialize_field("user_name", &*self.user_name)?;
-        s.serialize_field("timestamp", &format_timestamp(self.timestamp))?;
+        s.serialize_field("timestamp", &Timestamp(self.timestamp))?;
         s.end()
     }
 }
@@ -49,7 +49,7 @@ impl Serialize for ChatResponse {
         s.serialize_field("user_message", &*self.entry.user_message)?;
         s.serialize_field("user_name", &*self.entry.user_name)?;
         s.serialize_field("session_id", self.session_id.as_str())?;
-        s.serialize_field("timestamp", &format_timestamp(self.entry.timestamp))?;
+        s.serialize_field("timestamp", &Timestamp(self.entry.timestamp))?;
         s.end()
     }
 }
@@ -70,8 +70,8 @@ impl Serialize for SessionSummary {
         let mut s = serializer.serialize_struct("SessionSummary", 4)?;
         s.serialize_field("session_id", &self.session_id)?;
         s.serialize_field("total_messages", &self.total_messages)?;
-        s.serialize_field("first_message_time", &format_timestamp(self.first_at))?;
-        s.serialize_field("last_message_time", &format_timestamp(self.last_at))?;
+        s.serialize_field("first_message_time", &Timestamp(self.first_at))?;
+        s.serialize_field("last_message_time", &Timestamp(self.last_at))?;
         s.end()
     }
 }
@@ -84,8 +84,8 @@ impl Serialize for SessionStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("SessionStats", 3)?;
         s.serialize_field("total_messages", &self.0.total_messages)?;
-        s.serialize_field("first_message_time", &format_timestamp(self.0.first_at))?;
-        s.serialize_field("last_message_time", &format_timestamp(self.0.last_at))?;
+        s.serialize_field("first_message_time", &Timestamp(self.0.first_at))?;
+        s.serialize_field("last_message_time", &Timestamp(self.0.last_at))?;
         s.end()
     }
 }
@@ -104,16 +104,70 @@ impl Serialize for Found {
         s.serialize_field("user_message", &*self.entry.user_message)?;
         s.serialize_field("bot_reply", &*self.entry.bot_reply)?;
         s.serialize_field("user_name", &*self.entry.user_name)?;
-        s.serialize_field("timestamp", &format_timestamp(self.entry.timestamp))?;
+        s.serialize_field("timestamp", &Timestamp(self.entry.timestamp))?;
         s.end()
     }
 }
 
 /// Server-local time as the seed writes it: `%Y-%m-%d %H:%M:%S`.
 pub fn format_timestamp(unix_seconds: i64) -> String {
-    match Local.timestamp_opt(unix_seconds, 0).earliest() {
-        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
-        None => String::new(),
+    Timestamp(unix_seconds).text().to_owned()
+}
+
+/// A Unix time that serializes as the seed's text, formatted once per second
+/// per thread: a history's exchanges mostly share a few seconds, and asking
+/// the time zone for every one of them dominated large reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub i64);
+
+/// Slots of the per-thread cache of formatted seconds.
+const TIMESTAMP_SLOTS: usize = 64;
+const TIMESTAMP_LEN: usize = 19;
+
+thread_local! {
+    static FORMATTED: std::cell::RefCell<[(i64, [u8; TIMESTAMP_LEN]); TIMESTAMP_SLOTS]> =
+        const { std::cell::RefCell::new([(i64::MIN, [0; TIMESTAMP_LEN]); TIMESTAMP_SLOTS]) };
+}
+
+impl Timestamp {
+    fn bytes(self) -> [u8; TIMESTAMP_LEN] {
+        let slot = self.0.rem_euclid(TIMESTAMP_SLOTS as i64) as usize;
+        FORMATTED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache[slot].0 != self.0 {
+                let mut text = [b'?'; TIMESTAMP_LEN];
+                if let Some(t) = Local.timestamp_opt(self.0, 0).earliest() {
+                    let formatted = t.format("%Y-%m-%d %H:%M:%S").to_string();
+                    if formatted.len() == TIMESTAMP_LEN {
+                        text.copy_from_slice(formatted.as_bytes());
+                    }
+                }
+                cache[slot] = (self.0, text);
+            }
+            cache[slot].1
+        })
+    }
+
+    /// The formatted text, e.g. `2025-11-09 19:55:43`.
+    pub fn text(self) -> TimestampText {
+        TimestampText(self.bytes())
+    }
+}
+
+/// Formatted timestamp on the stack.
+pub struct TimestampText([u8; TIMESTAMP_LEN]);
+
+impl std::ops::Deref for TimestampText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only ASCII digits, dashes, colons, a space or '?' are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text())
     }
 }
 
@@ -300,6 +354,55 @@ impl ChatRequest {
     }
 }
 
+/// The common case, parsed without building a JSON tree: plain string
+/// fields, no duplicate keys. Anything else (a wrong type, a repeated key, a
+/// broken rule) returns `None`, and [`ChatRequest::parse`] gives the exact
+/// error or the last-key-wins reading.
+#[derive(serde::Deserialize)]
+struct FastBody<'a> {
+    #[serde(borrow)]
+    user_message: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default = "default_user_name")]
+    user_name: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default = "default_session_id")]
+    session_id: std::borrow::Cow<'a, str>,
+}
+
+fn default_user_name() -> std::borrow::Cow<'static, str> {
+    "User".into()
+}
+
+fn default_session_id() -> std::borrow::Cow<'static, str> {
+    "default".into()
+}
+
+impl ChatRequest {
+    /// Parses a JSON body directly when it is well-formed and valid.
+    pub fn parse_fast(bytes: &[u8], limits: &Limits) -> Option<Self> {
+        let body: FastBody<'_> = serde_json::from_slice(bytes).ok()?;
+        let ok = check_string(
+            &body.user_message,
+            1,
+            limits.max_message_chars,
+            Some(text_allowed),
+        )
+        .is_none()
+            && check_string(&body.user_name, 1, MAX_USER_NAME_CHARS, Some(text_allowed)).is_none()
+            && check_string(
+                &body.session_id,
+                1,
+                MAX_SESSION_ID_CHARS,
+                Some(session_id_allowed),
+            )
+            .is_none();
+        ok.then(|| Self {
+            user_message: body.user_message.into_owned(),
+            user_name: body.user_name.into_owned(),
+            session_id: SessionId(body.session_id.into_owned()),
+        })
+    }
+}
+
 /// The error pydantic gives when a model's input is not an object.
 pub fn not_an_object(input: Value) -> ValidationIssue {
     ValidationIssue::new(
@@ -412,11 +515,62 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_agrees_with_the_full_one() {
+        let limits = Limits::default();
+        let bodies = [
+            r#"{"user_message": "Hello!", "user_name": "Alice", "session_id": "alice_chat"}"#,
+            r#"{"user_message": "x", "extra": [1, {"a": null}]}"#,
+            r#"{"user_message": "caf\u00e9 \n"}"#,
+            r#"{"user_message": "a", "user_message": "b"}"#,
+            r#"{"user_message": "a", "user_name": null}"#,
+            r#"{"user_message": ""}"#,
+            r#"{"user_message": "a", "session_id": "a/b"}"#,
+            r#"{"user_message": "a\u0000"}"#,
+            r#"[1]"#,
+        ];
+        for body in bodies {
+            let full = ChatRequest::parse(Some(serde_json::from_str(body).unwrap()), &limits);
+            match ChatRequest::parse_fast(body.as_bytes(), &limits) {
+                Some(fast) => assert_eq!(Ok(fast), full, "{body}"),
+                None => assert!(
+                    full.is_err() || body.matches("user_message").count() > 1,
+                    "{body}"
+                ),
+            }
+        }
+    }
+
+    #[test]
     fn lengths_count_characters_not_bytes() {
         let message = "é".repeat(4000);
         assert!(parse(json!({"user_message": message})).is_ok());
         let session = "日".repeat(128);
         assert!(parse(json!({"user_message": "a", "session_id": session})).is_ok());
+    }
+
+    #[test]
+    fn cached_timestamps_match_a_fresh_format() {
+        let now = now();
+        for secs in [
+            now,
+            now - 1,
+            now + 64,
+            now,
+            0,
+            1_700_000_000,
+            now - 86_400 * 200,
+        ] {
+            let fresh = Local
+                .timestamp_opt(secs, 0)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string();
+            assert_eq!(&*Timestamp(secs).text(), fresh, "{secs}");
+            assert_eq!(
+                serde_json::to_string(&Timestamp(secs)).unwrap(),
+                format!("\"{fresh}\"")
+            );
+        }
     }
 
     #[test]

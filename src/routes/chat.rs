@@ -9,8 +9,8 @@ use crate::AppState;
 use crate::auth::Owner;
 use crate::docs::{ChatRequestBody, ChatResponseBody, DetailBody, ValidationBody};
 use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::models::{ChatRequest, ChatResponse, now};
+use crate::extract::ChatBody;
+use crate::models::{ChatResponse, now};
 use crate::store::NewExchange;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -40,9 +40,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn chat(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
-    JsonBody(body): JsonBody,
+    ChatBody(request): ChatBody,
 ) -> Result<Json<ChatResponse>, ApiError> {
-    let request = ChatRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
     let exchange = NewExchange {
         user_message: request.user_message.into(),
         user_name: request.user_name.into(),
