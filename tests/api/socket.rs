@@ -129,6 +129,14 @@ fn help_explains_every_flag_and_its_env_var() {
         ("--db-pool-size", "CHATBOT_DB_POOL_SIZE"),
         ("--rules", "CHATBOT_RULES"),
         ("--debug-endpoints", "CHATBOT_DEBUG_ENDPOINTS"),
+        ("--request-timeout", "CHATBOT_REQUEST_TIMEOUT"),
+        ("--api-key", "CHATBOT_API_KEYS"),
+        ("--rate-limit", "CHATBOT_RATE_LIMIT"),
+        ("--rate-limit-burst", "CHATBOT_RATE_LIMIT_BURST"),
+        ("--max-sessions", "CHATBOT_MAX_SESSIONS"),
+        ("--max-messages-per-session", "CHATBOT_MAX_MESSAGES_PER_SESSION"),
+        ("--session-ttl", "CHATBOT_SESSION_TTL"),
+        ("--cors-origin", "CHATBOT_CORS_ORIGINS"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),
