@@ -74,7 +74,7 @@ measure_chat_server() { # name
 
 echo "== limit" >&2
 start limit "${BIN[limit]}"
-for c in "${CONNS[@]}"; do R[limit/post/$c]=$(load "$c" benches/echo.lua /); done
+for c in "${CONNS[@]}"; do R[limit/post/$c]=$(POST_PATH=/echo load "$c" benches/post.lua /); done
 for c in "${CONNS[@]}"; do R[limit/get100/$c]=$(load "$c" "" /static); done
 stop
 
