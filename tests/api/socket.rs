@@ -134,7 +134,10 @@ fn help_explains_every_flag_and_its_env_var() {
         ("--rate-limit", "CHATBOT_RATE_LIMIT"),
         ("--rate-limit-burst", "CHATBOT_RATE_LIMIT_BURST"),
         ("--max-sessions", "CHATBOT_MAX_SESSIONS"),
-        ("--max-messages-per-session", "CHATBOT_MAX_MESSAGES_PER_SESSION"),
+        (
+            "--max-messages-per-session",
+            "CHATBOT_MAX_MESSAGES_PER_SESSION",
+        ),
         ("--session-ttl", "CHATBOT_SESSION_TTL"),
         ("--cors-origin", "CHATBOT_CORS_ORIGINS"),
     ] {
