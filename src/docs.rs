@@ -15,10 +15,15 @@ use utoipa::{OpenApi, ToSchema};
 #[schema(example = json!({"user_message": "Hello!", "user_name": "Alice", "session_id": "alice_chat"}))]
 pub struct ChatRequestBody {
     /// The user's message (1 to 4,000 characters by default; see `--max-message-chars`).
-    #[schema(min_length = 1, max_length = 4000)]
+    #[schema(min_length = 1, max_length = 4000, pattern = r"^[^\x00]*$")]
     pub user_message: String,
     /// Who is talking.
-    #[schema(min_length = 1, max_length = 100, default = "User")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        default = "User",
+        pattern = r"^[^\x00]*$"
+    )]
     #[serde(default)]
     pub user_name: String,
     /// The conversation this message belongs to.

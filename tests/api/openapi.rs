@@ -211,3 +211,21 @@ async fn with_keys_the_document_has_the_security_scheme() {
         "no scheme without keys"
     );
 }
+
+#[tokio::test]
+async fn the_documented_body_rules_match_the_validation() {
+    let doc = TestApp::new().get("/openapi.json").await.json();
+    let properties = &doc["components"]["schemas"]["ChatRequestBody"]["properties"];
+    assert_eq!(
+        properties["user_message"]["pattern"],
+        chatbot_api::models::TEXT_PATTERN
+    );
+    assert_eq!(
+        properties["user_name"]["pattern"],
+        chatbot_api::models::TEXT_PATTERN
+    );
+    assert_eq!(
+        properties["session_id"]["pattern"],
+        chatbot_api::models::SESSION_ID_PATTERN
+    );
+}
