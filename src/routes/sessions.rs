@@ -12,7 +12,7 @@ use crate::auth::Owner;
 use crate::docs::{DetailBody, SearchHit, SessionItem, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::QueryParams;
-use crate::models::Found;
+use crate::models::{Found, could_be_session_id};
 use crate::store::Search;
 
 /// Page size bounds of the session list and of search results.
@@ -49,7 +49,8 @@ async fn list(
     let after = query.raw("after").map(str::to_owned);
     query.finish()?;
     // One extra row tells whether another page follows.
-    let after = after.map(|after| owner.scope(&after));
+    // No id contains NUL, so "after a\0b" is "after a"; PostgreSQL could not take it.
+    let after = after.map(|after| owner.scope(after.split('\0').next().unwrap_or_default()));
     let mut sessions = state
         .store
         .sessions(owner.prefix(), after.as_deref(), limit + 1)
@@ -102,6 +103,16 @@ async fn search(
         session_id: session_id.map(|id| owner.scope(&id)),
         limit,
     };
+    // Stored text never holds NUL, nor a session id a control character or '/':
+    // such a search finds nothing, without asking the store.
+    let impossible = search.text.contains('\0')
+        || search
+            .session_id
+            .as_deref()
+            .is_some_and(|id| !could_be_session_id(owner.unscope(id.to_owned()).as_str()));
+    if impossible {
+        return Ok(Json(Vec::new()));
+    }
     let mut found = state.store.search(&search).await?;
     for hit in &mut found {
         hit.session_id = owner.unscope(std::mem::take(&mut hit.session_id));

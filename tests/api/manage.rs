@@ -488,3 +488,38 @@ http_suite!(
     replies_remember_the_conversation,
     debug_endpoints_only_when_enabled,
 );
+
+mod nul {
+    use crate::helpers::TestApp;
+
+    /// PostgreSQL cannot take NUL; these must still answer, and right.
+    async fn nul_in_queries_finds_nothing_instead_of_failing(app: TestApp) {
+        app.say("a", "U", "hello").await;
+        app.say("b", "U", "hello").await;
+        let search = app.get("/chat/search?q=hel%00lo").await;
+        assert_eq!(search.status, axum::http::StatusCode::OK);
+        assert_eq!(search.text(), "[]");
+        let scoped = app.get("/chat/search?q=hello&session_id=a%00").await;
+        assert_eq!(scoped.text(), "[]");
+        let page = app.get("/chat/sessions?after=a%00zz").await;
+        assert_eq!(page.status, axum::http::StatusCode::OK);
+        assert_eq!(page.json()[0]["session_id"], "b", "after a\\0… is after a");
+    }
+
+    #[tokio::test]
+    async fn on_memory() {
+        nul_in_queries_finds_nothing_instead_of_failing(TestApp::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres() {
+        let Some(backend) = crate::helpers::postgres().await else {
+            return;
+        };
+        nul_in_queries_finds_nothing_instead_of_failing(TestApp::with_store(
+            backend.store.clone(),
+            Default::default(),
+        ))
+        .await;
+    }
+}
