@@ -27,8 +27,8 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, middleware};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -108,19 +108,22 @@ impl FromRef<AppState> for Limits {
 /// Swagger UI at `/docs`, and FastAPI's 404/405 bodies for everything else.
 pub fn app(state: AppState) -> Router {
     let (router, api) = documented(&state);
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-        ])
-        .expose_headers([
-            header::LINK,
-            HeaderName::from_static("x-total-count"),
-            header::RETRY_AFTER,
-        ]);
+    // Without configured origins there is no CORS layer at all: no headers, no cost.
+    let cors = (!state.cors_origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ])
+            .expose_headers([
+                header::LINK,
+                HeaderName::from_static("x-total-count"),
+                header::RETRY_AFTER,
+            ])
+    });
     let body_timeout = state.limits.request_timeout;
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
@@ -128,7 +131,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        .layer(cors)
+        .layer(tower::util::option_layer(cors))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(telemetry::trace_layer())
         .with_state(state)
@@ -146,10 +149,15 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
     }
     // Layers apply to the routes added before them: key check first, then
     // the rate limit around it, so floods of bad keys are limited too.
-    conversations = conversations.route_layer(middleware::from_fn_with_state(
-        state.keys.clone(),
-        auth::require_key,
-    ));
+    conversations = if state.keys.is_open() {
+        // An open server has one owner; no key to check on each request.
+        conversations.route_layer(Extension(auth::Owner::open()))
+    } else {
+        conversations.route_layer(middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key,
+        ))
+    };
     if let Some((per_second, burst)) = state.rate_limit {
         conversations =
             conversations.route_layer(ratelimit::layer(per_second, burst, state.keys.clone()));
