@@ -110,6 +110,16 @@ impl TestApp {
     }
 }
 
+/// An object's field names, in the order they were written.
+pub fn field_names(value: &Value) -> Vec<&str> {
+    value
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
 /// Asserts a timestamp has the seed's `%Y-%m-%d %H:%M:%S` shape and is recent.
 pub fn assert_recent_timestamp(value: &Value) {
     let text = value.as_str().expect("timestamp is a string");

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, field_names};
 
 fn messages(history: &Value) -> Vec<&str> {
     history
@@ -67,12 +67,7 @@ async fn session_list_pages_see_every_session_once(app: TestApp) {
     );
     let first = &pages[0][0];
     assert_eq!(first["total_messages"], 2);
-    let keys: Vec<&str> = first
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = field_names(first);
     assert_eq!(
         keys,
         [
@@ -186,12 +181,7 @@ async fn stats_follow_the_seed_tip(app: TestApp) {
     let stats = app.get("/chat/history/st/stats").await;
     assert_eq!(stats.status, StatusCode::OK);
     let body = stats.json();
-    let keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = field_names(&body);
     assert_eq!(
         keys,
         ["total_messages", "first_message_time", "last_message_time"]
@@ -264,12 +254,7 @@ async fn search_is_case_insensitive_unicode_aware_and_newest_first(app: TestApp)
         ["Straße im Sommer: été?", "Un bel ÉTÉ à Paris"],
         "newest first"
     );
-    let keys: Vec<&str> = hits[0]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = field_names(&hits[0]);
     assert_eq!(
         keys,
         [

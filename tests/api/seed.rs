@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, without_timestamps};
+use crate::helpers::{TestApp, field_names, without_timestamps};
 
 const HELLO: &str = "Hi there! How can I help you today?";
 const NAME: &str = "I'm FastAPI Bot, your friendly assistant built with FastAPI!";
@@ -23,12 +23,7 @@ async fn seed_tests_one_to_six() {
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("content-type"), Some("application/json"));
     let body = first.json();
-    let keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = field_names(&body);
     assert_eq!(
         keys,
         [
@@ -55,12 +50,7 @@ async fn seed_tests_one_to_six() {
     let history = app.get("/chat/history/alice_chat").await;
     assert_eq!(history.status, StatusCode::OK);
     let entries = history.json();
-    let keys: Vec<&str> = entries[0]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = field_names(&entries[0]);
     assert_eq!(
         keys,
         ["user_message", "bot_reply", "user_name", "timestamp"]
