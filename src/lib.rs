@@ -201,11 +201,6 @@ fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
     (router, api)
 }
 
-/// The OpenAPI document served at `/openapi.json`.
-pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
-    documented(state).1
-}
-
 /// A panic in a handler becomes a bare 500: logged here, never shown.
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let message = panic

@@ -225,9 +225,10 @@ impl SessionId {
         &self.0
     }
 
-    /// The id as stored for an owner: `prefix` (see `auth::Owner`) then the id.
-    pub fn scoped(&self, prefix: &str) -> Self {
-        Self(format!("{prefix}{}", self.0))
+    /// A store key built by `auth::Owner::scope` from an id that passed
+    /// [`SessionId::parse`]: the owner's prefix, then that id.
+    pub fn from_store_key(key: String) -> Self {
+        Self(key)
     }
 }
 

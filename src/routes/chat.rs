@@ -10,7 +10,7 @@ use crate::auth::Owner;
 use crate::docs::{ChatRequestBody, ChatResponseBody, DetailBody, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::ChatBody;
-use crate::models::{ChatResponse, now};
+use crate::models::{ChatResponse, SessionId, now};
 use crate::store::NewExchange;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -50,7 +50,7 @@ async fn chat(
     let entry = state
         .store
         .append(
-            &request.session_id.scoped(owner.prefix()),
+            &SessionId::from_store_key(owner.scope(request.session_id.as_str())),
             exchange,
             state.chatbot.clone(),
         )

@@ -67,10 +67,9 @@ impl Store for MemoryStore {
         replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError> {
         let mut sessions = self.write();
-        let known = sessions.contains_key(session.as_str());
         if let Some(max) = self.caps.max_sessions
-            && !known
             && sessions.len() >= max
+            && !sessions.contains_key(session.as_str())
         {
             return Err(Caps::sessions_full(max));
         }
