@@ -5,17 +5,20 @@
 //! session id, so the same `session_id` under two keys is two conversations,
 //! and listing, search, stats, export and delete never cross keys.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRef, FromRequestParts, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::models::SessionId;
 
 /// Separates an owner's tag from a session id in store keys; session ids
 /// cannot contain it (control characters are refused).
@@ -122,11 +125,40 @@ impl Owner {
     }
 
     /// The session id of one of the owner's store keys.
+    /// [`Owner::scope`] for a validated id; an open server's ids are their own keys.
+    pub fn scope_id<'a>(&self, session_id: &'a SessionId) -> Cow<'a, SessionId> {
+        if self.prefix.is_empty() {
+            Cow::Borrowed(session_id)
+        } else {
+            Cow::Owned(SessionId::from_store_key(self.scope(session_id.as_str())))
+        }
+    }
+
     pub fn unscope(&self, key: String) -> String {
         match key.strip_prefix(&self.prefix) {
             Some(id) if !self.prefix.is_empty() => id.to_owned(),
             _ => key,
         }
+    }
+}
+
+/// The owner of a request: everyone on an open server; otherwise the one
+/// [`require_key`] found (a route without that check answers 401).
+impl<S: Send + Sync> FromRequestParts<S> for Owner
+where
+    Arc<ApiKeys>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if Arc::<ApiKeys>::from_ref(state).is_open() {
+            return Ok(Self::open());
+        }
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
     }
 }
 

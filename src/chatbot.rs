@@ -17,7 +17,49 @@ pub const CONTEXT_EXCHANGES: usize = 20;
 /// (oldest first, at most [`CONTEXT_EXCHANGES`]). Stores call it at the
 /// moment they append, so the history it sees is exactly what came before.
 pub trait Replier: Send + Sync + 'static {
-    fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str>;
+    fn reply(&self, message: &str, history: &dyn History) -> Arc<str>;
+}
+
+/// The earlier exchanges a reply may look at, oldest first, read in place:
+/// each store shows its own stored form without building entries.
+pub trait History {
+    fn len(&self) -> usize;
+    /// The user's message of exchange `i` (`i < len()`).
+    fn user_message(&self, i: usize) -> &str;
+    /// The user name of exchange `i` (`i < len()`).
+    fn user_name(&self, i: usize) -> &str;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl History for [ConversationEntry] {
+    fn len(&self) -> usize {
+        <[ConversationEntry]>::len(self)
+    }
+
+    fn user_message(&self, i: usize) -> &str {
+        &self[i].user_message
+    }
+
+    fn user_name(&self, i: usize) -> &str {
+        &self[i].user_name
+    }
+}
+
+impl<H: History + ?Sized> History for &H {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn user_message(&self, i: usize) -> &str {
+        (**self).user_message(i)
+    }
+
+    fn user_name(&self, i: usize) -> &str {
+        (**self).user_name(i)
+    }
 }
 
 /// One keyword rule: the message matches when it contains any keyword,
@@ -120,36 +162,29 @@ impl Chatbot {
     /// first): the context-aware answers first, then the keyword rules; a
     /// question asked before is answered with a note that says so.
     pub fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str> {
-        let normalized = normalize(message);
-        if ASKS_LAST_MESSAGE.iter().any(|p| normalized.contains(p)) {
-            return match history.last() {
-                Some(last) => format!("You said: \"{}\"", last.user_message).into(),
-                None => "You haven't said anything yet in this conversation.".into(),
-            };
-        }
-        if ASKS_OWN_NAME.iter().any(|p| normalized.contains(p)) {
-            let known = history
-                .iter()
-                .rev()
-                .map(|e| &*e.user_name)
-                .find(|n| *n != DEFAULT_USER_NAME);
-            return match known {
-                Some(name) => format!("Your name is {name}.").into(),
-                None => {
-                    "I don't know your name yet. Send it as user_name and I'll remember it.".into()
-                }
-            };
-        }
+        self.answer(message, &history)
+    }
+
+    fn answer(&self, message: &str, history: &dyn History) -> Arc<str> {
         let lowered = message.to_lowercase();
+        // Most messages are answered without normalizing them.
+        let may_ask = lowered.contains(['\'', '\u{2019}'])
+            || ASKING_WORDS.iter().any(|w| lowered.contains(w));
+        let normalized = (may_ask || message.contains('?')).then(|| normalize(message));
+        if let Some(normalized) = normalized.as_deref().filter(|_| may_ask)
+            && let Some(answer) = about_the_conversation(normalized, history)
+        {
+            return answer;
+        }
         let answer = self
             .rules
             .iter()
             .find(|rule| rule.matches(&lowered))
             .map_or_else(|| self.fallback.clone(), |rule| rule.reply.clone());
         let asked_before = message.contains('?')
-            && history
-                .iter()
-                .any(|e| normalize(&e.user_message) == normalized);
+            && normalized.as_deref().is_some_and(|normalized| {
+                (0..history.len()).any(|i| normalize(history.user_message(i)) == normalized)
+            });
         if asked_before {
             return format!(
                 "You asked me about \"{}\" earlier... {answer}",
@@ -161,8 +196,34 @@ impl Chatbot {
     }
 }
 
+/// "What did I just say?" and "what is my name?", answered from `history`.
+fn about_the_conversation(normalized: &str, history: &dyn History) -> Option<Arc<str>> {
+    if ASKS_LAST_MESSAGE.iter().any(|p| normalized.contains(p)) {
+        return Some(match history.len().checked_sub(1) {
+            Some(last) => format!("You said: \"{}\"", history.user_message(last)).into(),
+            None => "You haven't said anything yet in this conversation.".into(),
+        });
+    }
+    if ASKS_OWN_NAME.iter().any(|p| normalized.contains(p)) {
+        let known = (0..history.len())
+            .rev()
+            .map(|i| history.user_name(i))
+            .find(|n| *n != DEFAULT_USER_NAME);
+        return Some(match known {
+            Some(name) => format!("Your name is {name}.").into(),
+            None => "I don't know your name yet. Send it as user_name and I'll remember it.".into(),
+        });
+    }
+    None
+}
+
 /// The user name a request gets when it gives none.
 const DEFAULT_USER_NAME: &str = "User";
+
+/// Every way of asking about the conversation contains one of these words,
+/// so a message without them (nor an apostrophe, which [`normalize`] drops)
+/// cannot be asking.
+const ASKING_WORDS: &[&str] = &["what", "who", "know"];
 
 /// Ways of asking for one's previous message (after [`normalize`]).
 const ASKS_LAST_MESSAGE: &[&str] = &[
@@ -230,8 +291,8 @@ pub struct RulesError {
 }
 
 impl Replier for Chatbot {
-    fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str> {
-        Chatbot::reply(self, message, history)
+    fn reply(&self, message: &str, history: &dyn History) -> Arc<str> {
+        self.answer(message, history)
     }
 }
 
@@ -251,6 +312,21 @@ pub fn chatbot_reply(message: &str, history: &[ConversationEntry]) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_question_about_the_conversation_has_an_asking_word() {
+        for question in ASKS_LAST_MESSAGE.iter().chain(ASKS_OWN_NAME) {
+            assert!(
+                ASKING_WORDS.iter().any(|w| question.contains(w)),
+                "{question}"
+            );
+        }
+        // Apostrophes inside a word still reach the normalized check.
+        assert_eq!(
+            &*chatbot_reply("Wh'at did I say?", &[said("x", "U")]),
+            "You said: \"x\""
+        );
+    }
 
     #[test]
     fn seed_replies_come_out_exactly() {

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod json;
 pub mod models;
 pub mod ratelimit;
 pub mod routes;
@@ -23,14 +24,19 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::body::Body;
 use axum::extract::FromRef;
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, middleware};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -98,15 +104,29 @@ impl AppState {
     }
 }
 
+impl FromRef<AppState> for Arc<ApiKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
 impl FromRef<AppState> for Limits {
     fn from_ref(state: &AppState) -> Self {
         state.limits
     }
 }
 
-/// The whole HTTP application: the documented routes, `/openapi.json`,
-/// Swagger UI at `/docs`, and FastAPI's 404/405 bodies for everything else.
-pub fn app(state: AppState) -> Router {
+/// The whole HTTP application as one service: the documented routes,
+/// `/openapi.json`, Swagger UI at `/docs`, FastAPI's 404/405 bodies for
+/// everything else, and around them the body timeout, CORS, panic catching
+/// and the access log.
+pub type App = BoxCloneSyncService<Request<Body>, Response, Infallible>;
+
+/// Builds the [`App`] for `state`.
+///
+/// The layers wrap the router as a whole rather than through
+/// `Router::layer`, which would wrap (and clone, per request) every route.
+pub fn app(state: AppState) -> App {
     let (router, api) = documented(&state);
     // Without configured origins there is no CORS layer at all: no headers, no cost.
     let cors = (!state.cors_origins.is_empty()).then(|| {
@@ -125,16 +145,20 @@ pub fn app(state: AppState) -> Router {
             ])
     });
     let body_timeout = state.limits.request_timeout;
-    router
+    let router = router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         // Applies to the routes above, so it comes after them.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        .layer(tower::util::option_layer(cors))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state);
+    let service = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(Body::new))
         .layer(telemetry::trace_layer())
-        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .option_layer(cors)
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .service(router);
+    BoxCloneSyncService::new(service)
 }
 
 /// Every route with its OpenAPI operation: registering a route through
@@ -149,15 +173,13 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
     }
     // Layers apply to the routes added before them: key check first, then
     // the rate limit around it, so floods of bad keys are limited too.
-    conversations = if state.keys.is_open() {
-        // An open server has one owner; no key to check on each request.
-        conversations.route_layer(Extension(auth::Owner::open()))
-    } else {
-        conversations.route_layer(middleware::from_fn_with_state(
+    // An open server has one owner: no key to check on each request.
+    if !state.keys.is_open() {
+        conversations = conversations.route_layer(middleware::from_fn_with_state(
             state.keys.clone(),
             auth::require_key,
-        ))
-    };
+        ));
+    }
     if let Some((per_second, burst)) = state.rate_limit {
         conversations =
             conversations.route_layer(ratelimit::layer(per_second, burst, state.keys.clone()));
@@ -193,7 +215,7 @@ pub fn spawn_expiry(
 }
 
 /// The routes and the OpenAPI document served at `/openapi.json`.
-fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+fn documented(state: &AppState) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut api) = api_router(state).split_for_parts();
     if !state.keys.is_open() {
         docs::require_api_key(&mut api);
@@ -224,5 +246,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = state.limits.request_timeout;
-    server::serve(listener, app(state), header_timeout, shutdown).await
+    // Only the rate limit looks at the client's address.
+    let peer_info = state.rate_limit.is_some();
+    server::serve(listener, app(state), header_timeout, peer_info, shutdown).await
 }

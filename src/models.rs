@@ -111,7 +111,7 @@ impl Serialize for Found {
 
 /// Server-local time as the seed writes it: `%Y-%m-%d %H:%M:%S`.
 pub fn format_timestamp(unix_seconds: i64) -> String {
-    Timestamp(unix_seconds).text().to_owned()
+    Timestamp(unix_seconds).text().to_string()
 }
 
 /// A Unix time that serializes as the seed's text, formatted once per second
@@ -155,7 +155,15 @@ impl Timestamp {
 }
 
 /// Formatted timestamp on the stack.
+#[derive(Debug, Clone, Copy)]
 pub struct TimestampText([u8; TIMESTAMP_LEN]);
+
+impl TimestampText {
+    /// The text's bytes, without a UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 impl std::ops::Deref for TimestampText {
     type Target = str;

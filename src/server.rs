@@ -9,23 +9,26 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::App;
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits for the
-/// connections' requests in flight.
+/// connections' requests in flight. With `peer_info`, each request carries
+/// the client's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     header_timeout: Duration,
+    peer_info: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut builder = http1::Builder::new();
@@ -50,16 +53,16 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = app
-            .clone()
-            .map_request(move |mut request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            if peer_info {
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
-                request.map(Body::new)
-            });
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            }
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

@@ -1,7 +1,6 @@
 //! `POST /chat`: answer a message and store the exchange.
 
 use axum::extract::State;
-use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -10,7 +9,8 @@ use crate::auth::Owner;
 use crate::docs::{ChatRequestBody, ChatResponseBody, DetailBody, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::ChatBody;
-use crate::models::{ChatResponse, SessionId, now};
+use crate::json::{self, JsonBody};
+use crate::models::now;
 use crate::store::NewExchange;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,9 +39,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn chat(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     ChatBody(request): ChatBody,
-) -> Result<Json<ChatResponse>, ApiError> {
+) -> Result<JsonBody, ApiError> {
     let exchange = NewExchange {
         user_message: request.user_message.into(),
         user_name: request.user_name.into(),
@@ -50,13 +50,13 @@ async fn chat(
     let entry = state
         .store
         .append(
-            &SessionId::from_store_key(owner.scope(request.session_id.as_str())),
+            &owner.scope_id(&request.session_id),
             exchange,
             state.chatbot.clone(),
         )
         .await?;
-    Ok(Json(ChatResponse {
-        session_id: request.session_id,
-        entry,
-    }))
+    Ok(JsonBody(json::chat_response(
+        &entry,
+        request.session_id.as_str(),
+    )))
 }

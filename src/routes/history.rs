@@ -1,9 +1,9 @@
 //! One session's history: read (whole or in pages), stats, delete, export.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,6 +14,7 @@ use crate::docs::{DetailBody, HistoryEntry, StatsBody, ValidationBody};
 use crate::error::ApiError;
 use crate::export::{ExportFormat, export};
 use crate::extract::{QueryParams, SessionPath};
+use crate::json::JsonBody;
 use crate::models::SessionStats;
 use crate::store::Page;
 
@@ -66,7 +67,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ))]
 async fn history(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     SessionPath(session): SessionPath,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -77,13 +78,16 @@ async fn history(
         offset: offset.unwrap_or(0) as usize,
         limit: limit.map(|l| l as usize),
     };
-    let found = state.store.history(&owner.scope(&session), page).await?;
+    let found = state
+        .store
+        .history_json(&owner.scope(&session), page)
+        .await?;
     let Some(found) = found.filter(|f| f.total > 0) else {
         return Err(ApiError::NoHistory(session));
     };
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", HeaderValue::from(found.total));
-    let next = page.offset.saturating_add(found.entries.len());
+    let next = page.offset.saturating_add(found.count);
     if let Some(limit) = page.limit
         && next < found.total
     {
@@ -93,7 +97,7 @@ async fn history(
             headers.insert(header::LINK, value);
         }
     }
-    Ok((headers, Json(found.entries)).into_response())
+    Ok((headers, JsonBody(found.body)).into_response())
 }
 
 /// `{"total_messages", "first_message_time", "last_message_time"}`.
@@ -108,7 +112,7 @@ async fn history(
     ))]
 async fn stats(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     SessionPath(session): SessionPath,
 ) -> Result<Json<SessionStats>, ApiError> {
     match state.store.summary(&owner.scope(&session)).await? {
@@ -129,7 +133,7 @@ async fn stats(
     ))]
 async fn delete(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     SessionPath(session): SessionPath,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete(&owner.scope(&session)).await? {
@@ -161,7 +165,7 @@ async fn delete(
     ))]
 async fn download(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     SessionPath(session): SessionPath,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {

@@ -1,9 +1,9 @@
 //! Across sessions: list them in pages, search their exchanges.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -42,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ))]
 async fn list(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.int("limit", 1, MAX_LIMIT).unwrap_or(DEFAULT_LIMIT) as usize;
@@ -90,7 +90,7 @@ async fn list(
     ))]
 async fn search(
     State(state): State<AppState>,
-    Extension(owner): Extension<Owner>,
+    owner: Owner,
     mut query: QueryParams,
 ) -> Result<Json<Vec<Found>>, ApiError> {
     let text = query.text("q", true);

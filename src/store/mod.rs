@@ -64,6 +64,17 @@ pub struct HistoryPage {
     pub entries: Vec<ConversationEntry>,
 }
 
+/// A page of a history already written as the JSON array `GET
+/// /chat/history/{id}` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPage {
+    /// The session's size.
+    pub total: usize,
+    /// How many exchanges `body` holds.
+    pub count: usize,
+    pub body: Vec<u8>,
+}
+
 /// Limits on what a store accepts; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Caps {
@@ -133,6 +144,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the session's history, oldest first, or `None` when it has none.
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError>;
+
+    /// The same page written as JSON. Stores that keep a compact form write
+    /// it straight from there; the others write the entries of [`Store::history`].
+    async fn history_json(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<JsonPage>, StoreError> {
+        Ok(self.history(session, page).await?.map(|page| JsonPage {
+            total: page.total,
+            count: page.entries.len(),
+            body: crate::json::history(&page.entries),
+        }))
+    }
 
     /// The session's size and time span, or `None` when it has no history.
     async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError>;

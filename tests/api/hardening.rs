@@ -10,8 +10,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chatbot_api::AppState;
 use chatbot_api::auth::ApiKeys;
-use chatbot_api::chatbot::Replier;
-use chatbot_api::models::ConversationEntry;
+use chatbot_api::chatbot::{History, Replier};
 use chatbot_api::store::{MemoryStore, Store, StoreKind};
 use serde_json::{Value, json};
 
@@ -402,7 +401,7 @@ async fn cors_allows_only_configured_origins() {
 struct Panics;
 
 impl Replier for Panics {
-    fn reply(&self, _: &str, _: &[ConversationEntry]) -> Arc<str> {
+    fn reply(&self, _: &str, _: &dyn History) -> Arc<str> {
         panic!("secret internal detail")
     }
 }

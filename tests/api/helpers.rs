@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use chatbot_api::chatbot::Chatbot;
@@ -16,7 +15,7 @@ use tower::ServiceExt;
 /// The router over a store, and the state it was built from.
 pub struct TestApp {
     pub state: AppState,
-    pub router: Router,
+    pub router: chatbot_api::App,
 }
 
 /// What came back: status, headers and the raw body.

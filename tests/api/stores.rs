@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chatbot_api::chatbot::Replier;
+use chatbot_api::chatbot::{History, Replier};
 use chatbot_api::models::{ConversationEntry, SessionId};
 use chatbot_api::store::{NewExchange, Store};
 
@@ -26,8 +26,10 @@ struct Echo {
 }
 
 impl Replier for Echo {
-    fn reply(&self, message: &str, history: &[ConversationEntry]) -> Arc<str> {
-        let shown = history.iter().map(|e| e.user_message.to_string()).collect();
+    fn reply(&self, message: &str, history: &dyn History) -> Arc<str> {
+        let shown = (0..history.len())
+            .map(|i| history.user_message(i).to_string())
+            .collect();
         self.seen.lock().unwrap().push(shown);
         format!("re: {message}").into()
     }

@@ -340,7 +340,7 @@ async fn write_batch(
         let bot_reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pending
                 .replier
-                .reply(&pending.exchange.user_message, window)
+                .reply(&pending.exchange.user_message, &window)
         }))
         .map_err(|_| sqlx::Error::Protocol("the reply engine panicked".into()))?;
         let entry = pending.exchange.clone().answered(bot_reply);

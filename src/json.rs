@@ -1,0 +1,273 @@
+//! Hand-written JSON for the two hot responses (`POST /chat` and a history
+//! page): written straight into one buffer, with text that needs no escaping
+//! copied as is and text escaped once (bot replies, user names) copied from
+//! its escaped form. The output is byte for byte what `serde_json` writes for
+//! the same values (tested below).
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::models::{ConversationEntry, Timestamp, TimestampText};
+
+/// A body already written as JSON: answered as `application/json`.
+#[derive(Debug)]
+pub struct JsonBody(pub Vec<u8>);
+
+impl IntoResponse for JsonBody {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// Whether `text` can be written between quotes as it is: no `"`, no `\`,
+/// no control character. Branch-free over the bytes, so it vectorizes.
+pub fn is_plain(text: &str) -> bool {
+    !text.bytes().fold(false, |seen, b| {
+        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// Appends `text` as a JSON string, quotes included.
+pub fn push_str(buf: &mut Vec<u8>, text: &str) {
+    if is_plain(text) {
+        push_plain(buf, text);
+    } else {
+        // serde_json's own escaping for the rest; writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, text);
+    }
+}
+
+/// Appends `text`, known to be plain, between quotes.
+fn push_plain(buf: &mut Vec<u8>, text: &str) {
+    buf.reserve(text.len() + 2);
+    buf.push(b'"');
+    buf.extend_from_slice(text.as_bytes());
+    buf.push(b'"');
+}
+
+/// `text` as a JSON string, quotes included, for text written many times.
+pub fn quoted(text: &str) -> Box<str> {
+    let mut buf = Vec::with_capacity(text.len() + 2);
+    push_str(&mut buf, text);
+    String::from_utf8(buf)
+        .expect("escaping keeps UTF-8")
+        .into_boxed_str()
+}
+
+/// A string to write: as it is (escaped on the way out), known plain, or
+/// already a JSON string with its quotes.
+#[derive(Debug, Clone, Copy)]
+pub enum Text<'a> {
+    Raw(&'a str),
+    Plain(&'a str),
+    Quoted(&'a str),
+}
+
+impl Text<'_> {
+    fn write(self, buf: &mut Vec<u8>) {
+        match self {
+            Text::Raw(text) => push_str(buf, text),
+            Text::Plain(text) => push_plain(buf, text),
+            Text::Quoted(json) => buf.extend_from_slice(json.as_bytes()),
+        }
+    }
+}
+
+/// Writes a JSON array of history entries (`user_message`, `bot_reply`,
+/// `user_name`, `timestamp`), formatting each second only once.
+pub struct HistoryWriter {
+    buf: Vec<u8>,
+    empty: bool,
+    second: Option<(i64, TimestampText)>,
+}
+
+/// Bytes an entry takes besides its strings.
+const ENTRY_OVERHEAD: usize = 100;
+
+impl HistoryWriter {
+    /// A writer for about `entries` entries with `text_bytes` of strings.
+    pub fn new(entries: usize, text_bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(2 + entries * ENTRY_OVERHEAD + text_bytes);
+        buf.push(b'[');
+        Self {
+            buf,
+            empty: true,
+            second: None,
+        }
+    }
+
+    pub fn entry(&mut self, message: Text<'_>, reply: Text<'_>, name: Text<'_>, timestamp: i64) {
+        let buf = &mut self.buf;
+        buf.extend_from_slice(if self.empty {
+            b"{\"user_message\":"
+        } else {
+            b",{\"user_message\":"
+        });
+        self.empty = false;
+        message.write(buf);
+        buf.extend_from_slice(b",\"bot_reply\":");
+        reply.write(buf);
+        buf.extend_from_slice(b",\"user_name\":");
+        name.write(buf);
+        buf.extend_from_slice(b",\"timestamp\":\"");
+        let text = match self.second {
+            Some((second, text)) if second == timestamp => text,
+            _ => {
+                let text = Timestamp(timestamp).text();
+                self.second = Some((timestamp, text));
+                text
+            }
+        };
+        buf.extend_from_slice(text.as_bytes());
+        buf.extend_from_slice(b"\"}");
+    }
+
+    /// Appends a stored entry, escaping its strings as needed.
+    pub fn push(&mut self, entry: &ConversationEntry) {
+        self.entry(
+            Text::Raw(&entry.user_message),
+            Text::Raw(&entry.bot_reply),
+            Text::Raw(&entry.user_name),
+            entry.timestamp,
+        );
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b']');
+        self.buf
+    }
+}
+
+/// Writes a whole history: `[entry, …]`.
+pub fn history(entries: &[ConversationEntry]) -> Vec<u8> {
+    let text: usize = entries
+        .iter()
+        .map(|e| e.user_message.len() + e.bot_reply.len() + e.user_name.len())
+        .sum();
+    let mut writer = HistoryWriter::new(entries.len(), text);
+    for entry in entries {
+        writer.push(entry);
+    }
+    writer.finish()
+}
+
+/// The `POST /chat` answer, fields in the seed's order: `bot_reply`,
+/// `user_message`, `user_name`, `session_id`, `timestamp`.
+pub fn chat_response(entry: &ConversationEntry, session_id: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        ENTRY_OVERHEAD
+            + entry.bot_reply.len()
+            + entry.user_message.len()
+            + entry.user_name.len()
+            + session_id.len(),
+    );
+    buf.extend_from_slice(b"{\"bot_reply\":");
+    push_str(&mut buf, &entry.bot_reply);
+    buf.extend_from_slice(b",\"user_message\":");
+    push_str(&mut buf, &entry.user_message);
+    buf.extend_from_slice(b",\"user_name\":");
+    push_str(&mut buf, &entry.user_name);
+    buf.extend_from_slice(b",\"session_id\":");
+    push_str(&mut buf, session_id);
+    buf.extend_from_slice(b",\"timestamp\":\"");
+    buf.extend_from_slice(Timestamp(entry.timestamp).text().as_bytes());
+    buf.extend_from_slice(b"\"}");
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::models::{ChatResponse, SessionId, now};
+
+    const HOSTILE: &[&str] = &[
+        "Hello!",
+        "",
+        "quote \" and backslash \\ and slash /",
+        "new\nline\ttab\r\u{8}\u{c}",
+        "\u{1}\u{1f}\u{7f} control",
+        "caf\u{e9} \u{65e5}\u{672c} \u{1f600} \u{2028}\u{2029}",
+        "</script><!--",
+    ];
+
+    fn entry(message: &str, reply: &str, name: &str, timestamp: i64) -> ConversationEntry {
+        ConversationEntry {
+            user_message: Arc::from(message),
+            bot_reply: Arc::from(reply),
+            user_name: Arc::from(name),
+            timestamp,
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_does() {
+        for text in HOSTILE {
+            let mut buf = Vec::new();
+            push_str(&mut buf, text);
+            assert_eq!(buf, serde_json::to_vec(text).unwrap(), "{text:?}");
+            assert_eq!(&*quoted(text), serde_json::to_string(text).unwrap());
+            assert_eq!(
+                is_plain(text),
+                serde_json::to_string(text).unwrap().len() == text.len() + 2
+            );
+        }
+    }
+
+    #[test]
+    fn a_history_is_what_serde_json_writes() {
+        let t = now();
+        let entries: Vec<ConversationEntry> = HOSTILE
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                entry(
+                    text,
+                    HOSTILE[(i + 1) % HOSTILE.len()],
+                    text,
+                    t + i as i64 / 2,
+                )
+            })
+            .collect();
+        assert_eq!(history(&entries), serde_json::to_vec(&entries).unwrap());
+        assert_eq!(history(&[]), b"[]");
+        // Pre-escaped and known-plain forms give the same bytes.
+        let mut writer = HistoryWriter::new(1, 0);
+        writer.entry(
+            Text::Quoted(&quoted("a\"b")),
+            Text::Plain("Hi"),
+            Text::Raw("Al\nice"),
+            t,
+        );
+        assert_eq!(
+            writer.finish(),
+            serde_json::to_vec(&[entry("a\"b", "Hi", "Al\nice", t)]).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_chat_response_is_what_serde_json_writes() {
+        for text in HOSTILE {
+            let entry = entry(text, text, text, now());
+            let id: String = text
+                .chars()
+                .filter(|c| !c.is_ascii_control() && *c != '/')
+                .collect();
+            let session = SessionId::parse(format!("s {id}")).unwrap();
+            let expected = serde_json::to_vec(&ChatResponse {
+                session_id: session.clone(),
+                entry: entry.clone(),
+            })
+            .unwrap();
+            assert_eq!(chat_response(&entry, session.as_str()), expected);
+        }
+    }
+}
