@@ -70,7 +70,7 @@ pub enum Text<'a> {
     Quoted(&'a str),
 }
 
-impl Text<'_> {
+impl<'a> Text<'a> {
     fn write(self, buf: &mut Vec<u8>) {
         match self {
             Text::Raw(text) => push_str(buf, text),
@@ -78,46 +78,92 @@ impl Text<'_> {
             Text::Quoted(json) => buf.extend_from_slice(json.as_bytes()),
         }
     }
-}
 
-/// Writes a JSON array of history entries (`user_message`, `bot_reply`,
-/// `user_name`, `timestamp`), formatting each second only once.
-pub struct HistoryWriter {
-    buf: Vec<u8>,
-    empty: bool,
-    second: Option<(i64, TimestampText)>,
-}
-
-/// Bytes an entry takes besides its strings.
-const ENTRY_OVERHEAD: usize = 100;
-
-impl HistoryWriter {
-    /// A writer for about `entries` entries with `text_bytes` of strings.
-    pub fn new(entries: usize, text_bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(2 + entries * ENTRY_OVERHEAD + text_bytes);
-        buf.push(b'[');
-        Self {
-            buf,
-            empty: true,
-            second: None,
+    /// Writes the text's JSON form without its quotes.
+    fn write_contents(self, buf: &mut Vec<u8>) {
+        match self {
+            Text::Plain(text) => buf.extend_from_slice(text.as_bytes()),
+            Text::Quoted(json) => buf.extend_from_slice(&json.as_bytes()[1..json.len() - 1]),
+            Text::Raw(text) if is_plain(text) => buf.extend_from_slice(text.as_bytes()),
+            Text::Raw(text) => {
+                let start = buf.len();
+                push_str(buf, text);
+                buf.pop();
+                buf.remove(start);
+            }
         }
     }
 
-    pub fn entry(&mut self, message: Text<'_>, reply: Text<'_>, name: Text<'_>, timestamp: i64) {
-        let buf = &mut self.buf;
-        buf.extend_from_slice(if self.empty {
-            b"{\"user_message\":"
-        } else {
-            b",{\"user_message\":"
-        });
-        self.empty = false;
-        message.write(buf);
-        buf.extend_from_slice(b",\"bot_reply\":");
-        reply.write(buf);
-        buf.extend_from_slice(b",\"user_name\":");
-        name.write(buf);
-        buf.extend_from_slice(b",\"timestamp\":\"");
-        let text = match self.second {
+    fn as_str(self) -> &'a str {
+        match self {
+            Text::Raw(text) | Text::Plain(text) | Text::Quoted(text) => text,
+        }
+    }
+
+    /// Whether both write the same bytes: the same string (the common case:
+    /// one shared reply or name), or equal ones of the same kind.
+    fn same(self, other: Text<'_>) -> bool {
+        let (a, b) = (self.as_str(), other.as_str());
+        (std::ptr::eq(a, b) || a == b)
+            && std::mem::discriminant(&self) == std::mem::discriminant(&other)
+    }
+}
+
+/// Writes a JSON array of history entries (`user_message`, `bot_reply`,
+/// `user_name`, `timestamp`).
+///
+/// Consecutive entries mostly share their reply and user name, and often
+/// their second: what lies between the message and the time
+/// (`","bot_reply":…,"user_name":…,"timestamp":"`) is written once and
+/// copied while it stays the same, and each second is formatted once.
+pub struct HistoryWriter<'a> {
+    buf: Vec<u8>,
+    second: Option<(i64, TimestampText)>,
+    middle: Vec<u8>,
+    middle_of: Option<(Text<'a>, Text<'a>)>,
+}
+
+/// Bytes a history entry takes besides its strings' JSON forms (keys,
+/// punctuation, the timestamp); a chat response takes a little more.
+const ENTRY_OVERHEAD: usize = 80;
+
+impl<'a> HistoryWriter<'a> {
+    /// A writer for `entries` entries whose strings take `text_bytes` as
+    /// JSON (quotes included): the buffer is allocated once.
+    pub fn new(entries: usize, text_bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(2 + entries * ENTRY_OVERHEAD + text_bytes),
+            second: None,
+            middle: Vec::new(),
+            middle_of: None,
+        }
+    }
+
+    pub fn entry(&mut self, message: Text<'_>, reply: Text<'a>, name: Text<'a>, timestamp: i64) {
+        self.reply_and_name(reply, name);
+        self.message(message, timestamp);
+    }
+
+    /// Sets the reply and user name of the entries that follow.
+    pub fn reply_and_name(&mut self, reply: Text<'a>, name: Text<'a>) {
+        if self
+            .middle_of
+            .is_some_and(|(r, n)| r.same(reply) && n.same(name))
+        {
+            return;
+        }
+        self.middle.clear();
+        self.middle.extend_from_slice(b"\",\"bot_reply\":");
+        reply.write(&mut self.middle);
+        self.middle.extend_from_slice(b",\"user_name\":");
+        name.write(&mut self.middle);
+        self.middle.extend_from_slice(b",\"timestamp\":\"");
+        self.middle_of = Some((reply, name));
+    }
+
+    /// Appends an entry with `message` and the current reply and user name.
+    pub fn message(&mut self, message: Text<'_>, timestamp: i64) {
+        let time = match self.second {
             Some((second, text)) if second == timestamp => text,
             _ => {
                 let text = Timestamp(timestamp).text();
@@ -125,12 +171,17 @@ impl HistoryWriter {
                 text
             }
         };
-        buf.extend_from_slice(text.as_bytes());
+        // Every entry starts with a comma; `finish` turns the first into `[`.
+        let buf = &mut self.buf;
+        buf.extend_from_slice(b",{\"user_message\":\"");
+        message.write_contents(buf);
+        buf.extend_from_slice(&self.middle);
+        buf.extend_from_slice(time.as_bytes());
         buf.extend_from_slice(b"\"}");
     }
 
     /// Appends a stored entry, escaping its strings as needed.
-    pub fn push(&mut self, entry: &ConversationEntry) {
+    pub fn push(&mut self, entry: &'a ConversationEntry) {
         self.entry(
             Text::Raw(&entry.user_message),
             Text::Raw(&entry.bot_reply),
@@ -140,6 +191,10 @@ impl HistoryWriter {
     }
 
     pub fn finish(mut self) -> Vec<u8> {
+        match self.buf.first_mut() {
+            Some(comma) => *comma = b'[',
+            None => self.buf.push(b'['),
+        }
         self.buf.push(b']');
         self.buf
     }
@@ -149,7 +204,7 @@ impl HistoryWriter {
 pub fn history(entries: &[ConversationEntry]) -> Vec<u8> {
     let text: usize = entries
         .iter()
-        .map(|e| e.user_message.len() + e.bot_reply.len() + e.user_name.len())
+        .map(|e| e.user_message.len() + e.bot_reply.len() + e.user_name.len() + 6)
         .sum();
     let mut writer = HistoryWriter::new(entries.len(), text);
     for entry in entries {
@@ -162,7 +217,7 @@ pub fn history(entries: &[ConversationEntry]) -> Vec<u8> {
 /// `user_message`, `user_name`, `session_id`, `timestamp`.
 pub fn chat_response(entry: &ConversationEntry, session_id: &str) -> Vec<u8> {
     let mut buf = Vec::with_capacity(
-        ENTRY_OVERHEAD
+        2 * ENTRY_OVERHEAD
             + entry.bot_reply.len()
             + entry.user_message.len()
             + entry.user_name.len()

@@ -160,7 +160,7 @@ pub struct TimestampText([u8; TIMESTAMP_LEN]);
 
 impl TimestampText {
     /// The text's bytes, without a UTF-8 check.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8; TIMESTAMP_LEN] {
         &self.0
     }
 }

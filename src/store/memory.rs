@@ -283,24 +283,40 @@ struct PageCopy {
 
 impl PageCopy {
     fn write(&self) -> Vec<u8> {
-        let mut writer = HistoryWriter::new(self.exchanges.len(), self.text.len());
+        let shared: usize = self
+            .exchanges
+            .iter()
+            .map(|stored| {
+                let reply = if stored.reply & INLINE == 0 {
+                    self.replies[stored.reply as usize].json.len()
+                } else {
+                    2
+                };
+                reply + self.names[stored.name()].json.len() + 2
+            })
+            .sum();
+        let mut writer = HistoryWriter::new(self.exchanges.len(), self.text.len() + shared);
         let mut at = 0;
+        let mut current = None;
         for stored in &self.exchanges {
             let message_end = stored.message_end as usize - self.offset;
             let message = &self.text[at..message_end];
+            at = stored.end() - self.offset;
+            let name = Text::Quoted(&self.names[stored.name()].json);
+            if stored.reply & INLINE != 0 {
+                writer.reply_and_name(Text::Raw(&self.text[message_end..at]), name);
+                current = None;
+            } else if current != Some((stored.reply, stored.name)) {
+                let reply = Text::Quoted(&self.replies[stored.reply as usize].json);
+                writer.reply_and_name(reply, name);
+                current = Some((stored.reply, stored.name));
+            }
             let message = if stored.name & ESCAPED == 0 {
                 Text::Plain(message)
             } else {
                 Text::Raw(message)
             };
-            at = stored.end() - self.offset;
-            let reply = if stored.reply & INLINE == 0 {
-                Text::Quoted(&self.replies[stored.reply as usize].json)
-            } else {
-                Text::Raw(&self.text[message_end..at])
-            };
-            let name = Text::Quoted(&self.names[stored.name()].json);
-            writer.entry(message, reply, name, stored.timestamp);
+            writer.message(message, stored.timestamp);
         }
         writer.finish()
     }
