@@ -49,8 +49,6 @@ impl Dialect {
         }
     }
 
-    /// Per-connection settings. SQLite: write-ahead log with a full fsync at
-    /// every commit, so that a committed exchange survives power loss.
     /// Compare text by bytes (code points), as the memory store does, not by
     /// the database's locale.
     fn byte_order(self) -> &'static str {
@@ -60,6 +58,8 @@ impl Dialect {
         }
     }
 
+    /// Per-connection settings. SQLite: write-ahead log with a full fsync at
+    /// every commit, so that a committed exchange survives power loss.
     fn session_setup(self) -> &'static str {
         match self {
             Self::Sqlite => {

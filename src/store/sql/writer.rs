@@ -20,7 +20,6 @@ use crate::store::{Caps, NewExchange, StoreError, search_text};
 /// The most exchanges written in one transaction.
 pub(super) const MAX_BATCH: usize = 512;
 /// Rows per multi-row `INSERT`, well under both dialects' parameter limits.
-const ROWS_PER_INSERT: usize = 256;
 /// Sessions whose recent exchanges the SQLite commit task keeps in memory.
 const CONTEXT_CACHE_SESSIONS: usize = 10_000;
 
@@ -230,6 +229,45 @@ fn select_context_sql(sessions: usize) -> String {
     )
 }
 
+/// The most rows one multi-row statement has: 2^this.
+const MAX_ROWS_LOG2: u32 = 6;
+
+/// Splits `n` rows into power-of-two chunk sizes, largest first: every
+/// multi-row statement then has one of a few SQL texts, each prepared once
+/// per connection and reused (SQLite parsing a new text for every group was
+/// a third of the work of a durable write).
+fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while n > 0 {
+        let size = 1 << n.ilog2().min(MAX_ROWS_LOG2);
+        sizes.push(size);
+        n -= size;
+    }
+    sizes
+}
+
+/// The multi-row statements' SQL, one text per chunk size, built once.
+struct Statements {
+    upsert: Vec<String>,
+    context: Vec<String>,
+    insert: Vec<String>,
+}
+
+impl Statements {
+    fn of_size(texts: &[String], size: usize) -> &str {
+        &texts[size.trailing_zeros() as usize]
+    }
+}
+
+static STATEMENTS: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| {
+    let sizes = || (0..=MAX_ROWS_LOG2).map(|k| 1usize << k);
+    Statements {
+        upsert: sizes().map(upsert_sessions_sql).collect(),
+        context: sizes().map(select_context_sql).collect(),
+        insert: sizes().map(insert_exchanges_sql).collect(),
+    }
+});
+
 #[derive(FromRow)]
 struct ContextRow {
     session_ref: i64,
@@ -282,20 +320,24 @@ async fn write_batch(
             .map(|r| Err(r.unwrap_or_else(unreachable_refusal)))
             .collect());
     }
-    let upsert = upsert_sessions_sql(tallies.len());
-    let mut query = sqlx::query_as::<_, (i64, String, i64)>(&upsert).persistent(false);
-    for (session, tally) in &tallies {
-        query = query
-            .bind(*session)
-            .bind(tally.count)
-            .bind(tally.first_at)
-            .bind(tally.last_at);
-    }
-    // Each session's row id and the seq its first exchange in this batch gets.
+    // Each session's row id and the seq its first exchange in this batch
+    // gets. Chunks go in session-id order, so rows still lock in that order.
     let mut next_seq: HashMap<String, (i64, i64)> = HashMap::with_capacity(tallies.len());
-    for (id, session, count) in query.fetch_all(&mut *tx).await? {
-        let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
-        next_seq.insert(session, (id, count - added + 1));
+    let mut sessions = tallies.iter();
+    for size in chunk_sizes(tallies.len()) {
+        let sql = Statements::of_size(&STATEMENTS.upsert, size);
+        let mut query = sqlx::query_as::<_, (i64, String, i64)>(sql);
+        for (session, tally) in sessions.by_ref().take(size) {
+            query = query
+                .bind(*session)
+                .bind(tally.count)
+                .bind(tally.first_at)
+                .bind(tally.last_at);
+        }
+        for (id, session, count) in query.fetch_all(&mut *tx).await? {
+            let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
+            next_seq.insert(session, (id, count - added + 1));
+        }
     }
 
     // Recent history per session row: from the cache where it has it, else one read.
@@ -309,14 +351,14 @@ async fn write_batch(
             None => missing.push(*id),
         }
     }
-    if !missing.is_empty() {
-        let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
-        let select = select_context_sql(missing.len());
-        let mut query = sqlx::query_as::<_, ContextRow>(&select)
-            .persistent(false)
-            .bind(CONTEXT_EXCHANGES as i64 + most_added);
-        for id in &missing {
-            query = query.bind(*id);
+    let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
+    let mut missing = missing.into_iter();
+    for size in chunk_sizes(missing.len()) {
+        let sql = Statements::of_size(&STATEMENTS.context, size);
+        let mut query =
+            sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64 + most_added);
+        for id in missing.by_ref().take(size) {
+            query = query.bind(id);
         }
         for row in query.fetch_all(&mut *tx).await? {
             context
@@ -349,13 +391,11 @@ async fn write_batch(
         answered.push(entry);
     }
 
-    for (entries, refs) in answered
-        .chunks(ROWS_PER_INSERT)
-        .zip(rows.chunks(ROWS_PER_INSERT))
-    {
-        let insert = insert_exchanges_sql(entries.len());
-        let mut query = sqlx::query(&insert).persistent(false);
-        for (entry, (session_ref, seq)) in entries.iter().zip(refs) {
+    let mut written = answered.iter().zip(&rows);
+    for size in chunk_sizes(answered.len()) {
+        let sql = Statements::of_size(&STATEMENTS.insert, size);
+        let mut query = sqlx::query(sql);
+        for (entry, (session_ref, seq)) in written.by_ref().take(size) {
             query = query
                 .bind(*session_ref)
                 .bind(*seq)
@@ -451,6 +491,25 @@ async fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_split_into_few_power_of_two_chunks() {
+        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(1), [1]);
+        assert_eq!(chunk_sizes(13), [8, 4, 1]);
+        assert_eq!(chunk_sizes(64), [64]);
+        assert_eq!(chunk_sizes(150), [64, 64, 16, 4, 2]);
+        for n in 0..600 {
+            let sizes = chunk_sizes(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= 64));
+            assert!(sizes.len() <= 7 + n / 64);
+        }
+        assert_eq!(
+            Statements::of_size(&STATEMENTS.insert, 4),
+            insert_exchanges_sql(4)
+        );
+    }
 
     #[test]
     fn multi_row_inserts_number_their_parameters() {
