@@ -219,6 +219,15 @@ struct Inner {
     replies: Arc<Vec<Shared>>,
 }
 
+impl Inner {
+    /// The session, if it has any exchange.
+    fn non_empty(&self, session: &str) -> Option<&Session> {
+        self.sessions
+            .get(session)
+            .filter(|s| !s.exchanges.is_empty())
+    }
+}
+
 /// The index of a reply to keep once in `replies`: one a rule gave, which is
 /// why someone else holds it too. A reply made for this exchange alone is
 /// kept with it (`None`).
@@ -369,11 +378,7 @@ impl Store for MemoryStore {
 
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
         let inner = self.read();
-        let Some(stored) = inner
-            .sessions
-            .get(session)
-            .filter(|s| !s.exchanges.is_empty())
-        else {
+        let Some(stored) = inner.non_empty(session) else {
             return Ok(None);
         };
         Ok(Some(HistoryPage {
@@ -392,11 +397,7 @@ impl Store for MemoryStore {
     ) -> Result<Option<JsonPage>, StoreError> {
         let copy = {
             let inner = self.read();
-            let Some(stored) = inner
-                .sessions
-                .get(session)
-                .filter(|s| !s.exchanges.is_empty())
-            else {
+            let Some(stored) = inner.non_empty(session) else {
                 return Ok(None);
             };
             let range = stored.range(page);
