@@ -124,7 +124,6 @@ impl Owner {
         format!("{}{session_id}", self.prefix)
     }
 
-    /// The session id of one of the owner's store keys.
     /// [`Owner::scope`] for a validated id; an open server's ids are their own keys.
     pub fn scope_id<'a>(&self, session_id: &'a SessionId) -> Cow<'a, SessionId> {
         if self.prefix.is_empty() {
@@ -134,6 +133,7 @@ impl Owner {
         }
     }
 
+    /// The session id of one of the owner's store keys.
     pub fn unscope(&self, key: String) -> String {
         match key.strip_prefix(&self.prefix) {
             Some(id) if !self.prefix.is_empty() => id.to_owned(),

@@ -20,15 +20,13 @@ pub mod store;
 pub mod telemetry;
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
-use std::convert::Infallible;
-
 use axum::body::Body;
-use axum::extract::FromRef;
-use axum::extract::Request;
+use axum::extract::{FromRef, Request};
 use axum::http::StatusCode;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware;
