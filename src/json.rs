@@ -242,7 +242,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::models::{ChatResponse, SessionId, now};
+    use crate::models::{SessionId, format_timestamp, now};
 
     const HOSTILE: &[&str] = &[
         "Hello!",
@@ -308,6 +308,16 @@ mod tests {
         );
     }
 
+    /// The seed's `ChatResponse`, fields in its order, as serde writes it.
+    #[derive(serde::Serialize)]
+    struct SeedResponse<'a> {
+        bot_reply: &'a str,
+        user_message: &'a str,
+        user_name: &'a str,
+        session_id: &'a str,
+        timestamp: String,
+    }
+
     #[test]
     fn a_chat_response_is_what_serde_json_writes() {
         for text in HOSTILE {
@@ -317,9 +327,12 @@ mod tests {
                 .filter(|c| !c.is_ascii_control() && *c != '/')
                 .collect();
             let session = SessionId::parse(format!("s {id}")).unwrap();
-            let expected = serde_json::to_vec(&ChatResponse {
-                session_id: session.clone(),
-                entry: entry.clone(),
+            let expected = serde_json::to_vec(&SeedResponse {
+                bot_reply: text,
+                user_message: text,
+                user_name: text,
+                session_id: session.as_str(),
+                timestamp: format_timestamp(entry.timestamp),
             })
             .unwrap();
             assert_eq!(chat_response(&entry, session.as_str()), expected);

@@ -35,25 +35,6 @@ impl Serialize for ConversationEntry {
     }
 }
 
-/// The answer to `POST /chat`, fields in the seed's order.
-#[derive(Debug)]
-pub struct ChatResponse {
-    pub session_id: SessionId,
-    pub entry: ConversationEntry,
-}
-
-impl Serialize for ChatResponse {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ChatResponse", 5)?;
-        s.serialize_field("bot_reply", &*self.entry.bot_reply)?;
-        s.serialize_field("user_message", &*self.entry.user_message)?;
-        s.serialize_field("user_name", &*self.entry.user_name)?;
-        s.serialize_field("session_id", self.session_id.as_str())?;
-        s.serialize_field("timestamp", &Timestamp(self.entry.timestamp))?;
-        s.end()
-    }
-}
-
 /// A session's size and time span. Serializes as an item of
 /// `GET /chat/sessions`; [`SessionStats`] gives the stats shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
