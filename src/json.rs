@@ -139,19 +139,21 @@ impl<'a> HistoryWriter<'a> {
         }
     }
 
+    /// Appends an entry, rewriting the reply and name part only when they
+    /// differ from the previous entry's.
     pub fn entry(&mut self, message: Text<'_>, reply: Text<'a>, name: Text<'a>, timestamp: i64) {
-        self.reply_and_name(reply, name);
+        let same = self
+            .middle_of
+            .is_some_and(|(r, n)| r.same(reply) && n.same(name));
+        if !same {
+            self.reply_and_name(reply, name);
+        }
         self.message(message, timestamp);
     }
 
-    /// Sets the reply and user name of the entries that follow.
+    /// Sets the reply and user name of the entries that follow (a caller
+    /// that knows when they change calls it only then).
     pub fn reply_and_name(&mut self, reply: Text<'a>, name: Text<'a>) {
-        if self
-            .middle_of
-            .is_some_and(|(r, n)| r.same(reply) && n.same(name))
-        {
-            return;
-        }
         self.middle.clear();
         self.middle.extend_from_slice(b"\",\"bot_reply\":");
         reply.write(&mut self.middle);
