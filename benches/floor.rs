@@ -10,24 +10,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Deserialize)]
-struct ChatRequest {
-    user_message: String,
-    #[serde(default = "user")]
-    user_name: String,
-    #[serde(default = "default_session")]
-    session_id: String,
-}
-
-fn user() -> String {
-    "User".into()
-}
-
-fn default_session() -> String {
-    "default".into()
-}
+mod common;
+use common::ChatRequest;
 
 #[derive(Clone, Serialize)]
 struct Entry {
@@ -100,9 +86,5 @@ async fn main() {
         .route("/chat", post(chat))
         .route("/chat/history/{session_id}", get(history))
         .with_state(store);
-    let port = std::env::var("BENCH_PORT").unwrap_or_else(|_| "18082".into());
-    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
-        .await
-        .expect("bind");
-    axum::serve(listener, app).await.expect("serve");
+    common::serve(app, 18082).await;
 }

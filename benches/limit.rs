@@ -7,24 +7,10 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Deserialize)]
-struct ChatRequest {
-    user_message: String,
-    #[serde(default = "user")]
-    user_name: String,
-    #[serde(default = "default_session")]
-    session_id: String,
-}
-
-fn user() -> String {
-    "User".into()
-}
-
-fn default_session() -> String {
-    "default".into()
-}
+mod common;
+use common::ChatRequest;
 
 #[derive(Serialize)]
 struct ChatResponse {
@@ -60,9 +46,5 @@ async fn main() {
             async move { ([(header::CONTENT_TYPE, "application/json")], body) }
         }),
     );
-    let port = std::env::var("BENCH_PORT").unwrap_or_else(|_| "18081".into());
-    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
-        .await
-        .expect("bind");
-    axum::serve(listener, app).await.expect("serve");
+    common::serve(app, 18081).await;
 }
