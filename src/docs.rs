@@ -97,6 +97,20 @@ pub struct DetailBody {
     pub detail: String,
 }
 
+/// The errors every conversation route can answer besides its own.
+#[derive(utoipa::IntoResponses)]
+pub enum ConversationErrors {
+    #[response(
+        status = 401,
+        description = "API key missing or wrong (when the server has keys)"
+    )]
+    Unauthorized(DetailBody),
+    #[response(status = 429, description = "Rate limit exceeded (see Retry-After)")]
+    TooManyRequests(DetailBody),
+    #[response(status = 503, description = "Storage unavailable")]
+    Unavailable(DetailBody),
+}
+
 /// One problem with a request, as pydantic reports it.
 #[derive(Serialize, ToSchema)]
 pub struct ValidationItem {

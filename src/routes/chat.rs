@@ -6,7 +6,9 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::Owner;
-use crate::docs::{ChatRequestBody, ChatResponseBody, DetailBody, ValidationBody};
+use crate::docs::{
+    ChatRequestBody, ChatResponseBody, ConversationErrors, DetailBody, ValidationBody,
+};
 use crate::error::ApiError;
 use crate::extract::ChatBody;
 use crate::json::{self, JsonBody};
@@ -27,13 +29,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     description = "Answers with the bot's reply once the exchange is stored (committed, on a database).",
     request_body = ChatRequestBody,
     responses(
-                (status = 200, description = "The bot's reply", body = ChatResponseBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
+        (status = 200, description = "The bot's reply", body = ChatResponseBody),
         (status = 413, description = "Body larger than the limit", body = DetailBody),
-                (status = 408, description = "The body arrived too slowly", body = DetailBody),
+        (status = 408, description = "The body arrived too slowly", body = DetailBody),
         (status = 422, description = "Invalid body", body = ValidationBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-                (status = 503, description = "Storage unavailable", body = DetailBody),
+        ConversationErrors,
         (status = 507, description = "A session or message cap was reached; nothing stored", body = DetailBody),
     )
 )]

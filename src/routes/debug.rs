@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::docs::{DebugSessions, DetailBody, StatusBody};
+use crate::docs::{ConversationErrors, DebugSessions, StatusBody};
 use crate::error::ApiError;
 
 const PAGE: usize = 1000;
@@ -21,7 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// `{"total_sessions", "session_ids", "total_messages"}` over every session.
 #[utoipa::path(get, path = "/debug/sessions", tag = "service", summary = "Every session (debug)",
     description = "Only with `--debug-endpoints`.",
-    responses((status = 200, body = DebugSessions), (status = 401, body = DetailBody), (status = 429, body = DetailBody), (status = 503, body = DetailBody)))]
+    responses((status = 200, body = DebugSessions), ConversationErrors))]
 async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut ids = Vec::new();
     let mut total_messages = 0;
@@ -48,7 +48,7 @@ async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 /// Erases every conversation.
 #[utoipa::path(post, path = "/debug/clear", tag = "service", summary = "Erase everything (debug)",
     description = "Only with `--debug-endpoints`. Erases every conversation.",
-    responses((status = 200, body = StatusBody, example = json!({"status": "cleared"})), (status = 401, body = DetailBody), (status = 429, body = DetailBody), (status = 503, body = DetailBody)))]
+    responses((status = 200, body = StatusBody, example = json!({"status": "cleared"})), ConversationErrors))]
 async fn clear(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.clear().await?;
     Ok(Json(json!({ "status": "cleared" })))

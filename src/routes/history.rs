@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::Owner;
-use crate::docs::{DetailBody, HistoryEntry, StatsBody, ValidationBody};
+use crate::docs::{ConversationErrors, DetailBody, HistoryEntry, StatsBody, ValidationBody};
 use crate::error::ApiError;
 use crate::export::{ExportFormat, export};
 use crate::extract::{QueryParams, SessionPath};
@@ -61,9 +61,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             )),
         (status = 404, description = "No history for this session", body = DetailBody),
         (status = 422, body = ValidationBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-        (status = 503, body = DetailBody),
+        ConversationErrors,
     ))]
 async fn history(
     State(state): State<AppState>,
@@ -106,9 +104,7 @@ async fn history(
     responses(
         (status = 200, body = StatsBody),
         (status = 404, description = "No history for this session", body = DetailBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-        (status = 503, body = DetailBody),
+        ConversationErrors,
     ))]
 async fn stats(
     State(state): State<AppState>,
@@ -127,9 +123,7 @@ async fn stats(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No history for this session", body = DetailBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-        (status = 503, body = DetailBody),
+        ConversationErrors,
     ))]
 async fn delete(
     State(state): State<AppState>,
@@ -159,9 +153,7 @@ async fn delete(
             headers(("content-disposition" = String, description = "attachment; filename=…"))),
         (status = 404, description = "No history for this session", body = DetailBody),
         (status = 422, body = ValidationBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-        (status = 503, body = DetailBody),
+        ConversationErrors,
     ))]
 async fn download(
     State(state): State<AppState>,

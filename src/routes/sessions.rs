@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::Owner;
-use crate::docs::{DetailBody, SearchHit, SessionItem, ValidationBody};
+use crate::docs::{ConversationErrors, SearchHit, SessionItem, ValidationBody};
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::models::{Found, could_be_session_id};
@@ -36,9 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "Sessions sorted by id", body = Vec<SessionItem>,
             headers(("link" = String, description = "`<…>; rel=\"next\"` while more remain"))),
         (status = 422, body = ValidationBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-        (status = 503, body = DetailBody),
+        ConversationErrors,
     ))]
 async fn list(
     State(state): State<AppState>,
@@ -84,9 +82,7 @@ async fn list(
     responses(
         (status = 200, description = "Hits, newest first", body = Vec<SearchHit>),
         (status = 422, body = ValidationBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = DetailBody),
-        (status = 429, description = "Rate limit exceeded (see Retry-After)", body = DetailBody),
-        (status = 503, body = DetailBody),
+        ConversationErrors,
     ))]
 async fn search(
     State(state): State<AppState>,
