@@ -50,7 +50,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     description = "Without parameters: the whole history, as the seed server answers.",
     params(
         ("session_id" = String, Path, description = "The conversation (percent-decoded)"),
-                ("offset" = Option<u64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_u64, description = "Exchanges to skip"),
+        ("offset" = Option<u64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_u64, description = "Exchanges to skip"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "Page size"),
     ),
     responses(
