@@ -1,6 +1,6 @@
 //! One error type for the whole API, rendered in FastAPI's JSON shapes.
 //!
-//! Client mistakes get the exact bodies of `shared/API.md`; server faults are
+//! Client mistakes get the exact bodies of `docs/API.md`; server faults are
 //! logged here and answered without internals.
 
 use axum::Json;

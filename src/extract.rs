@@ -1,11 +1,13 @@
 //! Request extractors that reproduce FastAPI's parsing, so that a bad request
 //! is rejected with the same status and body the seed server would give.
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
-use http_body_util::LengthLimitError;
+use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 
@@ -33,6 +35,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit as u64) {
+            linger(req.into_body());
             return Err(ApiError::PayloadTooLarge { limit });
         }
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
@@ -70,20 +73,60 @@ pub fn decode_body(content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Option<V
 
 async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
     let limit = limits.max_body_bytes;
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|err| {
-            let cause = err.into_inner();
-            if caused_by::<LengthLimitError>(cause.as_ref()) {
-                ApiError::PayloadTooLarge { limit }
-            } else if caused_by::<tower_http::timeout::TimeoutError>(cause.as_ref()) {
+    let mut body = req.into_body();
+    // One frame (the usual case) is kept as it came, without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            if caused_by::<tower_http::timeout::TimeoutError>(&err) {
                 ApiError::RequestTimeout {
                     seconds: limits.request_timeout.as_secs(),
                 }
             } else {
                 ApiError::BodyUnreadable
             }
-        })
+        })?;
+        if let Ok(data) = frame.into_data() {
+            let held = first.as_ref().map_or(0, Bytes::len) + bytes.len();
+            if held + data.len() > limit {
+                linger(body);
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            match first.take() {
+                None if bytes.is_empty() => first = Some(data),
+                earlier => {
+                    bytes.extend_from_slice(&earlier.unwrap_or_default());
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(bytes)))
+}
+
+/// The most of a refused body read and thrown away, and for how long.
+pub const LINGER_BYTES: usize = 16 << 20;
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and discards the rest of a refused body in the background, as
+/// nginx's lingering close does: a client that writes its whole body before
+/// reading (`requests`, `http.client`, most SDKs) then reads our 413 instead
+/// of failing on a reset connection. Bounded by [`LINGER_BYTES`] and
+/// [`LINGER_TIME`]; past either the body is dropped and the connection closed.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// Whether `T` is anywhere in the error's chain: body errors reach us

@@ -289,7 +289,7 @@ impl ChatRequest {
     /// Validates a decoded JSON body (`None` when the body was empty).
     pub fn parse(body: Option<Value>, limits: &Limits) -> Result<Self, Vec<ValidationIssue>> {
         let object = match body {
-            None | Some(Value::Null) => {
+            None => {
                 return Err(vec![ValidationIssue::new(
                     "missing",
                     vec![Loc::from("body")],

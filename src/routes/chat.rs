@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(
     post,
     path = "/chat",
+    operation_id = "send_message",
     tag = "chat",
     summary = "Send a message",
     description = "Answers with the bot's reply once the exchange is stored (committed, on a database).",

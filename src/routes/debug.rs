@@ -19,9 +19,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// `{"total_sessions", "session_ids", "total_messages"}` over every session.
-#[utoipa::path(get, path = "/debug/sessions", tag = "service", summary = "Every session (debug)",
+#[utoipa::path(get, path = "/debug/sessions", operation_id = "debug_list_sessions", tag = "service", summary = "Every session (debug)",
     description = "Only with `--debug-endpoints`.",
-    responses((status = 200, body = DebugSessions), ConversationErrors))]
+    responses((status = 200, description = "Every session id and the message count", body = DebugSessions), ConversationErrors))]
 async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut ids = Vec::new();
     let mut total_messages = 0;
@@ -46,9 +46,9 @@ async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 /// Erases every conversation.
-#[utoipa::path(post, path = "/debug/clear", tag = "service", summary = "Erase everything (debug)",
+#[utoipa::path(post, path = "/debug/clear", operation_id = "debug_clear", tag = "service", summary = "Erase everything (debug)",
     description = "Only with `--debug-endpoints`. Erases every conversation.",
-    responses((status = 200, body = StatusBody, example = json!({"status": "cleared"})), ConversationErrors))]
+    responses((status = 200, description = "Everything erased", body = StatusBody, example = json!({"status": "cleared"})), ConversationErrors))]
 async fn clear(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.clear().await?;
     Ok(Json(json!({ "status": "cleared" })))

@@ -13,7 +13,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Always `{"status":"ok"}` while the process serves.
-#[utoipa::path(get, path = "/health", tag = "service", summary = "Liveness",
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "service", summary = "Liveness",
     responses((status = 200, description = "Serving", body = StatusBody)))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -46,7 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The session's exchanges, oldest first; `offset`/`limit` page through them.
-#[utoipa::path(get, path = "/chat/history/{session_id}", tag = "chat", summary = "Read a conversation",
+#[utoipa::path(get, path = "/chat/history/{session_id}", operation_id = "get_history", tag = "chat", summary = "Read a conversation",
     description = "Without parameters: the whole history, as the seed server answers.",
     params(
         ("session_id" = String, Path, description = "The conversation (percent-decoded)"),
@@ -60,7 +60,7 @@ pub fn router() -> OpenApiRouter<AppState> {
                 ("link" = String, description = "`<…>; rel=\"next\"` while more remain"),
             )),
         (status = 404, description = "No history for this session", body = DetailBody),
-        (status = 422, body = ValidationBody),
+        (status = 422, description = "Invalid query parameters", body = ValidationBody),
         ConversationErrors,
     ))]
 async fn history(
@@ -99,10 +99,10 @@ async fn history(
 }
 
 /// `{"total_messages", "first_message_time", "last_message_time"}`.
-#[utoipa::path(get, path = "/chat/history/{session_id}/stats", tag = "chat", summary = "Conversation stats",
+#[utoipa::path(get, path = "/chat/history/{session_id}/stats", operation_id = "get_conversation_stats", tag = "chat", summary = "Conversation stats",
     params(("session_id" = String, Path, description = "The conversation")),
     responses(
-        (status = 200, body = StatsBody),
+        (status = 200, description = "The conversation's size and time span", body = StatsBody),
         (status = 404, description = "No history for this session", body = DetailBody),
         ConversationErrors,
     ))]
@@ -118,7 +118,7 @@ async fn stats(
 }
 
 /// Removes the whole conversation; the id is free for a new one at once.
-#[utoipa::path(delete, path = "/chat/history/{session_id}", tag = "chat", summary = "Delete a conversation",
+#[utoipa::path(delete, path = "/chat/history/{session_id}", operation_id = "delete_conversation", tag = "chat", summary = "Delete a conversation",
     params(("session_id" = String, Path, description = "The conversation")),
     responses(
         (status = 204, description = "Deleted"),
@@ -138,7 +138,7 @@ async fn delete(
 }
 
 /// The whole conversation as a download: JSON lines, CSV or Markdown.
-#[utoipa::path(get, path = "/chat/history/{session_id}/export", tag = "chat", summary = "Download a conversation",
+#[utoipa::path(get, path = "/chat/history/{session_id}/export", operation_id = "export_conversation", tag = "chat", summary = "Download a conversation",
     params(
         ("session_id" = String, Path, description = "The conversation"),
         ("format" = Option<ExportFormat>, Query, description = "`jsonl` (default), `csv` or `markdown`"),
@@ -152,7 +152,7 @@ async fn delete(
             ),
             headers(("content-disposition" = String, description = "attachment; filename=…"))),
         (status = 404, description = "No history for this session", body = DetailBody),
-        (status = 422, body = ValidationBody),
+        (status = 422, description = "Invalid query parameters", body = ValidationBody),
         ConversationErrors,
     ))]
 async fn download(

@@ -27,7 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Sessions sorted by id, `limit` at a time; `after` is the last id of the
 /// previous page, so paging sees every session once even while new ones appear.
-#[utoipa::path(get, path = "/chat/sessions", tag = "sessions", summary = "List sessions",
+#[utoipa::path(get, path = "/chat/sessions", operation_id = "list_sessions", tag = "sessions", summary = "List sessions",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
         ("after" = Option<String>, Query, description = "The last session_id of the previous page"),
@@ -35,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "Sessions sorted by id", body = Vec<SessionItem>,
             headers(("link" = String, description = "`<…>; rel=\"next\"` while more remain"))),
-        (status = 422, body = ValidationBody),
+        (status = 422, description = "Invalid query parameters", body = ValidationBody),
         ConversationErrors,
     ))]
 async fn list(
@@ -73,7 +73,7 @@ async fn list(
 }
 
 /// Exchanges whose message or reply contains `q` (case-insensitive), newest first.
-#[utoipa::path(get, path = "/chat/search", tag = "sessions", summary = "Search exchanges",
+#[utoipa::path(get, path = "/chat/search", operation_id = "search_messages", tag = "sessions", summary = "Search exchanges",
     params(
         ("q" = String, Query, min_length = 1, description = "Text to find in messages and replies, case-insensitively"),
         ("session_id" = Option<String>, Query, description = "Search one session only"),
@@ -81,7 +81,7 @@ async fn list(
     ),
     responses(
         (status = 200, description = "Hits, newest first", body = Vec<SearchHit>),
-        (status = 422, body = ValidationBody),
+        (status = 422, description = "Invalid query parameters", body = ValidationBody),
         ConversationErrors,
     ))]
 async fn search(

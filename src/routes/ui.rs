@@ -29,7 +29,7 @@ pub struct Index {
 }
 
 /// A browser (`Accept: text/html`) gets the chat page; anyone else an index.
-#[utoipa::path(get, path = "/", tag = "service", summary = "Chat page or index",
+#[utoipa::path(get, path = "/", operation_id = "index", tag = "service", summary = "Chat page or index",
     responses((status = 200, description = "The chat page for `Accept: text/html`, else a JSON index",
         content((Index = "application/json"), (String = "text/html; charset=utf-8")))))]
 async fn index(headers: HeaderMap) -> Response {

@@ -99,7 +99,7 @@ async fn validation_errors_have_pydantic_bodies() {
         ),
         (
             "null".into(),
-            r#"{"detail":[{"type":"missing","loc":["body"],"msg":"Field required","input":null}]}"#.into(),
+            r#"{"detail":[{"type":"model_attributes_type","loc":["body"],"msg":"Input should be a valid dictionary or object to extract fields from","input":null}]}"#.into(),
         ),
         (
             r#"{"user_message": }"#.into(),

@@ -599,6 +599,76 @@ fn a_slow_body_gets_408_while_others_are_served() {
     assert!(waited.elapsed() < Duration::from_secs(4));
 }
 
+/// Writes the whole request before reading anything, as Python's
+/// `http.client`, `requests` and most SDKs do, then reads one response.
+fn write_all_then_read(server: &Server, head: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(body)
+        .expect("the server reads a refused body instead of resetting the connection");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Up to the end of the JSON body; the connection may stay open.
+    while !out.ends_with(b"}") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn an_oversized_body_written_whole_before_reading_gets_its_413() {
+    let server = Server::start(&["--store", "memory"]);
+    for size in [1 << 20, 10 << 20] {
+        let body = format!("{{\"user_message\": \"{}\"}}", "x".repeat(size));
+        // Declared too large by Content-Length: refused before reading.
+        let head = format!(
+            "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let response = write_all_then_read(&server, &head, body.as_bytes());
+        assert!(response.starts_with("HTTP/1.1 413"), "{size}: {response}");
+        assert!(
+            response.ends_with(r#"{"detail":"Request body too large: the limit is 65536 bytes"}"#),
+            "{size}: {response}"
+        );
+        // Chunked, so the limit is found while reading.
+        let mut chunked = Vec::new();
+        for chunk in body.as_bytes().chunks(64 * 1024) {
+            chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            chunked.extend_from_slice(chunk);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let head = "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let response = write_all_then_read(&server, head, &chunked);
+        assert!(
+            response.starts_with("HTTP/1.1 413"),
+            "chunked {size}: {response}"
+        );
+    }
+    assert_eq!(
+        raw(
+            &server,
+            &get("/chat/history/default"),
+            Duration::from_secs(5)
+        )
+        .lines()
+        .next(),
+        Some("HTTP/1.1 404 Not Found"),
+        "nothing was stored"
+    );
+}
+
 /// 64 concurrent writers, 150 exchanges each, over real TCP, half to a shared
 /// session: every acknowledged exchange is stored exactly once, in each
 /// writer's order.

@@ -229,3 +229,65 @@ async fn the_documented_body_rules_match_the_validation() {
         chatbot_api::models::SESSION_ID_PATTERN
     );
 }
+
+/// What generated clients name their functions after, and what every
+/// Response object must have to be valid OpenAPI (3.0 and 3.1 alike).
+#[tokio::test]
+async fn every_operation_has_a_readable_id_and_every_response_a_description() {
+    let state = chatbot_api::AppState::new(
+        Arc::new(MemoryStore::new()),
+        chatbot_api::chatbot::Chatbot::seed(),
+        Default::default(),
+    )
+    .with_debug_endpoints(true);
+    let doc = TestApp::from_state(state).get("/openapi.json").await.json();
+    let mut ids = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            ids.push((
+                method.to_uppercase(),
+                path.as_str(),
+                operation["operationId"].as_str().unwrap_or("(none)"),
+            ));
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status} has no description"
+                );
+            }
+        }
+    }
+    ids.sort();
+    let expected = [
+        (
+            "DELETE",
+            "/chat/history/{session_id}",
+            "delete_conversation",
+        ),
+        ("GET", "/", "index"),
+        ("GET", "/chat/history/{session_id}", "get_history"),
+        (
+            "GET",
+            "/chat/history/{session_id}/export",
+            "export_conversation",
+        ),
+        (
+            "GET",
+            "/chat/history/{session_id}/stats",
+            "get_conversation_stats",
+        ),
+        ("GET", "/chat/search", "search_messages"),
+        ("GET", "/chat/sessions", "list_sessions"),
+        ("GET", "/debug/sessions", "debug_list_sessions"),
+        ("GET", "/health", "health"),
+        ("POST", "/chat", "send_message"),
+        ("POST", "/debug/clear", "debug_clear"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(m, p, id)| (m.to_string(), *p, *id))
+        .collect();
+    assert_eq!(ids, expected);
+}
