@@ -1,8 +1,10 @@
 //! Where exchanges live: the `Store` trait, its backends, and how a
 //! `--store` value picks one.
 
+mod compact;
 mod memory;
 mod sql;
+mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
-pub use sql::{CommitStats, Dialect, SqlStore};
+pub use sql::{Dialect, SqlStore};
+pub use sqlite::{CommitStats, SqliteOptions, SqliteStore, SyncMode};
 
 use crate::chatbot::Replier;
 use crate::models::{ConversationEntry, SessionId};
@@ -105,6 +108,20 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
     let last = chars.pop()?;
     chars.push(char::from_u32(last as u32 + 1)?);
     Some(chars.into_iter().collect())
+}
+
+/// `text` as a `LIKE` pattern matching it anywhere, wildcards escaped.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// What to search for: `text` (already lower-cased) in messages and replies.
@@ -231,12 +248,26 @@ impl StoreKind {
         pool_size: u32,
         caps: Caps,
     ) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_tuned(
+            pool_size,
+            SqliteOptions {
+                caps,
+                ..SqliteOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Opens the store with caps, and for SQLite its cache and sync settings.
+    pub async fn open_tuned(
+        &self,
+        pool_size: u32,
+        options: SqliteOptions,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        let caps = options.caps;
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::with_caps(caps)),
-            Self::Sqlite(path) => {
-                let url = format!("sqlite:{path}?mode=rwc");
-                Arc::new(SqlStore::connect(Dialect::Sqlite, &url, pool_size, caps).await?)
-            }
+            Self::Sqlite(path) => Arc::new(SqliteStore::open(path, options).await?),
             Self::Postgres(url) => {
                 Arc::new(SqlStore::connect(Dialect::Postgres, url, pool_size, caps).await?)
             }
@@ -295,6 +326,12 @@ mod tests {
         ] {
             assert!(StoreKind::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+        assert_eq!(contains_pattern("été"), "%été%");
     }
 
     #[test]

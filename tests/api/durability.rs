@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chatbot_api::chatbot::Chatbot;
 use chatbot_api::models::{ConversationEntry, SessionId};
-use chatbot_api::store::{Dialect, NewExchange, SqlStore, Store};
+use chatbot_api::store::{Dialect, NewExchange, SqlStore, SqliteStore, Store};
 
 use crate::helpers::all;
 use serde_json::{Value, json};
@@ -54,7 +54,7 @@ async fn sqlite_history_survives_a_restart() {
     assert_eq!(history, vec![entry("one"), entry("two")]);
 }
 
-async fn assert_commits_are_grouped(store: Arc<SqlStore>) {
+async fn assert_commits_are_grouped(store: Arc<dyn Store>, stats: impl Fn() -> (u64, u64)) {
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let store = store.clone();
@@ -67,7 +67,7 @@ async fn assert_commits_are_grouped(store: Arc<SqlStore>) {
     for task in tasks {
         task.await.unwrap();
     }
-    let (commits, exchanges) = store.commit_stats().snapshot();
+    let (commits, exchanges) = stats();
     assert_eq!(exchanges, 64);
     assert!(
         commits < exchanges,
@@ -78,13 +78,10 @@ async fn assert_commits_are_grouped(store: Arc<SqlStore>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_commits_concurrent_exchanges_in_groups() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}?mode=rwc", dir.path().join("g.db").display());
-    let store = Arc::new(
-        SqlStore::connect(Dialect::Sqlite, &url, 4, Default::default())
-            .await
-            .unwrap(),
-    );
-    assert_commits_are_grouped(store).await;
+    let path = dir.path().join("g.db").display().to_string();
+    let store = Arc::new(SqliteStore::open(&path, Default::default()).await.unwrap());
+    let stats = store.commit_stats();
+    assert_commits_are_grouped(store, || stats.snapshot()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +94,8 @@ async fn postgres_commits_concurrent_exchanges_in_groups() {
             .await
             .unwrap(),
     );
-    assert_commits_are_grouped(store).await;
+    let stats = store.commit_stats();
+    assert_commits_are_grouped(store, || stats.snapshot()).await;
 }
 
 /// Posts `message` and returns whether it was acknowledged with a 200.

@@ -21,7 +21,7 @@ use writer::{Command, ContextCache, MAX_BATCH, Pending, commit_loop};
 
 use super::{
     Caps, Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError,
-    prefix_end,
+    contains_pattern, prefix_end,
 };
 use crate::chatbot::Replier;
 use crate::models::{ConversationEntry, SessionId};
@@ -152,20 +152,6 @@ fn unavailable(err: sqlx::Error) -> StoreError {
 
 fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// `text` as a `LIKE` pattern matching it anywhere, wildcards escaped.
-fn contains_pattern(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
 }
 
 /// A SQLite- or PostgreSQL-backed store with group commit.
@@ -360,16 +346,5 @@ impl Store for SqlStore {
         let (commits, exchanges) = self.stats.snapshot();
         tracing::info!(commits, exchanges, "group commit totals");
         self.pool.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
-        assert_eq!(contains_pattern("été"), "%été%");
     }
 }
