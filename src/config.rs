@@ -29,6 +29,21 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
 
+    /// SQLite: megabytes of RAM for the read cache of whole sessions (least
+    /// recently used dropped past it; a dropped session is read from the
+    /// file again when asked for).
+    #[arg(long, env = "CHATBOT_CACHE_MB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub cache_mb: u64,
+
+    /// SQLite: when a write is acknowledged. `fsync` (default): once the
+    /// write-ahead log is flushed to disk, so it survives power loss. `os`:
+    /// once the OS has it, so it survives the process crashing but the last
+    /// acknowledged writes may be lost if the machine loses power or the
+    /// kernel crashes.
+    #[arg(long, env = "CHATBOT_SYNC", default_value = "fsync", value_parser = ["fsync", "os"])]
+    pub sync: String,
+
     /// JSON file of reply rules: {"rules":[{"any":["price"],"reply":"…"}],"fallback":"…"}.
     /// Without it the seed's replies are used.
     #[arg(long, env = "CHATBOT_RULES")]

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area.
 
+mod cache;
 mod concurrency;
 mod durability;
 mod errors;

@@ -140,6 +140,8 @@ fn help_explains_every_flag_and_its_env_var() {
         ),
         ("--session-ttl", "CHATBOT_SESSION_TTL"),
         ("--cors-origin", "CHATBOT_CORS_ORIGINS"),
+        ("--cache-mb", "CHATBOT_CACHE_MB"),
+        ("--sync", "CHATBOT_SYNC"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),

@@ -1,0 +1,452 @@
+//! The SQLite store's RAM cache: reads from RAM that always match the file,
+//! eviction and reload, context replies across eviction, deletes and expiry
+//! in both places, files of earlier versions, one process per file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chatbot_api::chatbot::{Chatbot, History, Replier};
+use chatbot_api::models::SessionId;
+use chatbot_api::store::{
+    MemoryStore, NewExchange, Page, SqliteOptions, SqliteStore, Store, SyncMode,
+};
+
+fn exchange(message: &str, name: &str, timestamp: i64) -> NewExchange {
+    NewExchange {
+        user_message: message.into(),
+        user_name: name.into(),
+        timestamp,
+    }
+}
+
+fn id(session: &str) -> SessionId {
+    SessionId::parse(session.into()).unwrap()
+}
+
+async fn open(path: &Path, cache_bytes: usize) -> SqliteStore {
+    let options = SqliteOptions {
+        cache_bytes,
+        ..SqliteOptions::default()
+    };
+    SqliteStore::open(&path.display().to_string(), options)
+        .await
+        .unwrap()
+}
+
+async fn page_json(store: &dyn Store, session: &str) -> Option<String> {
+    store
+        .history_json(session, Page::default())
+        .await
+        .unwrap()
+        .map(|page| String::from_utf8(page.body).unwrap())
+}
+
+/// Messages with everything JSON must escape, shared and one-off replies,
+/// names that change, context replies.
+const CONVERSATION: [(&str, &str); 8] = [
+    ("Hello!", "Alice"),
+    ("what did I just say?", "Alice"),
+    ("say \"hi\"\n\\ \u{1}", "Bob \"B\""),
+    ("caf\u{e9} \u{1f600} </script>", "Alice"),
+    ("What's my name?", "Zo\u{eb}"),
+    ("Hello!", "Bob \"B\""),
+    ("fastapi?", "Alice"),
+    ("fastapi?", "Alice"),
+];
+
+async fn converse(store: &dyn Store, session: &str) {
+    let bot: Arc<dyn Replier> = Arc::new(Chatbot::seed());
+    for (i, (message, name)) in CONVERSATION.iter().enumerate() {
+        store
+            .append(
+                &id(session),
+                exchange(message, name, 1_700_000_000 + i as i64),
+                bot.clone(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_and_reload_give_byte_identical_histories() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for a few sessions of this size, not for twenty.
+    let store = open(&dir.path().join("c.db"), 4096).await;
+    let memory = MemoryStore::new();
+    converse(&memory, "s0").await;
+    let expected = page_json(&memory, "s0").await.unwrap();
+    for i in 0..20 {
+        converse(&store, &format!("s{i}")).await;
+    }
+    let (bytes, cached) = store.cache_usage();
+    assert!(bytes <= 4096, "the cache keeps to its budget: {bytes}");
+    assert!(cached < 20, "some sessions were dropped: {cached} cached");
+    for round in 0..2 {
+        for i in 0..20 {
+            assert_eq!(
+                page_json(&store, &format!("s{i}")).await.as_deref(),
+                Some(expected.as_str()),
+                "session s{i}, round {round}"
+            );
+        }
+    }
+    // Pages and entries agree too, cached or not.
+    for i in [0, 19] {
+        let page = Page {
+            offset: 2,
+            limit: Some(3),
+        };
+        let entries = store
+            .history(&format!("s{i}"), page)
+            .await
+            .unwrap()
+            .unwrap();
+        let json = store
+            .history_json(&format!("s{i}"), page)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(json.body).unwrap(),
+            serde_json::to_string(&entries.entries).unwrap()
+        );
+        assert_eq!((json.total, json.count), (8, 3));
+    }
+    // And a fresh process reads the same bytes from the file alone.
+    store.close().await;
+    drop(store);
+    let reopened = open(&dir.path().join("c.db"), 1 << 20).await;
+    assert_eq!(page_json(&reopened, "s7").await.unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_evicted_mid_conversation_keeps_its_context_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-byte budget keeps nothing: every read goes to the file.
+    let store = Arc::new(open(&dir.path().join("c.db"), 1).await);
+    let bot: Arc<dyn Replier> = Arc::new(Chatbot::seed());
+    store
+        .append(
+            &id("m"),
+            exchange("I like green tea", "Ann", 1),
+            bot.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(page_json(&*store, "m").await.is_some());
+    assert_eq!(store.cache_usage(), (0, 0), "nothing stays cached");
+    // Enough other sessions to push "m" out of the writer's recent context too.
+    let others: Vec<_> = (0..5000)
+        .map(|i| {
+            let (store, bot) = (store.clone(), bot.clone());
+            tokio::spawn(async move {
+                store
+                    .append(&id(&format!("o{i}")), exchange("hi", "X", 2), bot)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for other in others {
+        other.await.unwrap();
+    }
+    let said = store
+        .append(
+            &id("m"),
+            exchange("What did I just say?", "User", 3),
+            bot.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&*said.bot_reply, "You said: \"I like green tea\"");
+    let name = store
+        .append(&id("m"), exchange("What is my name?", "User", 4), bot)
+        .await
+        .unwrap();
+    assert_eq!(&*name.bot_reply, "Your name is Ann.");
+    assert_eq!(
+        store
+            .history("m", Page::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .total,
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_expiry_remove_a_session_from_ram_and_file_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = open(&path, 1 << 20).await;
+    let bot: Arc<dyn Replier> = Arc::new(Chatbot::seed());
+    for (session, at) in [("old", 100), ("deleted", 5_000), ("kept", 10_000)] {
+        store
+            .append(&id(session), exchange("Hello!", "U", at), bot.clone())
+            .await
+            .unwrap();
+        // Read, so that each is in RAM.
+        assert!(page_json(&store, session).await.is_some());
+    }
+    assert_eq!(store.cache_usage().1, 3);
+    assert!(store.delete("deleted").await.unwrap());
+    assert_eq!(store.expire(1_000).await.unwrap(), 1);
+    for gone in ["deleted", "old"] {
+        assert_eq!(page_json(&store, gone).await, None, "{gone} in RAM");
+        assert_eq!(store.summary(gone).await.unwrap(), None);
+    }
+    assert_eq!(store.cache_usage().1, 1);
+    store.close().await;
+    drop(store);
+    let reopened = open(&path, 1 << 20).await;
+    for gone in ["deleted", "old"] {
+        assert_eq!(page_json(&reopened, gone).await, None, "{gone} in the file");
+    }
+    assert!(page_json(&reopened, "kept").await.is_some());
+    // A deleted id starts afresh, in RAM and file alike.
+    reopened
+        .append(&id("deleted"), exchange("again", "U", 20_000), bot)
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened
+            .summary("deleted")
+            .await
+            .unwrap()
+            .unwrap()
+            .total_messages,
+        1
+    );
+}
+
+struct Panics;
+
+impl Replier for Panics {
+    fn reply(&self, _: &str, _: &dyn History) -> Arc<str> {
+        panic!("the reply engine broke")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_leaves_ram_and_file_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = open(&path, 1 << 20).await;
+    let bot: Arc<dyn Replier> = Arc::new(Chatbot::seed());
+    store
+        .append(&id("s"), exchange("Hello!", "U", 1), bot.clone())
+        .await
+        .unwrap();
+    let before = page_json(&store, "s").await.unwrap();
+    assert_eq!(store.cache_usage().1, 1, "the session is in RAM");
+    let failed = store
+        .append(&id("s"), exchange("boom", "U", 2), Arc::new(Panics))
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        page_json(&store, "s").await.unwrap(),
+        before,
+        "RAM unchanged"
+    );
+    let (_, exchanges) = store.commit_stats().snapshot();
+    assert_eq!(exchanges, 1);
+    store.close().await;
+    drop(store);
+    let reopened = open(&path, 1 << 20).await;
+    assert_eq!(
+        page_json(&reopened, "s").await.unwrap(),
+        before,
+        "file unchanged"
+    );
+}
+
+/// Writers and readers at once on a cache too small to keep anything long:
+/// every read shows every exchange acknowledged before it, in order, and
+/// nothing else but exchanges of this session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_writes_and_eviction_always_see_every_acknowledged_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("c.db"), 3000).await);
+    let bot: Arc<dyn Replier> = Arc::new(Chatbot::seed());
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (store, bot) = (store.clone(), bot.clone());
+            tokio::spawn(async move {
+                let session = format!("race{}", w % 4);
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    let message = format!("w{w}-{i}");
+                    store
+                        .append(&id(&session), exchange(&message, "U", 1), bot.clone())
+                        .await
+                        .unwrap();
+                    mine.push(message);
+                    let page = store
+                        .history(&session, Page::default())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let said: Vec<&str> = page
+                        .entries
+                        .iter()
+                        .map(|e| &*e.user_message)
+                        .filter(|m| m.starts_with(&format!("w{w}-")))
+                        .collect();
+                    assert_eq!(said, mine, "writer {w} reads back all it wrote, in order");
+                    assert_eq!(page.total, page.entries.len());
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for s in 0..4 {
+        let page = store
+            .history(&format!("race{s}"), Page::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.total, 4 * 40);
+    }
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db").display().to_string();
+    let first = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .unwrap();
+    let second = SqliteStore::open(&path, SqliteOptions::default()).await;
+    let err = second.err().expect("a second store is refused").to_string();
+    assert!(
+        err.contains("in use by another chatbot-api process"),
+        "{err}"
+    );
+    first.close().await;
+    assert!(
+        SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_are_flushed_once_per_group_unless_told_otherwise() {
+    for (sync, flushes) in [(SyncMode::Fsync, true), (SyncMode::Os, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            sync,
+            ..SqliteOptions::default()
+        };
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("c.db").display().to_string(), options)
+                .await
+                .unwrap(),
+        );
+        let bot: Arc<dyn Replier> = Arc::new(Chatbot::seed());
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (store, bot) = (store.clone(), bot.clone());
+                tokio::spawn(async move {
+                    store
+                        .append(&id(&format!("f{}", i % 8)), exchange("hi", "U", 1), bot)
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = store.commit_stats();
+        let (commits, exchanges) = stats.snapshot();
+        assert_eq!(exchanges, 64);
+        if flushes {
+            assert!(
+                (1..=commits).contains(&stats.syncs()),
+                "{} flushes for {commits} commits",
+                stats.syncs()
+            );
+        } else {
+            assert_eq!(stats.syncs(), 0, "{sync:?} leaves flushing to the OS");
+        }
+    }
+}
+
+/// A file as the first release wrote it (only the first migration, rows
+/// without search text) opens: the later migration runs, and history,
+/// search and new writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
+    use sqlx::{ConnectOptions, Executor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let first_only = dir.path().join("migrations");
+    std::fs::create_dir(&first_only).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0001_sessions_and_exchanges.sql"
+        ),
+        first_only.join("0001_sessions_and_exchanges.sql"),
+    )
+    .unwrap();
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(first_only.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    conn.execute(
+        "INSERT INTO sessions (id, session_id, message_count, first_at, last_at) VALUES (1, 'old', 2, 10, 20);
+         INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at) VALUES
+           (1, 1, 'Hello!', 'Hi there! How can I help you today?', 'Ann', 10),
+           (1, 2, 'Tell me about FastAPI', 'FastAPI is a modern, fast Python web framework for building APIs. It''s awesome!', 'Ann', 20);",
+    )
+    .await
+    .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+
+    let store = open(&path, 1 << 20).await;
+    let page = store
+        .history("old", Page::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let said: Vec<&str> = page.entries.iter().map(|e| &*e.user_message).collect();
+    assert_eq!(said, ["Hello!", "Tell me about FastAPI"]);
+    let search = chatbot_api::store::Search {
+        prefix: String::new(),
+        text: "python".into(),
+        session_id: None,
+        limit: 10,
+    };
+    let found = store.search(&search).await.unwrap();
+    assert_eq!(found.len(), 1, "search text was filled in by the migration");
+    let reply = store
+        .append(
+            &id("old"),
+            exchange("What is my name?", "User", 30),
+            Arc::new(Chatbot::seed()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        &*reply.bot_reply, "Your name is Ann.",
+        "context from the old rows"
+    );
+    assert_eq!(
+        store.summary("old").await.unwrap().unwrap().total_messages,
+        3
+    );
+}
