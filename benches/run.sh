@@ -19,47 +19,7 @@ PORT=${PORT:-18090}
 MEMORY_EXCHANGES=${MEMORY_EXCHANGES:-200000}
 for tool in wrk taskset curl; do command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install wrk util-linux curl)"; exit 1; }; done
 
-cargo build --release --quiet --bin chatbot-api --benches
-declare -A BIN
-while read -r name path; do BIN[$name]=$path; done < <(
-    cargo bench --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
-        print(m["target"]["name"], m["executable"])')
-WORK=$(mktemp -d)
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; psql "$PG_URL" -qAtc 'DROP SCHEMA IF EXISTS chatbot_bench CASCADE' >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-
-start() { # name, then the command
-    local name=$1; shift
-    BENCH_PORT=$PORT RUST_LOG=warn,chatbot_api::store=info taskset -c 0 "$@" 2>"$WORK/$name.log" &
-    PID=$!
-    for _ in $(seq 200); do curl -s -o /dev/null "127.0.0.1:$PORT/" && return; sleep 0.05; done
-    echo "$name did not start" >&2; exit 1
-}
-stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; PID=""; }
-rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$PID/status"; }
-load() { # connections, script-or-empty, path -> "rps p50 p99"
-    local c=$1 script=$2 path=$3 threads=1
-    [ "$c" -ge 64 ] && threads=2
-    local args=(-t"$threads" -c"$c" -d"$DURATION" --timeout 10s)
-    if [ -n "$script" ]; then args+=(-s "$script"); else args+=(-s benches/report.lua); fi
-    taskset -c 1 wrk "${args[@]}" "http://127.0.0.1:$PORT$path" | awk '/^RESULT/ {
-        split($2,a,"="); split($3,b,"="); split($4,c,"="); print a[2], b[2], c[2] }'
-}
-populate() { # session ("" = 1,000 sessions), count, path
-    # wrk's main thread sleeps for all of -d, so fill in one-second chunks.
-    local left=$2 conns=8 answered
-    [ "$2" -le 100 ] && conns=1
-    while [ "$left" -gt 0 ]; do
-        answered=$(SESSION=$1 COUNT=$left POST_PATH=${3:-/chat} taskset -c 1 \
-            wrk -t1 -c"$conns" -d1s -s benches/populate.lua "http://127.0.0.1:$PORT" | awk '/requests in/ { print $1 }')
-        left=$((left - ${answered:-0}))
-    done
-}
+source benches/lib.sh
 
 declare -A R   # R[server/workload/connections] = "rps p50 p99"
 CONNS=(1 32 256)
@@ -111,8 +71,6 @@ for name in floor memory; do
     stop
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
-rps() { cut -d' ' -f1 <<<"${R[$1]:-0 0 0}"; }
 row() { # label, key, reference key
     local v=${R[$2]:-} ref=""
     [ -z "$v" ] && return

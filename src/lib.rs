@@ -150,8 +150,10 @@ pub fn app(state: AppState) -> App {
         .fallback(error::not_found)
         .with_state(state);
     let service = ServiceBuilder::new()
+        .option_layer(
+            telemetry::access_log_enabled().then(|| middleware::from_fn(telemetry::access_log)),
+        )
         .map_response(|response: Response<_>| response.map(Body::new))
-        .layer(telemetry::trace_layer())
         .layer(CatchPanicLayer::custom(panic_response))
         .option_layer(cors)
         .layer(RequestBodyTimeoutLayer::new(body_timeout))

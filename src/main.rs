@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init();
+    let _log_writer = telemetry::init();
 
     let chatbot = match &config.rules {
         None => Chatbot::seed(),

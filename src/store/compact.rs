@@ -113,6 +113,22 @@ impl Replies {
         Some(index)
     }
 
+    /// Keeps `text` once from now on (a reply read back from a file that
+    /// repeats); `None` when the list is full.
+    pub fn intern(&mut self, text: &str) -> Option<u32> {
+        if let Some(index) = self.known(text) {
+            return Some(index);
+        }
+        if self.list.len() >= MAX_SHARED_REPLIES {
+            return None;
+        }
+        let text: Arc<str> = Arc::from(text);
+        let index = self.list.len() as u32;
+        Arc::make_mut(&mut self.list).push(Shared::new(text.clone()));
+        Arc::make_mut(&mut self.index).insert(text, index);
+        Some(index)
+    }
+
     /// The index of a reply already kept once with this text (for
     /// exchanges read back from a file, which share no `Arc` with a rule).
     pub fn known(&self, reply: &str) -> Option<u32> {

@@ -3,7 +3,7 @@
 
 mod compact;
 mod memory;
-mod sql;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
-pub use sql::{Dialect, SqlStore};
+pub use postgres::PostgresStore;
 pub use sqlite::{CommitStats, SqliteOptions, SqliteStore, SyncMode};
 
 use crate::chatbot::Replier;
@@ -268,9 +268,7 @@ impl StoreKind {
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::with_caps(caps)),
             Self::Sqlite(path) => Arc::new(SqliteStore::open(path, options).await?),
-            Self::Postgres(url) => {
-                Arc::new(SqlStore::connect(Dialect::Postgres, url, pool_size, caps).await?)
-            }
+            Self::Postgres(url) => Arc::new(PostgresStore::connect(url, pool_size, caps).await?),
         })
     }
 }

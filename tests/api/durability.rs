@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chatbot_api::chatbot::Chatbot;
 use chatbot_api::models::{ConversationEntry, SessionId};
-use chatbot_api::store::{Dialect, NewExchange, SqlStore, SqliteStore, Store};
+use chatbot_api::store::{NewExchange, PostgresStore, SqliteStore, Store};
 
 use crate::helpers::all;
 use serde_json::{Value, json};
@@ -90,7 +90,7 @@ async fn postgres_commits_concurrent_exchanges_in_groups() {
         return;
     };
     let store = Arc::new(
-        SqlStore::connect(Dialect::Postgres, &schema.url, 4, Default::default())
+        PostgresStore::connect(&schema.url, 4, Default::default())
             .await
             .unwrap(),
     );
@@ -338,14 +338,9 @@ async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
     };
     let proxy = Proxy::start(pg).await;
     let store = Arc::new(
-        SqlStore::connect(
-            Dialect::Postgres,
-            &schema.url_via(proxy.addr),
-            2,
-            Default::default(),
-        )
-        .await
-        .unwrap(),
+        PostgresStore::connect(&schema.url_via(proxy.addr), 2, Default::default())
+            .await
+            .unwrap(),
     );
     let app = TestApp::with_store(store, Default::default());
     app.say("outage", "U", "before").await;

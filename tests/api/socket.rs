@@ -67,6 +67,54 @@ async fn seed_conversation_over_tcp() {
     );
 }
 
+/// The default log (no `RUST_LOG`) has one line per request, written by a
+/// background thread and flushed at exit.
+#[test]
+fn the_default_access_log_has_every_request_by_exit() {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .args(["--store", "memory", "--port", &port.to_string()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..50 {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "GET /health?n={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"));
+    }
+    let killed = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    for i in 0..50 {
+        let line = log
+            .lines()
+            .find(|line| line.contains(&format!("uri=/health?n={i} ")))
+            .unwrap_or_else(|| panic!("request {i} is not in the log:\n{log}"));
+        assert!(
+            line.contains("INFO") && line.contains("status=200"),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn sigterm_lets_the_request_in_flight_finish() {
     let mut server = Server::start(&["--store", "memory"]);

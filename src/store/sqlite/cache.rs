@@ -100,6 +100,13 @@ impl Cache {
         }
     }
 
+    /// Keeps a reply read back from the file once for the whole store, and
+    /// returns the replies as they now stand.
+    pub fn intern_reply(&mut self, text: &str) -> Replies {
+        self.replies.intern(text);
+        self.replies.clone()
+    }
+
     /// Gives up a read whose result will not come (it failed).
     pub fn abandon_load(&mut self, ticket: LoadTicket) {
         let _ = ticket;
@@ -112,6 +119,9 @@ impl Cache {
     /// An exchange now on disk at position `seq` (1-based) of its session.
     pub fn appended(&mut self, key: &str, seq: usize, entry: &ConversationEntry) {
         self.touch(key);
+        // Learn the rules' replies from every write, so that sessions read
+        // from the file later share them too.
+        self.replies.share(&entry.bot_reply);
         let Some(session) = self.sessions.get_mut(key) else {
             return;
         };

@@ -12,6 +12,7 @@
 mod cache;
 mod writer;
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -21,7 +22,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, params};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use self::cache::{Cache, entries};
 use self::writer::{Command, MAX_BATCH, Pending};
@@ -38,8 +39,16 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite")
 
 /// Commands allowed to queue before callers wait.
 const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
-/// Idle reader connections kept open.
-const IDLE_READERS: usize = 4;
+/// The writer's page cache (SQLite's default is 2 MiB): the leaves that
+/// random sessions' inserts land in stay in RAM.
+const WRITER_CACHE_KIB: usize = 16 * 1024;
+/// The log's size in pages past which the writer checkpoints after a commit.
+const WRITER_CHECKPOINT_PAGES: usize = 4000;
+/// Reader connections: reads the cache cannot answer run on at most this
+/// many at once (more would only take memory: each has its page cache).
+const READERS: usize = 4;
+/// Each reader's page cache: a cold read touches a session's few pages once.
+const READER_CACHE_KIB: usize = 1024;
 
 /// How to open a SQLite store.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +135,14 @@ impl SqliteStore {
 
         let path = PathBuf::from(path);
         let conn = open_connection(&path).map_err(unavailable)?;
+        // The checkpointer copies the log into the database file in the
+        // background; what is left for the writer's own checkpoint (which
+        // alone can start the log afresh) is then small.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+        ))
+        .map_err(unavailable)?;
+        let checkpointer = open_connection(&path).map_err(unavailable)?;
         let cache = Arc::new(Mutex::new(Cache::new(options.cache_bytes)));
         let stats = Arc::new(CommitStats::default());
         let (sender, queue) = mpsc::channel(QUEUE_DEPTH);
@@ -133,6 +150,7 @@ impl SqliteStore {
         wal.push("-wal");
         writer::spawn(
             conn,
+            checkpointer,
             wal.into(),
             options.sync,
             options.caps,
@@ -143,10 +161,7 @@ impl SqliteStore {
         .map_err(unavailable)?;
         Ok(Self {
             cache,
-            readers: Arc::new(Readers {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(Readers::new(path)),
             writer: sender,
             stats,
             lock: Mutex::new(Some(lock)),
@@ -191,18 +206,19 @@ impl SqliteStore {
         let ticket = self.cache().begin_load();
         let replies = ticket.replies.clone();
         let owned_key = key.to_owned();
+        let cache = self.cache.clone();
         let loaded = self
             .readers
-            .run(move |conn| load(conn, &owned_key, &replies))
+            .run(move |conn| load(conn, &owned_key, replies, &cache))
             .await;
-        let session = match loaded {
-            Ok(session) => session,
+        let (session, replies) = match loaded {
+            Ok(loaded) => loaded,
             Err(err) => {
                 self.cache().abandon_load(ticket);
                 return Err(err);
             }
         };
-        let answer = session.as_ref().map(|s| read(s, &ticket.replies));
+        let answer = session.as_ref().map(|s| read(s, &replies));
         self.cache().finish_load(key, session, ticket);
         Ok(answer)
     }
@@ -239,21 +255,36 @@ const SEARCH: &str = "\
     AND s.session_id >= ?4 AND (?5 = '' OR s.session_id < ?5) \
     ORDER BY e.created_at DESC, s.session_id DESC, e.seq DESC LIMIT ?3";
 
-/// A whole session from the file, in the compact form.
-fn load(conn: &Connection, key: &str, replies: &Replies) -> Result<Option<Session>, StoreError> {
+/// A whole session from the file, in the compact form, and the store's
+/// replies it refers to. A reply that repeats in the session (a rule's) is
+/// kept once for the whole store, as a written one would be.
+fn load(
+    conn: &Connection,
+    key: &str,
+    mut replies: Replies,
+    cache: &Mutex<Cache>,
+) -> Result<(Option<Session>, Replies), StoreError> {
     let mut statement = conn.prepare_cached(SELECT_SESSION)?;
     let mut rows = statement.query([key])?;
     let mut session = Session::default();
+    let mut seen: HashSet<Box<str>> = HashSet::new();
     while let Some(row) = rows.next()? {
+        let reply = row.get_ref(1)?.as_str()?;
+        if replies.known(reply).is_none() && !seen.insert(reply.into()) {
+            replies = cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .intern_reply(reply);
+        }
         session.push_row(
             row.get_ref(0)?.as_str()?,
-            row.get_ref(1)?.as_str()?,
+            reply,
             row.get_ref(2)?.as_str()?,
             row.get(3)?,
-            replies,
+            &replies,
         )?;
     }
-    Ok((!session.is_empty()).then_some(session))
+    Ok(((!session.is_empty()).then_some(session), replies))
 }
 
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
@@ -269,17 +300,28 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Connections for reads the cache cannot answer, used on blocking threads.
+/// Connections for reads the cache cannot answer, used on blocking threads:
+/// at most [`READERS`] at once, opened on first need and kept.
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
 }
 
 impl Readers {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::with_capacity(READERS)),
+            permits: Semaphore::new(READERS),
+        }
+    }
+
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let _permit = self.permits.acquire().await.map_err(unavailable)?;
         let readers = self.clone();
         tokio::task::spawn_blocking(move || {
             let idle = readers
@@ -289,13 +331,18 @@ impl Readers {
                 .pop();
             let conn = match idle {
                 Some(conn) => conn,
-                None => open_connection(&readers.path)?,
+                None => {
+                    let conn = open_connection(&readers.path)?;
+                    conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
+                    conn
+                }
             };
             let result = read(&conn);
-            let mut idle = readers.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < IDLE_READERS {
-                idle.push(conn);
-            }
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
             result
         })
         .await

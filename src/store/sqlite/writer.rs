@@ -169,9 +169,15 @@ pub(super) struct Writer {
     committed: std::sync::mpsc::Sender<Committed>,
 }
 
-/// Starts the writer and the syncer on their own threads.
+/// Every this many flushes, the checkpointer copies the write-ahead log into
+/// the database file (at a commit of a few pages each, about 1,000 pages).
+const CHECKPOINT_EVERY: u64 = 64;
+
+/// Starts the writer, the syncer and the checkpointer on their own threads.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     conn: Connection,
+    checkpointer: Connection,
     wal: PathBuf,
     sync: SyncMode,
     caps: Caps,
@@ -180,12 +186,24 @@ pub(super) fn spawn(
     queue: mpsc::Receiver<Command>,
 ) -> std::io::Result<()> {
     let (committed, to_sync) = std::sync::mpsc::channel();
+    let (checkpoint, checkpoints) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            // PASSIVE: copies what no reader needs, never blocks the writer.
+            while checkpoints.recv().is_ok() {
+                if let Err(err) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::warn!(error = %err, "checkpoint failed");
+                }
+            }
+        })?;
     let syncer = Syncer {
         wal,
         file: None,
         sync,
         cache,
         stats: stats.clone(),
+        checkpoint,
     };
     std::thread::Builder::new()
         .name("sqlite-sync".into())
@@ -477,11 +495,14 @@ struct Syncer {
     sync: SyncMode,
     cache: Arc<Mutex<Cache>>,
     stats: Arc<CommitStats>,
+    /// Asks the checkpointer for a checkpoint (dropped if one is pending).
+    checkpoint: std::sync::mpsc::SyncSender<()>,
 }
 
 impl Syncer {
     fn run(mut self, committed: std::sync::mpsc::Receiver<Committed>) {
         let mut ready = Vec::new();
+        let mut rounds = 0u64;
         while let Ok(first) = committed.recv() {
             ready.push(first);
             ready.extend(committed.try_iter());
@@ -489,6 +510,10 @@ impl Syncer {
                 SyncMode::Fsync => self.flush(),
                 SyncMode::Os => Ok(()),
             };
+            rounds += 1;
+            if rounds.is_multiple_of(CHECKPOINT_EVERY) {
+                let _ = self.checkpoint.try_send(());
+            }
             if let Err(err) = &synced {
                 tracing::error!(error = %err, "flushing the write-ahead log failed");
             }

@@ -1,15 +1,16 @@
-//! The commit task: the one writer of a SQL store.
+//! The commit task: this instance's one writer to the database.
 //!
 //! Appends queue up and are written in groups (one transaction, one commit,
 //! then every request in the group is answered). Deletes and clears go
-//! through the same queue, in order, so nothing the task remembers can go
-//! stale behind its back.
+//! through the same queue, in order. Other instances write too, so the task
+//! remembers nothing between groups: each group reads its sessions' latest
+//! exchanges after locking their rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sqlx::{AnyPool, FromRow};
+use sqlx::{FromRow, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ExchangeRow, unavailable};
@@ -19,9 +20,6 @@ use crate::store::{Caps, NewExchange, StoreError, search_text};
 
 /// The most exchanges written in one transaction.
 pub(super) const MAX_BATCH: usize = 512;
-/// Rows per multi-row `INSERT`, well under both dialects' parameter limits.
-/// Sessions whose recent exchanges the SQLite commit task keeps in memory.
-const CONTEXT_CACHE_SESSIONS: usize = 10_000;
 
 /// Work for the commit task.
 pub(super) enum Command {
@@ -64,31 +62,12 @@ impl CommitStats {
     }
 }
 
-/// The latest exchanges of recently written sessions, owned by the commit
-/// task. Valid only while that task is the database's one writer.
-#[derive(Default)]
-pub(super) struct ContextCache {
-    sessions: HashMap<String, Vec<ConversationEntry>>,
-}
-
-impl ContextCache {
-    fn remember(&mut self, session: &str, window: &[ConversationEntry]) {
-        if self.sessions.len() >= CONTEXT_CACHE_SESSIONS && !self.sessions.contains_key(session) {
-            // Crude but bounded: start over rather than track recency.
-            self.sessions.clear();
-        }
-        let keep = &window[window.len().saturating_sub(CONTEXT_EXCHANGES)..];
-        self.sessions.insert(session.to_owned(), keep.to_vec());
-    }
-}
-
 /// Runs until every sender is gone: groups consecutive appends into one
 /// commit; deletes and clears run in queue order between groups.
 pub(super) async fn commit_loop(
-    pool: AnyPool,
+    pool: PgPool,
     mut queue: mpsc::Receiver<Command>,
     stats: Arc<CommitStats>,
-    mut cache: Option<ContextCache>,
     caps: Caps,
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
@@ -98,10 +77,7 @@ pub(super) async fn commit_loop(
             match command {
                 Command::Append(pending) => batch.push(pending),
                 Command::Delete { session, done } => {
-                    commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
-                    if let Some(cache) = cache.as_mut() {
-                        cache.sessions.remove(&session);
-                    }
+                    commit_group(&pool, &mut batch, &stats, caps).await;
                     let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
                         .bind(&session)
                         .execute(&pool)
@@ -111,10 +87,7 @@ pub(super) async fn commit_loop(
                     let _ = done.send(result);
                 }
                 Command::Clear { done } => {
-                    commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
-                    if let Some(cache) = cache.as_mut() {
-                        cache.sessions.clear();
-                    }
+                    commit_group(&pool, &mut batch, &stats, caps).await;
                     let result = sqlx::query("DELETE FROM sessions")
                         .execute(&pool)
                         .await
@@ -123,36 +96,27 @@ pub(super) async fn commit_loop(
                     let _ = done.send(result);
                 }
                 Command::Expire { before, done } => {
-                    commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
+                    commit_group(&pool, &mut batch, &stats, caps).await;
                     let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
                         .bind(before)
                         .execute(&pool)
                         .await
                         .map(|done| done.rows_affected() as usize)
                         .map_err(unavailable);
-                    if let (Some(cache), Ok(1..)) = (cache.as_mut(), &result) {
-                        cache.sessions.clear();
-                    }
                     let _ = done.send(result);
                 }
             }
         }
-        commit_group(&pool, &mut batch, &stats, cache.as_mut(), caps).await;
+        commit_group(&pool, &mut batch, &stats, caps).await;
     }
 }
 
 /// Writes and commits `batch`, answers each of its requests, and empties it.
-async fn commit_group(
-    pool: &AnyPool,
-    batch: &mut Vec<Pending>,
-    stats: &CommitStats,
-    cache: Option<&mut ContextCache>,
-    caps: Caps,
-) {
+async fn commit_group(pool: &PgPool, batch: &mut Vec<Pending>, stats: &CommitStats, caps: Caps) {
     if batch.is_empty() {
         return;
     }
-    match write_batch(pool, batch, cache, caps).await {
+    match write_batch(pool, batch, caps).await {
         Ok(outcomes) => {
             let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -283,14 +247,13 @@ struct Tally {
 }
 
 /// Writes a whole batch with a fixed number of statements: one upsert for
-/// all its sessions, one read of their recent history (skipped where the
-/// cache has it), then multi-row inserts. Returns the answered exchanges in
+/// all its sessions, one read of their recent history, then multi-row
+/// inserts. Returns the answered exchanges in
 /// batch order.
 #[tracing::instrument(skip_all, fields(exchanges = batch.len()))]
 async fn write_batch(
-    pool: &AnyPool,
+    pool: &PgPool,
     batch: &[Pending],
-    mut cache: Option<&mut ContextCache>,
     caps: Caps,
 ) -> Result<Vec<Result<ConversationEntry, StoreError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -340,17 +303,9 @@ async fn write_batch(
         }
     }
 
-    // Recent history per session row: from the cache where it has it, else one read.
+    // Recent history per session row, read after the rows are locked.
     let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
-    let mut missing = Vec::new();
-    for (session, (id, _)) in &next_seq {
-        match cache.as_deref().and_then(|c| c.sessions.get(session)) {
-            Some(window) => {
-                context.insert(*id, window.clone());
-            }
-            None => missing.push(*id),
-        }
-    }
+    let missing: Vec<i64> = next_seq.values().map(|(id, _)| *id).collect();
     let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
     let mut missing = missing.into_iter();
     for size in chunk_sizes(missing.len()) {
@@ -408,13 +363,6 @@ async fn write_batch(
         query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    if let Some(cache) = cache.as_deref_mut() {
-        for (session, (id, _)) in &next_seq {
-            if let Some(window) = context.get(id) {
-                cache.remember(session, window);
-            }
-        }
-    }
     let mut answered = answered.into_iter();
     Ok(refusals
         .into_iter()
@@ -434,7 +382,7 @@ fn unreachable_refusal() -> StoreError {
 /// order: a session at its message cap, or a new session past the session
 /// cap. Reads only when a cap is set.
 async fn admit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Pending],
     caps: Caps,
 ) -> Result<Vec<Option<StoreError>>, sqlx::Error> {

@@ -1,7 +1,8 @@
-//! The durable store: SQLite or PostgreSQL through one `AnyPool`.
+//! The shared store: PostgreSQL, which several instances can use at once.
 //!
-//! The SQL is shared by both dialects; only migrations and connection
-//! settings differ. Reads go straight to the pool; every write goes through
+//! Reads go straight to the database (another instance may have written a
+//! moment ago, so there is nothing to cache); a history page is one query
+//! and its JSON is written straight from the rows. Every write goes through
 //! the commit task in [`writer`], which groups appends into one transaction
 //! and answers them only once it has committed.
 
@@ -11,95 +12,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyConnection, AnyPool, Connection, Executor, FromRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, FromRow, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use writer::CommitStats;
-use writer::{Command, ContextCache, MAX_BATCH, Pending, commit_loop};
+use writer::{Command, MAX_BATCH, Pending, commit_loop};
 
 use super::{
-    Caps, Found, HistoryPage, NewExchange, Page, Search, SessionSummary, Store, StoreError,
-    contains_pattern, prefix_end,
+    Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
+    StoreError, contains_pattern, prefix_end,
 };
 use crate::chatbot::Replier;
+use crate::json::{HistoryWriter, Text};
 use crate::models::{ConversationEntry, SessionId};
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Commands allowed to queue before callers wait.
 const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
 /// How long a request waits for a connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Which SQL database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-impl Dialect {
-    fn migrator(self) -> &'static Migrator {
-        match self {
-            Self::Sqlite => &SQLITE_MIGRATIONS,
-            Self::Postgres => &POSTGRES_MIGRATIONS,
-        }
-    }
-
-    /// Compare text by bytes (code points), as the memory store does, not by
-    /// the database's locale.
-    fn byte_order(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " COLLATE \"C\"",
-        }
-    }
-
-    /// Per-connection settings. SQLite: write-ahead log with a full fsync at
-    /// every commit, so that a committed exchange survives power loss.
-    fn session_setup(self) -> &'static str {
-        match self {
-            Self::Sqlite => {
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"
-            }
-            Self::Postgres => "",
-        }
-    }
-}
-
 const SELECT_SUMMARY: &str = "\
     SELECT session_id, message_count, first_at, last_at FROM sessions WHERE session_id = $1";
 
 const SELECT_PAGE: &str = "\
-    SELECT user_message, bot_reply, user_name, created_at FROM exchanges \
-    WHERE session_ref = (SELECT id FROM sessions WHERE session_id = $1) AND seq > $2 AND seq <= $3 \
-    ORDER BY seq";
+    SELECT s.message_count, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    FROM sessions s LEFT JOIN exchanges e \
+    ON e.session_ref = s.id AND e.seq > $2 AND e.seq <= $3 \
+    WHERE s.session_id = $1 ORDER BY e.seq";
 
-/// Sessions after `$1` and before `$2` (unless empty), in byte order: an
-/// owner's sessions are one range of keys.
-fn select_sessions_sql(dialect: Dialect) -> String {
-    let c = dialect.byte_order();
-    format!(
-        "SELECT session_id, message_count, first_at, last_at FROM sessions \
-         WHERE session_id{c} > $1 AND ($2 = '' OR session_id{c} < $2) \
-         ORDER BY session_id{c} LIMIT $3"
-    )
-}
+/// Sessions after `$1` and before `$2` (unless empty), in byte order (not
+/// the database's locale, as the other stores compare): an owner's sessions
+/// are one range of keys.
+const SELECT_SESSIONS: &str = "\
+    SELECT session_id, message_count, first_at, last_at FROM sessions \
+    WHERE session_id COLLATE \"C\" > $1 AND ($2 = '' OR session_id COLLATE \"C\" < $2) \
+    ORDER BY session_id COLLATE \"C\" LIMIT $3";
 
-fn search_sql(dialect: Dialect) -> String {
-    let c = dialect.byte_order();
-    format!(
-        "SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
-         FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
-         WHERE e.search_text LIKE $1 ESCAPE '\\' AND ($2 = '' OR s.session_id = $2) \
-         AND s.session_id{c} >= $4 AND ($5 = '' OR s.session_id{c} < $5) \
-         ORDER BY e.created_at DESC, s.session_id{c} DESC, e.seq DESC LIMIT $3"
-    )
-}
+const SEARCH: &str = "\
+    SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+    WHERE e.search_text LIKE $1 ESCAPE '\\' AND ($2 = '' OR s.session_id = $2) \
+    AND s.session_id COLLATE \"C\" >= $4 AND ($5 = '' OR s.session_id COLLATE \"C\" < $5) \
+    ORDER BY e.created_at DESC, s.session_id COLLATE \"C\" DESC, e.seq DESC LIMIT $3";
 
 #[derive(FromRow)]
 struct ExchangeRow {
@@ -154,65 +112,43 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A SQLite- or PostgreSQL-backed store with group commit.
-pub struct SqlStore {
-    pool: AnyPool,
-    dialect: Dialect,
+/// A PostgreSQL-backed store with group commit.
+pub struct PostgresStore {
+    pool: PgPool,
     writer: mpsc::Sender<Command>,
     stats: Arc<CommitStats>,
 }
 
-impl SqlStore {
-    /// Connects, runs the dialect's migrations and starts the commit task.
+impl PostgresStore {
+    /// Connects, runs the migrations and starts the commit task.
     ///
     /// A database that cannot be reached fails here, with the driver's own
     /// reason, rather than on the first request.
-    pub async fn connect(
-        dialect: Dialect,
-        url: &str,
-        pool_size: u32,
-        caps: Caps,
-    ) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
-        let options: AnyConnectOptions = url.parse().map_err(unavailable)?;
-        let mut probe = AnyConnection::connect_with(&options)
-            .await
-            .map_err(unavailable)?;
-        probe
-            .execute(dialect.session_setup())
+    pub async fn connect(url: &str, pool_size: u32, caps: Caps) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(unavailable)?;
+        let probe = PgConnection::connect_with(&options)
             .await
             .map_err(unavailable)?;
         probe.close().await.map_err(unavailable)?;
 
-        let pool = AnyPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            // A local file cannot vanish; a server can, so check its connections.
-            .test_before_acquire(dialect == Dialect::Postgres)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    conn.execute(dialect.session_setup()).await?;
-                    Ok(())
-                })
-            })
+            // A server can go away: check a connection before handing it out.
+            .test_before_acquire(true)
             .connect_with(options)
             .await
             .map_err(unavailable)?;
-        dialect
-            .migrator()
+        MIGRATIONS
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
 
         let (writer, queue) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(CommitStats::default());
-        // Only SQLite has a single writer, so only there can a cache of recent
-        // exchanges never go stale; PostgreSQL instances share their writes.
-        let cache = (dialect == Dialect::Sqlite).then(ContextCache::default);
-        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), cache, caps));
+        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), caps));
         Ok(Self {
             pool,
-            dialect,
             writer,
             stats,
         })
@@ -221,6 +157,42 @@ impl SqlStore {
     /// Group-commit counters since start.
     pub fn commit_stats(&self) -> Arc<CommitStats> {
         self.stats.clone()
+    }
+
+    /// A page of a session and its size, in one round trip and one
+    /// snapshot: the session's row joined with the page's exchanges (none,
+    /// past the end: then one row of NULLs). `None` when there is no session.
+    async fn page(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<(usize, Vec<PgRow>)>, StoreError> {
+        let end = page
+            .limit
+            .map_or(i64::MAX, |limit| to_i64(page.offset.saturating_add(limit)));
+        let mut rows = sqlx::query(SELECT_PAGE)
+            .bind(session)
+            .bind(to_i64(page.offset))
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let total: i64 = first.try_get(0).map_err(unavailable)?;
+        if total == 0 {
+            return Ok(None);
+        }
+        // The row of NULLs of a page past the end.
+        if first
+            .try_get::<Option<&str>, _>(1)
+            .map_err(unavailable)?
+            .is_none()
+        {
+            rows.clear();
+        }
+        Ok(Some((usize::try_from(total).unwrap_or(0), rows)))
     }
 
     /// Hands `command` to the commit task and waits for its answer.
@@ -236,7 +208,7 @@ impl SqlStore {
 }
 
 #[async_trait]
-impl Store for SqlStore {
+impl Store for PostgresStore {
     #[tracing::instrument(skip_all)]
     async fn append(
         &self,
@@ -257,24 +229,51 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all)]
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
-        let Some(summary) = self.summary(session).await? else {
+        let Some((total, rows)) = self.page(session, page).await? else {
             return Ok(None);
         };
-        // seq runs 1..=total without gaps; reading no further than the count
-        // just read keeps the page consistent with its total.
-        let end = page.limit.map_or(summary.total_messages, |l| {
-            page.offset.saturating_add(l).min(summary.total_messages)
-        });
-        let rows: Vec<ExchangeRow> = sqlx::query_as(SELECT_PAGE)
-            .bind(session)
-            .bind(to_i64(page.offset))
-            .bind(to_i64(end))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(Some(HistoryPage {
-            total: summary.total_messages,
-            entries: rows.into_iter().map(Into::into).collect(),
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            entries.push(ConversationEntry {
+                user_message: row.try_get::<&str, _>(1).map_err(unavailable)?.into(),
+                bot_reply: row.try_get::<&str, _>(2).map_err(unavailable)?.into(),
+                user_name: row.try_get::<&str, _>(3).map_err(unavailable)?.into(),
+                timestamp: row.try_get(4).map_err(unavailable)?,
+            });
+        }
+        Ok(Some(HistoryPage { total, entries }))
+    }
+
+    /// Written straight from the rows, without building entries.
+    #[tracing::instrument(skip_all)]
+    async fn history_json(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<JsonPage>, StoreError> {
+        let Some((total, rows)) = self.page(session, page).await? else {
+            return Ok(None);
+        };
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        for row in &rows {
+            let text: (&str, &str, &str, i64) = (
+                row.try_get(1).map_err(unavailable)?,
+                row.try_get(2).map_err(unavailable)?,
+                row.try_get(3).map_err(unavailable)?,
+                row.try_get(4).map_err(unavailable)?,
+            );
+            bytes += text.0.len() + text.1.len() + text.2.len() + 6;
+            texts.push(text);
+        }
+        let mut writer = HistoryWriter::new(texts.len(), bytes);
+        for (message, reply, name, at) in &texts {
+            writer.entry(Text::Raw(message), Text::Raw(reply), Text::Raw(name), *at);
+        }
+        Ok(Some(JsonPage {
+            total,
+            count: texts.len(),
+            body: writer.finish(),
         }))
     }
 
@@ -297,8 +296,7 @@ impl Store for SqlStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        let sql = select_sessions_sql(self.dialect);
-        let rows: Vec<SummaryRow> = sqlx::query_as(&sql)
+        let rows: Vec<SummaryRow> = sqlx::query_as(SELECT_SESSIONS)
             .bind(after.unwrap_or(prefix))
             .bind(prefix_end(prefix).unwrap_or_default())
             .bind(to_i64(limit))
@@ -315,8 +313,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all)]
     async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
-        let sql = search_sql(self.dialect);
-        let rows: Vec<FoundRow> = sqlx::query_as(&sql)
+        let rows: Vec<FoundRow> = sqlx::query_as(SEARCH)
             .bind(contains_pattern(&search.text))
             .bind(search.session_id.as_deref().unwrap_or(""))
             .bind(to_i64(search.limit))
