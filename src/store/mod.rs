@@ -4,6 +4,7 @@
 mod compact;
 mod memory;
 mod postgres;
+mod queue;
 mod sqlite;
 
 use std::fmt;
@@ -13,7 +14,8 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
-pub use sqlite::{CommitStats, SqliteOptions, SqliteStore, SyncMode};
+pub use queue::CommitStats;
+pub use sqlite::{SqliteOptions, SqliteStore, SyncMode};
 
 use crate::chatbot::Replier;
 use crate::models::{ConversationEntry, SessionId};

@@ -15,11 +15,10 @@ use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, FromRow, Row};
-use tokio::sync::{mpsc, oneshot};
 
-pub use writer::CommitStats;
-use writer::{Command, MAX_BATCH, Pending, commit_loop};
+use writer::commit_loop;
 
+use super::queue::{CommitStats, Writes};
 use super::{
     Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
     StoreError, contains_pattern, prefix_end,
@@ -30,8 +29,6 @@ use crate::models::{ConversationEntry, SessionId};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Commands allowed to queue before callers wait.
-const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
 /// How long a request waits for a connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -115,7 +112,7 @@ fn to_i64(n: usize) -> i64 {
 /// A PostgreSQL-backed store with group commit.
 pub struct PostgresStore {
     pool: PgPool,
-    writer: mpsc::Sender<Command>,
+    writes: Writes,
     stats: Arc<CommitStats>,
 }
 
@@ -144,12 +141,12 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
 
-        let (writer, queue) = mpsc::channel(QUEUE_DEPTH);
+        let (writes, queue) = Writes::channel();
         let stats = Arc::new(CommitStats::default());
         tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), caps));
         Ok(Self {
             pool,
-            writer,
+            writes,
             stats,
         })
     }
@@ -194,17 +191,6 @@ impl PostgresStore {
         }
         Ok(Some((usize::try_from(total).unwrap_or(0), rows)))
     }
-
-    /// Hands `command` to the commit task and waits for its answer.
-    async fn submit<T>(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
-    ) -> Result<T, StoreError> {
-        let gone = || StoreError::Unavailable("commit task stopped".into());
-        let (done, answer) = oneshot::channel();
-        self.writer.send(command(done)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
-    }
 }
 
 #[async_trait]
@@ -216,15 +202,7 @@ impl Store for PostgresStore {
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError> {
-        self.submit(|done| {
-            Command::Append(Pending {
-                session: session.clone(),
-                exchange,
-                replier,
-                done,
-            })
-        })
-        .await
+        self.writes.append(session, exchange, replier).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -307,8 +285,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete(&self, session: &str) -> Result<bool, StoreError> {
-        let session = session.to_owned();
-        self.submit(|done| Command::Delete { session, done }).await
+        self.writes.delete(session).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -332,11 +309,11 @@ impl Store for PostgresStore {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        self.submit(|done| Command::Clear { done }).await
+        self.writes.clear().await
     }
 
     async fn expire(&self, before: i64) -> Result<usize, StoreError> {
-        self.submit(|done| Command::Expire { before, done }).await
+        self.writes.expire(before).await
     }
 
     async fn close(&self) {

@@ -8,59 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{FromRow, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::{ExchangeRow, unavailable};
-use crate::chatbot::{CONTEXT_EXCHANGES, Replier};
-use crate::models::{ConversationEntry, SessionId};
-use crate::store::{Caps, NewExchange, StoreError, search_text};
-
-/// The most exchanges written in one transaction.
-pub(super) const MAX_BATCH: usize = 512;
-
-/// Work for the commit task.
-pub(super) enum Command {
-    Append(Pending),
-    Delete {
-        session: String,
-        done: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Clear {
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Expire {
-        before: i64,
-        done: oneshot::Sender<Result<usize, StoreError>>,
-    },
-}
-
-/// One exchange waiting for the next group commit.
-pub(super) struct Pending {
-    pub session: SessionId,
-    pub exchange: NewExchange,
-    pub replier: Arc<dyn Replier>,
-    pub done: oneshot::Sender<Result<ConversationEntry, StoreError>>,
-}
-
-/// How many exchanges went into how many commits, for the benchmarks.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    commits: AtomicU64,
-    exchanges: AtomicU64,
-}
-
-impl CommitStats {
-    /// (commits, exchanges) so far.
-    pub fn snapshot(&self) -> (u64, u64) {
-        (
-            self.commits.load(Ordering::Relaxed),
-            self.exchanges.load(Ordering::Relaxed),
-        )
-    }
-}
+use crate::chatbot::CONTEXT_EXCHANGES;
+use crate::models::ConversationEntry;
+use crate::store::queue::{Command, CommitStats, MAX_BATCH, Pending};
+use crate::store::{Caps, StoreError, search_text};
 
 /// Runs until every sender is gone: groups consecutive appends into one
 /// commit; deletes and clears run in queue order between groups.
@@ -119,8 +75,7 @@ async fn commit_group(pool: &PgPool, batch: &mut Vec<Pending>, stats: &CommitSta
     match write_batch(pool, batch, caps).await {
         Ok(outcomes) => {
             let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.exchanges.fetch_add(stored, Ordering::Relaxed);
+            stats.committed(stored);
             for (pending, outcome) in batch.drain(..).zip(outcomes) {
                 let _ = pending.done.send(outcome);
             }

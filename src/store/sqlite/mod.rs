@@ -22,12 +22,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, params};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::Semaphore;
 
 use self::cache::{Cache, entries};
-use self::writer::{Command, MAX_BATCH, Pending};
-pub use self::writer::{CommitStats, SyncMode};
+pub use self::writer::SyncMode;
 use super::compact::{Replies, Session};
+use super::queue::{CommitStats, Writes};
 use super::{
     Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
     StoreError, contains_pattern, prefix_end,
@@ -37,8 +37,6 @@ use crate::models::{ConversationEntry, SessionId};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Commands allowed to queue before callers wait.
-const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
 /// The writer's page cache (SQLite's default is 2 MiB): the leaves that
 /// random sessions' inserts land in stay in RAM.
 const WRITER_CACHE_KIB: usize = 16 * 1024;
@@ -73,7 +71,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     cache: Arc<Mutex<Cache>>,
     readers: Arc<Readers>,
-    writer: mpsc::Sender<Command>,
+    writes: Writes,
     stats: Arc<CommitStats>,
     /// The open file holding the lock that keeps other processes out.
     lock: Mutex<Option<File>>,
@@ -145,7 +143,7 @@ impl SqliteStore {
         let checkpointer = open_connection(&path).map_err(unavailable)?;
         let cache = Arc::new(Mutex::new(Cache::new(options.cache_bytes)));
         let stats = Arc::new(CommitStats::default());
-        let (sender, queue) = mpsc::channel(QUEUE_DEPTH);
+        let (writes, queue) = Writes::channel();
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         writer::spawn(
@@ -162,7 +160,7 @@ impl SqliteStore {
         Ok(Self {
             cache,
             readers: Arc::new(Readers::new(path)),
-            writer: sender,
+            writes,
             stats,
             lock: Mutex::new(Some(lock)),
         })
@@ -182,17 +180,6 @@ impl SqliteStore {
         // Every cache change checks first, then changes: a panic elsewhere
         // cannot leave it half-updated.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Hands `command` to the writer and waits for its answer.
-    async fn submit<T>(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
-    ) -> Result<T, StoreError> {
-        let gone = || StoreError::Unavailable("the writer stopped".into());
-        let (done, answer) = oneshot::channel();
-        self.writer.send(command(done)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
     }
 
     /// Reads a session that is not cached from the file (one indexed
@@ -358,15 +345,7 @@ impl Store for SqliteStore {
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
     ) -> Result<ConversationEntry, StoreError> {
-        self.submit(|done| {
-            Command::Append(Pending {
-                session: session.clone(),
-                exchange,
-                replier,
-                done,
-            })
-        })
-        .await
+        self.writes.append(session, exchange, replier).await
     }
 
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
@@ -430,8 +409,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, session: &str) -> Result<bool, StoreError> {
-        let session = session.to_owned();
-        self.submit(|done| Command::Delete { session, done }).await
+        self.writes.delete(session).await
     }
 
     async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
@@ -462,11 +440,11 @@ impl Store for SqliteStore {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        self.submit(|done| Command::Clear { done }).await
+        self.writes.clear().await
     }
 
     async fn expire(&self, before: i64) -> Result<usize, StoreError> {
-        self.submit(|done| Command::Expire { before, done }).await
+        self.writes.expire(before).await
     }
 
     async fn close(&self) {

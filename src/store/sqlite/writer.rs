@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hashlink::LruCache;
@@ -24,12 +23,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Cache;
-use crate::chatbot::{CONTEXT_EXCHANGES, History, Replier};
-use crate::models::{ConversationEntry, SessionId};
-use crate::store::{Caps, NewExchange, StoreError, search_text};
+use crate::chatbot::{CONTEXT_EXCHANGES, History};
+use crate::models::ConversationEntry;
+use crate::store::queue::{Command, CommitStats, MAX_BATCH, Pending, Reply};
+use crate::store::{Caps, StoreError, search_text};
 
-/// The most exchanges written in one transaction.
-pub(super) const MAX_BATCH: usize = 512;
 /// Sessions whose latest exchanges the writer keeps for the reply engine.
 const CONTEXT_SESSIONS: usize = 4096;
 
@@ -44,56 +42,6 @@ pub enum SyncMode {
     /// not the machine losing power or the kernel crashing.
     Os,
 }
-
-/// Work for the writer.
-pub(super) enum Command {
-    Append(Pending),
-    Delete {
-        session: String,
-        done: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Clear {
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Expire {
-        before: i64,
-        done: oneshot::Sender<Result<usize, StoreError>>,
-    },
-}
-
-/// One exchange waiting for the next group commit.
-pub(super) struct Pending {
-    pub session: SessionId,
-    pub exchange: NewExchange,
-    pub replier: Arc<dyn Replier>,
-    pub done: Reply,
-}
-
-/// How many exchanges went into how many commits, and how many syncs.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    commits: AtomicU64,
-    exchanges: AtomicU64,
-    syncs: AtomicU64,
-}
-
-impl CommitStats {
-    /// (commits, exchanges) so far.
-    pub fn snapshot(&self) -> (u64, u64) {
-        (
-            self.commits.load(Ordering::Relaxed),
-            self.exchanges.load(Ordering::Relaxed),
-        )
-    }
-
-    /// How many times the log was flushed to disk.
-    pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
-    }
-}
-
-/// Where an append's answer goes.
-type Reply = oneshot::Sender<Result<ConversationEntry, StoreError>>;
 
 /// What the syncer does once a commit is on disk.
 enum Committed {
@@ -327,10 +275,7 @@ impl Writer {
         }
         match self.write_batch(batch) {
             Ok((answers, stored)) => {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .exchanges
-                    .fetch_add(stored.len() as u64, Ordering::Relaxed);
+                self.stats.committed(stored.len() as u64);
                 let answers = batch.drain(..).map(|p| p.done).zip(answers).collect();
                 self.hand_off(Committed::Appends { answers, stored });
             }
@@ -533,7 +478,7 @@ impl Syncer {
         if !same {
             self.file = Some(File::open(&self.wal)?);
         }
-        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.synced();
         match &self.file {
             Some(file) => file.sync_data(),
             None => Ok(()),
