@@ -491,67 +491,48 @@ impl Syncer {
     fn finish(&self, ready: impl Iterator<Item = Committed>, synced: bool) {
         let unsynced =
             || StoreError::Unavailable("the write-ahead log could not be flushed".into());
-        let mut answers = Vec::new();
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            for committed in ready {
-                match committed {
-                    Committed::Appends {
-                        answers: group,
-                        stored,
-                    } => {
-                        for (session, seq, i) in &stored {
-                            match (&group[*i].1, synced) {
-                                (Ok(entry), true) => cache.appended(session, *seq, entry),
-                                _ => cache.removed(session),
-                            }
-                        }
-                        for (done, answer) in group {
-                            let answer = if synced { answer } else { Err(unsynced()) };
-                            answers.push(Box::new(move || {
-                                let _ = done.send(answer);
-                            }) as Box<dyn FnOnce()>);
+        // Answering only wakes the waiting request: cheap enough under the lock.
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        for committed in ready {
+            match committed {
+                Committed::Appends { answers, stored } => {
+                    for (session, seq, i) in &stored {
+                        match (&answers[*i].1, synced) {
+                            (Ok(entry), true) => cache.appended(session, *seq, entry),
+                            _ => cache.removed(session),
                         }
                     }
-                    Committed::Deleted {
-                        session,
-                        result,
-                        done,
-                    } => {
-                        cache.removed(&session);
-                        let result = if synced { result } else { Err(unsynced()) };
-                        answers.push(Box::new(move || {
-                            let _ = done.send(result);
-                        }));
-                    }
-                    Committed::Cleared { result, done } => {
-                        cache.cleared();
-                        let result = if synced { result } else { Err(unsynced()) };
-                        answers.push(Box::new(move || {
-                            let _ = done.send(result);
-                        }));
-                    }
-                    Committed::Expired { result, done } => {
-                        let result = match (result, synced) {
-                            (Ok(gone), true) => {
-                                cache.expired(&gone);
-                                Ok(gone.len())
-                            }
-                            (Ok(_), false) => {
-                                cache.cleared();
-                                Err(unsynced())
-                            }
-                            (Err(err), _) => Err(err),
-                        };
-                        answers.push(Box::new(move || {
-                            let _ = done.send(result);
-                        }));
+                    for (done, answer) in answers {
+                        let _ = done.send(if synced { answer } else { Err(unsynced()) });
                     }
                 }
+                Committed::Deleted {
+                    session,
+                    result,
+                    done,
+                } => {
+                    cache.removed(&session);
+                    let _ = done.send(if synced { result } else { Err(unsynced()) });
+                }
+                Committed::Cleared { result, done } => {
+                    cache.cleared();
+                    let _ = done.send(if synced { result } else { Err(unsynced()) });
+                }
+                Committed::Expired { result, done } => {
+                    let result = match (result, synced) {
+                        (Ok(gone), true) => {
+                            cache.expired(&gone);
+                            Ok(gone.len())
+                        }
+                        (Ok(_), false) => {
+                            cache.cleared();
+                            Err(unsynced())
+                        }
+                        (Err(err), _) => Err(err),
+                    };
+                    let _ = done.send(result);
+                }
             }
-        }
-        for answer in answers {
-            answer();
         }
     }
 }
