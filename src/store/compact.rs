@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{NewExchange, Page, SessionSummary, StoreError};
+use super::{HistoryPage, NewExchange, Page, SessionSummary, StoreError};
 use crate::chatbot::{CONTEXT_EXCHANGES, History};
 use crate::json::{self, HistoryWriter, Text};
 use crate::models::ConversationEntry;
@@ -101,28 +101,20 @@ impl Replies {
         if Arc::strong_count(reply) < 2 {
             return None;
         }
-        if let Some(index) = self.index.get(&**reply) {
-            return Some(*index);
-        }
-        if self.list.len() >= MAX_SHARED_REPLIES {
-            return None;
-        }
-        let index = self.list.len() as u32;
-        Arc::make_mut(&mut self.list).push(Shared::new(reply.clone()));
-        Arc::make_mut(&mut self.index).insert(reply.clone(), index);
-        Some(index)
+        self.known(reply).or_else(|| self.keep(reply.clone()))
     }
 
     /// Keeps `text` once from now on (a reply read back from a file that
     /// repeats); `None` when the list is full.
     pub fn intern(&mut self, text: &str) -> Option<u32> {
-        if let Some(index) = self.known(text) {
-            return Some(index);
-        }
+        self.known(text).or_else(|| self.keep(Arc::from(text)))
+    }
+
+    /// Adds a text not yet kept; `None` when the list is full.
+    fn keep(&mut self, text: Arc<str>) -> Option<u32> {
         if self.list.len() >= MAX_SHARED_REPLIES {
             return None;
         }
-        let text: Arc<str> = Arc::from(text);
         let index = self.list.len() as u32;
         Arc::make_mut(&mut self.list).push(Shared::new(text.clone()));
         Arc::make_mut(&mut self.index).insert(text, index);
@@ -200,6 +192,14 @@ impl Session {
             bot_reply: self.reply(i, replies),
             user_name: self.name(i).clone(),
             timestamp: self.exchanges[i].timestamp,
+        }
+    }
+
+    /// `page` as entries.
+    pub fn entries(&self, page: Page, replies: &[Shared]) -> HistoryPage {
+        HistoryPage {
+            total: self.len(),
+            entries: self.range(page).map(|i| self.entry(i, replies)).collect(),
         }
     }
 

@@ -109,13 +109,7 @@ impl Store for MemoryStore {
         let Some(stored) = inner.non_empty(session) else {
             return Ok(None);
         };
-        Ok(Some(HistoryPage {
-            total: stored.len(),
-            entries: stored
-                .range(page)
-                .map(|i| stored.entry(i, inner.replies.list()))
-                .collect(),
-        }))
+        Ok(Some(stored.entries(page, inner.replies.list())))
     }
 
     async fn history_json(

@@ -65,7 +65,7 @@ impl Cache {
     /// Entries of a cached session.
     pub fn entries(&mut self, key: &str, page: Page) -> Option<HistoryPage> {
         let session = self.sessions.get(key)?;
-        Some(entries(session, page, &self.replies))
+        Some(session.entries(page, self.replies.list()))
     }
 
     pub fn summary(&mut self, key: &str) -> Option<SessionSummary> {
@@ -82,7 +82,8 @@ impl Cache {
     }
 
     /// Ends a read: keeps `session` unless something touched it meanwhile
-    /// (or it is already cached, or too big for the budget).
+    /// (or it is already cached, or too big for the budget). A failed read
+    /// ends with `None`.
     pub fn finish_load(&mut self, key: &str, session: Option<Session>, ticket: LoadTicket) {
         let untouched = ticket.epoch == self.epoch && !self.invalidated.contains(key);
         self.loading -= 1;
@@ -105,15 +106,6 @@ impl Cache {
     pub fn intern_reply(&mut self, text: &str) -> Replies {
         self.replies.intern(text);
         self.replies.clone()
-    }
-
-    /// Gives up a read whose result will not come (it failed).
-    pub fn abandon_load(&mut self, ticket: LoadTicket) {
-        let _ = ticket;
-        self.loading -= 1;
-        if self.loading == 0 {
-            self.invalidated.clear();
-        }
     }
 
     /// An exchange now on disk at position `seq` (1-based) of its session.
@@ -182,16 +174,5 @@ impl Cache {
             };
             self.bytes -= session.bytes(&key);
         }
-    }
-}
-
-/// `page` of `session` as entries.
-pub(super) fn entries(session: &Session, page: Page, replies: &Replies) -> HistoryPage {
-    HistoryPage {
-        total: session.len(),
-        entries: session
-            .range(page)
-            .map(|i| session.entry(i, replies.list()))
-            .collect(),
     }
 }

@@ -24,7 +24,7 @@ use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::Semaphore;
 
-use self::cache::{Cache, entries};
+use self::cache::Cache;
 pub use self::writer::SyncMode;
 use super::compact::{Replies, Session};
 use super::queue::{CommitStats, Writes};
@@ -201,7 +201,7 @@ impl SqliteStore {
         let (session, replies) = match loaded {
             Ok(loaded) => loaded,
             Err(err) => {
-                self.cache().abandon_load(ticket);
+                self.cache().finish_load(key, None, ticket);
                 return Err(err);
             }
         };
@@ -352,7 +352,7 @@ impl Store for SqliteStore {
         if let Some(found) = self.cache().entries(session, page) {
             return Ok(Some(found));
         }
-        self.cold(session, |s, replies| entries(s, page, replies))
+        self.cold(session, |s, replies| s.entries(page, replies.list()))
             .await
     }
 
