@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use crate::models::Limits;
-use crate::store::StoreKind;
+use crate::store::{StoreKind, SyncMode};
 
 /// A conversation-history chat server, wire-compatible with the FastAPI tutorial server.
 #[derive(Debug, Clone, Parser)]
@@ -41,8 +41,8 @@ pub struct Config {
     /// once the OS has it, so it survives the process crashing but the last
     /// acknowledged writes may be lost if the machine loses power or the
     /// kernel crashes.
-    #[arg(long, env = "CHATBOT_SYNC", default_value = "fsync", value_parser = ["fsync", "os"])]
-    pub sync: String,
+    #[arg(long, env = "CHATBOT_SYNC", default_value = "fsync", value_parser = SyncMode::parse)]
+    pub sync: SyncMode,
 
     /// JSON file of reply rules: {"rules":[{"any":["price"],"reply":"…"}],"fallback":"…"}.
     /// Without it the seed's replies are used.

@@ -7,7 +7,7 @@ use axum::http::HeaderValue;
 use chatbot_api::auth::ApiKeys;
 use chatbot_api::chatbot::Chatbot;
 use chatbot_api::config::Config;
-use chatbot_api::store::{Caps, SqliteOptions, SyncMode};
+use chatbot_api::store::{Caps, SqliteOptions};
 use chatbot_api::{AppState, serve, spawn_expiry, telemetry};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -49,11 +49,7 @@ async fn main() -> ExitCode {
     let options = SqliteOptions {
         caps,
         cache_bytes: usize::try_from(config.cache_mb << 20).unwrap_or(usize::MAX),
-        sync: if config.sync == "os" {
-            SyncMode::Os
-        } else {
-            SyncMode::Fsync
-        },
+        sync: config.sync,
     };
     let store = match config.store.open_tuned(config.db_pool_size, options).await {
         Ok(store) => store,

@@ -43,6 +43,17 @@ pub enum SyncMode {
     Os,
 }
 
+impl SyncMode {
+    /// Parses `fsync` or `os`, as given to `--sync`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "fsync" => Ok(Self::Fsync),
+            "os" => Ok(Self::Os),
+            _ => Err("expected `fsync` or `os`".into()),
+        }
+    }
+}
+
 /// What the syncer does once a commit is on disk.
 enum Committed {
     Appends {
