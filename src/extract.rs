@@ -71,11 +71,12 @@ pub fn decode_body(content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Option<V
         .map_err(|err| ApiError::Validation(vec![json_invalid(bytes, &err)]))
 }
 
+/// The whole body, up to the limit. Read frame by frame rather than with
+/// `to_bytes`, which would consume the body: past the limit, the rest goes
+/// to [`linger`].
 async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
     let limit = limits.max_body_bytes;
     let mut body = req.into_body();
-    // One frame (the usual case) is kept as it came, without a copy.
-    let mut first: Option<Bytes> = None;
     let mut bytes = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| {
@@ -88,21 +89,14 @@ async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
             }
         })?;
         if let Ok(data) = frame.into_data() {
-            let held = first.as_ref().map_or(0, Bytes::len) + bytes.len();
-            if held + data.len() > limit {
+            if bytes.len() + data.len() > limit {
                 linger(body);
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            match first.take() {
-                None if bytes.is_empty() => first = Some(data),
-                earlier => {
-                    bytes.extend_from_slice(&earlier.unwrap_or_default());
-                    bytes.extend_from_slice(&data);
-                }
-            }
+            bytes.extend_from_slice(&data);
         }
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(bytes)))
+    Ok(Bytes::from(bytes))
 }
 
 /// The most of a refused body read and thrown away, and for how long.
