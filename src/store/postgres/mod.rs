@@ -105,6 +105,16 @@ fn unavailable(err: sqlx::Error) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// Message, reply, user name and time of a row of [`SELECT_PAGE`].
+fn page_exchange(row: &PgRow) -> Result<(&str, &str, &str, i64), StoreError> {
+    Ok((
+        row.try_get(1).map_err(unavailable)?,
+        row.try_get(2).map_err(unavailable)?,
+        row.try_get(3).map_err(unavailable)?,
+        row.try_get(4).map_err(unavailable)?,
+    ))
+}
+
 fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -212,11 +222,12 @@ impl Store for PostgresStore {
         };
         let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
+            let (message, reply, name, timestamp) = page_exchange(row)?;
             entries.push(ConversationEntry {
-                user_message: row.try_get::<&str, _>(1).map_err(unavailable)?.into(),
-                bot_reply: row.try_get::<&str, _>(2).map_err(unavailable)?.into(),
-                user_name: row.try_get::<&str, _>(3).map_err(unavailable)?.into(),
-                timestamp: row.try_get(4).map_err(unavailable)?,
+                user_message: message.into(),
+                bot_reply: reply.into(),
+                user_name: name.into(),
+                timestamp,
             });
         }
         Ok(Some(HistoryPage { total, entries }))
@@ -235,12 +246,7 @@ impl Store for PostgresStore {
         let mut texts = Vec::with_capacity(rows.len());
         let mut bytes = 0;
         for row in &rows {
-            let text: (&str, &str, &str, i64) = (
-                row.try_get(1).map_err(unavailable)?,
-                row.try_get(2).map_err(unavailable)?,
-                row.try_get(3).map_err(unavailable)?,
-                row.try_get(4).map_err(unavailable)?,
-            );
+            let text = page_exchange(row)?;
             bytes += text.0.len() + text.1.len() + text.2.len() + 6;
             texts.push(text);
         }
