@@ -16,7 +16,6 @@ PORT=${PORT:-18091}
 RESTART_EXCHANGES=${RESTART_EXCHANGES:-1000000}
 RESTART_SESSIONS=${RESTART_SESSIONS:-10000}
 RESTART_CACHE_MB=${RESTART_CACHE_MB:-16}
-for tool in wrk taskset curl; do command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install wrk util-linux curl)"; exit 1; }; done
 source benches/lib.sh
 
 declare -A R

@@ -2,6 +2,7 @@
 # core 0, load it with wrk pinned to core 1, fill histories, read RSS.
 # Expects DURATION, PORT and PG_URL set by the caller.
 
+for tool in wrk taskset curl; do command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install wrk util-linux curl)"; exit 1; }; done
 cargo build --release --quiet --bin chatbot-api --benches
 declare -A BIN
 while read -r name path; do BIN[$name]=$path; done < <(

@@ -17,7 +17,6 @@ DURATION=${DURATION:-5s}
 PG_URL=${CHATBOT_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 PORT=${PORT:-18090}
 MEMORY_EXCHANGES=${MEMORY_EXCHANGES:-200000}
-for tool in wrk taskset curl; do command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install wrk util-linux curl)"; exit 1; }; done
 
 source benches/lib.sh
 
