@@ -22,7 +22,7 @@ start() { # name, then the command; SERVER_LOG=default leaves RUST_LOG unset (in
     if [ "${SERVER_LOG:-}" = default ]; then
         BENCH_PORT=$PORT env -u RUST_LOG taskset -c 0 "$@" 2>"$WORK/$name.log" &
     else
-        BENCH_PORT=$PORT RUST_LOG=warn,chatbot_api::store=info taskset -c 0 "$@" 2>"$WORK/$name.log" &
+        BENCH_PORT=$PORT RUST_LOG=warn,chatbot_api::domain::store=info taskset -c 0 "$@" 2>"$WORK/$name.log" &
     fi
     PID=$!
     for _ in $(seq 200); do curl -s -o /dev/null "127.0.0.1:$PORT/" && return; sleep 0.05; done

@@ -2,8 +2,8 @@
 
 use clap::Parser;
 
-use crate::models::Limits;
-use crate::store::{StoreKind, SyncMode};
+use crate::domain::store::{StoreKind, SyncMode};
+use crate::http::validate::Limits;
 
 /// A conversation-history chat server, wire-compatible with the FastAPI tutorial server.
 #[derive(Debug, Clone, Parser)]

@@ -4,11 +4,13 @@
 use std::process::ExitCode;
 
 use axum::http::HeaderValue;
-use chatbot_api::auth::ApiKeys;
-use chatbot_api::chatbot::Chatbot;
 use chatbot_api::config::Config;
-use chatbot_api::store::{Caps, SqliteOptions};
-use chatbot_api::{AppState, serve, spawn_expiry, telemetry};
+use chatbot_api::domain::chatbot::Chatbot;
+use chatbot_api::domain::store::spawn_expiry;
+use chatbot_api::domain::store::{Caps, SqliteOptions};
+use chatbot_api::http::auth::ApiKeys;
+use chatbot_api::http::telemetry;
+use chatbot_api::{AppState, serve};
 use clap::Parser;
 use tokio::net::TcpListener;
 

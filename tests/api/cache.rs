@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use chatbot_api::chatbot::{Chatbot, History, Replier};
-use chatbot_api::models::SessionId;
-use chatbot_api::store::{
+use chatbot_api::domain::chatbot::{Chatbot, History, Replier};
+use chatbot_api::domain::models::SessionId;
+use chatbot_api::domain::store::{
     MemoryStore, NewExchange, Page, SqliteOptions, SqliteStore, Store, SyncMode,
 };
 
@@ -425,7 +425,7 @@ async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
         .unwrap();
     let said: Vec<&str> = page.entries.iter().map(|e| &*e.user_message).collect();
     assert_eq!(said, ["Hello!", "Tell me about FastAPI"]);
-    let search = chatbot_api::store::Search {
+    let search = chatbot_api::domain::store::Search {
         prefix: String::new(),
         text: "python".into(),
         session_id: None,

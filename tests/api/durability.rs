@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use chatbot_api::chatbot::Chatbot;
-use chatbot_api::models::{ConversationEntry, SessionId};
-use chatbot_api::store::{NewExchange, PostgresStore, SqliteStore, Store};
+use chatbot_api::domain::chatbot::Chatbot;
+use chatbot_api::domain::models::{ConversationEntry, SessionId};
+use chatbot_api::domain::store::{NewExchange, PostgresStore, SqliteStore, Store};
 
 use crate::helpers::all;
 use serde_json::{Value, json};

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
-use chatbot_api::models::Limits;
-use chatbot_api::store::MemoryStore;
+use chatbot_api::domain::store::MemoryStore;
+use chatbot_api::http::validate::Limits;
 use serde_json::json;
 
 use crate::helpers::TestApp;

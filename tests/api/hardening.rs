@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chatbot_api::AppState;
-use chatbot_api::auth::ApiKeys;
-use chatbot_api::chatbot::{History, Replier};
-use chatbot_api::store::{MemoryStore, Store, StoreKind};
+use chatbot_api::domain::chatbot::{History, Replier};
+use chatbot_api::domain::store::{MemoryStore, Store, StoreKind};
+use chatbot_api::http::auth::ApiKeys;
 use serde_json::{Value, json};
 
 use crate::helpers::{Server, TestApp, TestResponse};
@@ -19,7 +19,7 @@ use crate::helpers::{Server, TestApp, TestResponse};
 fn keyed_app(store: Arc<dyn Store>) -> TestApp {
     let state = AppState::new(
         store,
-        chatbot_api::chatbot::Chatbot::seed(),
+        chatbot_api::domain::chatbot::Chatbot::seed(),
         Default::default(),
     )
     .with_api_keys(ApiKeys::new(["alpha-key", "beta-key"]))
@@ -245,7 +245,7 @@ async fn expiry_removes_idle_sessions_only(store: Arc<dyn Store>) {
     let app = TestApp::with_store(store.clone(), Default::default());
     app.say("idle", "U", "old").await;
     app.say("busy", "U", "old").await;
-    let now = chatbot_api::models::now();
+    let now = chatbot_api::domain::models::now();
     // Nothing is older than an hour ago.
     assert_eq!(store.expire(now - 3600).await.unwrap(), 0);
     // A cutoff in the future takes every session, except one written after it.
@@ -264,8 +264,8 @@ macro_rules! backend_suite {
             $(
                 #[tokio::test]
                 async fn $behaviour() {
-                    let store: std::sync::Arc<dyn chatbot_api::store::Store> =
-                        std::sync::Arc::new(chatbot_api::store::MemoryStore::with_caps($caps));
+                    let store: std::sync::Arc<dyn chatbot_api::domain::store::Store> =
+                        std::sync::Arc::new(chatbot_api::domain::store::MemoryStore::with_caps($caps));
                     super::$behaviour(store).await;
                 }
             )*
@@ -275,7 +275,7 @@ macro_rules! backend_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $behaviour() {
                     let dir = tempfile::tempdir().unwrap();
-                    let kind = chatbot_api::store::StoreKind::Sqlite(dir.path().join("c.db").display().to_string());
+                    let kind = chatbot_api::domain::store::StoreKind::Sqlite(dir.path().join("c.db").display().to_string());
                     super::$behaviour(kind.open_with(2, $caps).await.unwrap()).await;
                 }
             )*
@@ -285,7 +285,7 @@ macro_rules! backend_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $behaviour() {
                     let Some(schema) = crate::helpers::postgres_schema().await else { return };
-                    let kind = chatbot_api::store::StoreKind::Postgres(schema.url.clone());
+                    let kind = chatbot_api::domain::store::StoreKind::Postgres(schema.url.clone());
                     super::$behaviour(kind.open_with(2, $caps).await.unwrap()).await;
                 }
             )*
@@ -294,9 +294,9 @@ macro_rules! backend_suite {
 }
 
 backend_suite!(
-    api_keys_isolate_every_endpoint => chatbot_api::store::Caps::default(),
-    caps_refuse_with_507_and_store_nothing => chatbot_api::store::Caps { max_sessions: Some(2), max_messages_per_session: Some(2) },
-    expiry_removes_idle_sessions_only => chatbot_api::store::Caps::default(),
+    api_keys_isolate_every_endpoint => chatbot_api::domain::store::Caps::default(),
+    caps_refuse_with_507_and_store_nothing => chatbot_api::domain::store::Caps { max_sessions: Some(2), max_messages_per_session: Some(2) },
+    expiry_removes_idle_sessions_only => chatbot_api::domain::store::Caps::default(),
 );
 
 #[tokio::test]
@@ -304,7 +304,7 @@ async fn the_expiry_task_slides_with_each_write() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let app = TestApp::with_store(store.clone(), Default::default());
     app.say("quiet", "U", "hello").await;
-    let task = chatbot_api::spawn_expiry(store, Duration::from_secs(2));
+    let task = chatbot_api::domain::store::spawn_expiry(store, Duration::from_secs(2));
     // Keep one session busy while the other goes quiet.
     for _ in 0..8 {
         app.say("chatty", "U", "still here").await;
@@ -327,7 +327,7 @@ async fn the_expiry_task_slides_with_each_write() {
 async fn a_burst_over_the_rate_limit_gets_429_then_recovers() {
     let state = AppState::new(
         Arc::new(MemoryStore::new()),
-        chatbot_api::chatbot::Chatbot::seed(),
+        chatbot_api::domain::chatbot::Chatbot::seed(),
         Default::default(),
     )
     .with_api_keys(ApiKeys::new(["alpha-key", "beta-key"]))
@@ -363,7 +363,7 @@ async fn a_burst_over_the_rate_limit_gets_429_then_recovers() {
 async fn cors_allows_only_configured_origins() {
     let state = AppState::new(
         Arc::new(MemoryStore::new()),
-        chatbot_api::chatbot::Chatbot::seed(),
+        chatbot_api::domain::chatbot::Chatbot::seed(),
         Default::default(),
     )
     .with_cors_origins(vec!["https://app.example".parse().unwrap()]);
@@ -437,8 +437,8 @@ async fn a_panicking_reply_engine_does_not_stop_the_commit_task() {
         .open(2)
         .await
         .unwrap();
-    let s = chatbot_api::models::SessionId::parse("s".into()).unwrap();
-    let exchange = || chatbot_api::store::NewExchange {
+    let s = chatbot_api::domain::models::SessionId::parse("s".into()).unwrap();
+    let exchange = || chatbot_api::domain::store::NewExchange {
         user_message: "x".into(),
         user_name: "U".into(),
         timestamp: 0,
@@ -449,7 +449,7 @@ async fn a_panicking_reply_engine_does_not_stop_the_commit_task() {
         .append(
             &s,
             exchange(),
-            Arc::new(chatbot_api::chatbot::Chatbot::seed()),
+            Arc::new(chatbot_api::domain::chatbot::Chatbot::seed()),
         )
         .await;
     assert!(ok.is_ok(), "{ok:?}");

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use chatbot_api::chatbot::Chatbot;
-use chatbot_api::models::Limits;
-use chatbot_api::store::{MemoryStore, Store};
+use chatbot_api::domain::chatbot::Chatbot;
+use chatbot_api::domain::store::{MemoryStore, Store};
+use chatbot_api::http::validate::Limits;
 use chatbot_api::{AppState, app};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -176,7 +176,7 @@ pub async fn sqlite() -> Backend {
 
 pub async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
     let path = dir.join("chat.db");
-    chatbot_api::store::StoreKind::Sqlite(path.display().to_string())
+    chatbot_api::domain::store::StoreKind::Sqlite(path.display().to_string())
         .open(4)
         .await
         .expect("open sqlite")
@@ -230,7 +230,7 @@ impl PgSchema {
     }
 
     pub async fn open(&self, pool_size: u32) -> Arc<dyn Store> {
-        chatbot_api::store::StoreKind::Postgres(self.url.clone())
+        chatbot_api::domain::store::StoreKind::Postgres(self.url.clone())
             .open(pool_size)
             .await
             .expect("open postgres")
@@ -341,9 +341,9 @@ pub fn free_port() -> u16 {
 pub async fn all(
     store: &dyn Store,
     session: &str,
-) -> Option<Vec<chatbot_api::models::ConversationEntry>> {
+) -> Option<Vec<chatbot_api::domain::models::ConversationEntry>> {
     store
-        .history(session, chatbot_api::store::Page::default())
+        .history(session, chatbot_api::domain::store::Page::default())
         .await
         .expect("history")
         .map(|page| page.entries)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
-use chatbot_api::store::MemoryStore;
+use chatbot_api::domain::store::MemoryStore;
 use serde_json::Value;
 
 use crate::helpers::TestApp;
@@ -125,7 +125,7 @@ async fn debug_endpoints_are_documented_only_when_mounted() {
     assert!(off["paths"].get("/debug/clear").is_none());
     let state = chatbot_api::AppState::new(
         Arc::new(MemoryStore::new()),
-        chatbot_api::chatbot::Chatbot::seed(),
+        chatbot_api::domain::chatbot::Chatbot::seed(),
         Default::default(),
     )
     .with_debug_endpoints(true);
@@ -168,10 +168,10 @@ async fn the_root_serves_a_page_to_browsers_and_an_index_to_clients() {
 async fn with_keys_the_document_has_the_security_scheme() {
     let state = chatbot_api::AppState::new(
         Arc::new(MemoryStore::new()),
-        chatbot_api::chatbot::Chatbot::seed(),
+        chatbot_api::domain::chatbot::Chatbot::seed(),
         Default::default(),
     )
-    .with_api_keys(chatbot_api::auth::ApiKeys::new(["k"]));
+    .with_api_keys(chatbot_api::http::auth::ApiKeys::new(["k"]));
     let doc = TestApp::from_state(state).get("/openapi.json").await.json();
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
@@ -218,15 +218,15 @@ async fn the_documented_body_rules_match_the_validation() {
     let properties = &doc["components"]["schemas"]["ChatRequestBody"]["properties"];
     assert_eq!(
         properties["user_message"]["pattern"],
-        chatbot_api::models::TEXT_PATTERN
+        chatbot_api::domain::models::TEXT_PATTERN
     );
     assert_eq!(
         properties["user_name"]["pattern"],
-        chatbot_api::models::TEXT_PATTERN
+        chatbot_api::domain::models::TEXT_PATTERN
     );
     assert_eq!(
         properties["session_id"]["pattern"],
-        chatbot_api::models::SESSION_ID_PATTERN
+        chatbot_api::domain::models::SESSION_ID_PATTERN
     );
 }
 
@@ -236,7 +236,7 @@ async fn the_documented_body_rules_match_the_validation() {
 async fn every_operation_has_a_readable_id_and_every_response_a_description() {
     let state = chatbot_api::AppState::new(
         Arc::new(MemoryStore::new()),
-        chatbot_api::chatbot::Chatbot::seed(),
+        chatbot_api::domain::chatbot::Chatbot::seed(),
         Default::default(),
     )
     .with_debug_endpoints(true);

@@ -6,9 +6,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatbot_api::chatbot::Chatbot;
-use chatbot_api::models::Limits;
-use chatbot_api::store::MemoryStore;
+use chatbot_api::domain::chatbot::Chatbot;
+use chatbot_api::domain::store::MemoryStore;
+use chatbot_api::http::validate::Limits;
 use chatbot_api::{AppState, serve};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use chatbot_api::chatbot::{History, Replier};
-use chatbot_api::models::{ConversationEntry, SessionId};
-use chatbot_api::store::{NewExchange, Store};
+use chatbot_api::domain::chatbot::{History, Replier};
+use chatbot_api::domain::models::{ConversationEntry, SessionId};
+use chatbot_api::domain::store::{NewExchange, Store};
 
 use crate::helpers::all;
 
@@ -93,7 +93,7 @@ async fn sessions_are_separate(store: Arc<dyn Store>) {
 async fn the_replier_sees_the_latest_exchanges_oldest_first(store: Arc<dyn Store>) {
     let s = sid("r");
     let echo = Arc::new(Echo::default());
-    let total = chatbot_api::chatbot::CONTEXT_EXCHANGES + 5;
+    let total = chatbot_api::domain::chatbot::CONTEXT_EXCHANGES + 5;
     for i in 0..total {
         let exchange = NewExchange {
             user_message: format!("m{i}").into(),
@@ -106,7 +106,8 @@ async fn the_replier_sees_the_latest_exchanges_oldest_first(store: Arc<dyn Store
     assert!(seen[0].is_empty(), "the first exchange has no history");
     assert_eq!(seen[1], ["m0"]);
     let last = &seen[total - 1];
-    let expected: Vec<String> = (total - 1 - chatbot_api::chatbot::CONTEXT_EXCHANGES..total - 1)
+    let expected: Vec<String> = (total - 1 - chatbot_api::domain::chatbot::CONTEXT_EXCHANGES
+        ..total - 1)
         .map(|i| format!("m{i}"))
         .collect();
     assert_eq!(last, &expected, "a window of the latest, oldest first");

@@ -4,8 +4,8 @@
 #![no_main]
 
 use axum::response::IntoResponse;
-use chatbot_api::extract::decode_body;
-use chatbot_api::models::{ChatRequest, Limits};
+use chatbot_api::http::extract::decode_body;
+use chatbot_api::http::validate::{ChatRequest, Limits};
 use libfuzzer_sys::fuzz_target;
 
 const CONTENT_TYPES: [Option<&[u8]>; 4] = [
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let content_type = CONTENT_TYPES[usize::from(selector) % CONTENT_TYPES.len()];
     let limits = Limits { max_message_chars: 64, ..Limits::default() };
     let outcome = decode_body(content_type, body)
-        .and_then(|value| ChatRequest::parse(value, &limits).map_err(chatbot_api::error::ApiError::Validation));
+        .and_then(|value| ChatRequest::parse(value, &limits).map_err(chatbot_api::http::error::ApiError::Validation));
     match outcome {
         Ok(request) => {
             assert!(!request.user_message.is_empty() && request.user_message.chars().count() <= 64);

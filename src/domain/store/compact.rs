@@ -1,0 +1,498 @@
+//! The compact in-RAM form of a session, shared by the memory store and the
+//! SQLite store's read cache.
+//!
+//! A session's messages lie back to back in one string, and each exchange
+//! takes 20 bytes more (its timestamp, where its text ends, its reply and its
+//! user name). Replies a rule gave are kept once for the whole store and user
+//! names once per session, both already escaped for JSON, so a history page
+//! is mostly copied rather than serialized.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{HistoryPage, NewExchange, Page, SessionSummary, StoreError};
+use crate::domain::chatbot::{CONTEXT_EXCHANGES, History};
+use crate::domain::models::ConversationEntry;
+use crate::domain::wire::{self, HistoryWriter, Text};
+
+/// In [`Stored::reply`]: the reply is kept in the session's text, up to the
+/// offset in the other bits; without it, the bits index the shared replies.
+const INLINE: u32 = 1 << 31;
+/// In [`Stored::name`]: the message needs escaping to be written as JSON.
+const ESCAPED: u32 = 1 << 31;
+/// The most text one session may hold (offsets keep a bit for a flag).
+const MAX_TEXT: usize = (INLINE - 1) as usize;
+/// The most distinct replies kept once for the whole store; a reply past
+/// them is kept with each exchange, as an engine's one-off answers are.
+const MAX_SHARED_REPLIES: usize = 256;
+/// A new exchange looks for its user name among this many of the session's
+/// latest names before adding it again.
+const NAME_LOOKBACK: usize = 16;
+/// What a session costs besides its text and exchanges: the map entry, the
+/// key's allocation, the vectors' headers (an estimate, for cache budgets).
+const SESSION_OVERHEAD: usize = 160;
+/// What one kept user name costs besides its text (two `Arc<str>`s).
+const NAME_OVERHEAD: usize = 64;
+
+/// One exchange, 20 bytes. Its message starts where the previous exchange's
+/// text ends ([`Stored::end`]).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
+struct Stored {
+    /// Unix seconds.
+    timestamp: i64,
+    /// Where the message ends in [`Session::text`].
+    message_end: u32,
+    /// An index in [`Replies`], or [`INLINE`] and where the reply ends.
+    reply: u32,
+    /// An index in [`Session::names`], with [`ESCAPED`].
+    name: u32,
+}
+
+impl Stored {
+    /// Where this exchange's text ends.
+    fn end(self) -> usize {
+        if self.reply & INLINE == 0 {
+            self.message_end as usize
+        } else {
+            (self.reply & !INLINE) as usize
+        }
+    }
+
+    fn name(self) -> usize {
+        (self.name & !ESCAPED) as usize
+    }
+}
+
+/// A text kept once and written often: as it is, and as a JSON string.
+#[derive(Debug, Clone)]
+pub(super) struct Shared {
+    text: Arc<str>,
+    json: Arc<str>,
+}
+
+impl Shared {
+    fn new(text: Arc<str>) -> Self {
+        let json = wire::quoted(&text).into();
+        Self { text, json }
+    }
+}
+
+/// Replies kept once for a whole store. The list only grows, so an index
+/// stays valid in every later copy of it, and a reader can hold one copy
+/// (a cheap clone) after the lock is released.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Replies {
+    list: Arc<Vec<Shared>>,
+    /// Where each text is in `list`.
+    index: Arc<HashMap<Arc<str>, u32>>,
+}
+
+impl Replies {
+    /// The list as it stands, for a page written without the lock.
+    pub fn list(&self) -> &Arc<Vec<Shared>> {
+        &self.list
+    }
+
+    /// The index of a reply to keep once: one a rule gave, which is why
+    /// someone else holds it too. A reply made for this exchange alone is
+    /// kept with it (`None`).
+    pub fn share(&mut self, reply: &Arc<str>) -> Option<u32> {
+        if Arc::strong_count(reply) < 2 {
+            return None;
+        }
+        self.known(reply).or_else(|| self.keep(reply.clone()))
+    }
+
+    /// Keeps `text` once from now on (a reply read back from a file that
+    /// repeats); `None` when the list is full.
+    pub fn intern(&mut self, text: &str) -> Option<u32> {
+        self.known(text).or_else(|| self.keep(Arc::from(text)))
+    }
+
+    /// Adds a text not yet kept; `None` when the list is full.
+    fn keep(&mut self, text: Arc<str>) -> Option<u32> {
+        if self.list.len() >= MAX_SHARED_REPLIES {
+            return None;
+        }
+        let index = self.list.len() as u32;
+        Arc::make_mut(&mut self.list).push(Shared::new(text.clone()));
+        Arc::make_mut(&mut self.index).insert(text, index);
+        Some(index)
+    }
+
+    /// The index of a reply already kept once with this text (for
+    /// exchanges read back from a file, which share no `Arc` with a rule).
+    pub fn known(&self, reply: &str) -> Option<u32> {
+        self.index.get(reply).copied()
+    }
+}
+
+/// One session's exchanges, compactly.
+#[derive(Debug, Default)]
+pub(super) struct Session {
+    text: String,
+    exchanges: Vec<Stored>,
+    names: Vec<Arc<Shared>>,
+}
+
+impl Session {
+    pub fn len(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty()
+    }
+
+    /// The timestamp of the latest exchange.
+    pub fn last_at(&self) -> Option<i64> {
+        self.exchanges.last().map(|last| last.timestamp)
+    }
+
+    /// About how many bytes of heap the session takes, its key included.
+    pub fn bytes(&self, key: &str) -> usize {
+        SESSION_OVERHEAD
+            + key.len()
+            + self.text.capacity()
+            + self.exchanges.capacity() * std::mem::size_of::<Stored>()
+            + self
+                .names
+                .iter()
+                .map(|name| NAME_OVERHEAD + name.text.len() + name.json.len())
+                .sum::<usize>()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1)
+            .map_or(0, |before| self.exchanges[before].end())
+    }
+
+    fn message(&self, i: usize) -> &str {
+        &self.text[self.start(i)..self.exchanges[i].message_end as usize]
+    }
+
+    fn name(&self, i: usize) -> &Arc<str> {
+        &self.names[self.exchanges[i].name()].text
+    }
+
+    fn reply(&self, i: usize, replies: &[Shared]) -> Arc<str> {
+        let stored = self.exchanges[i];
+        if stored.reply & INLINE == 0 {
+            replies[stored.reply as usize].text.clone()
+        } else {
+            Arc::from(&self.text[stored.message_end as usize..stored.end()])
+        }
+    }
+
+    /// Exchange `i` as an entry.
+    pub fn entry(&self, i: usize, replies: &[Shared]) -> ConversationEntry {
+        ConversationEntry {
+            user_message: Arc::from(self.message(i)),
+            bot_reply: self.reply(i, replies),
+            user_name: self.name(i).clone(),
+            timestamp: self.exchanges[i].timestamp,
+        }
+    }
+
+    /// `page` as entries.
+    pub fn entries(&self, page: Page, replies: &[Shared]) -> HistoryPage {
+        HistoryPage {
+            total: self.len(),
+            entries: self.range(page).map(|i| self.entry(i, replies)).collect(),
+        }
+    }
+
+    /// Whether exchange `i`'s message or reply contains `text` (lower-cased).
+    pub fn matches(&self, i: usize, replies: &[Shared], text: &str) -> bool {
+        super::search_text(self.message(i), &self.reply(i, replies)).contains(text)
+    }
+
+    /// The timestamp of exchange `i`.
+    pub fn timestamp(&self, i: usize) -> i64 {
+        self.exchanges[i].timestamp
+    }
+
+    /// The index of `name`, added if it is not among the latest names.
+    fn name_index(&mut self, name: &Arc<str>) -> u32 {
+        let from = self.names.len().saturating_sub(NAME_LOOKBACK);
+        let found = self.names[from..]
+            .iter()
+            .rposition(|known| *known.text == **name);
+        let index = found.map_or(self.names.len(), |at| from + at);
+        if found.is_none() {
+            self.names.push(Arc::new(Shared::new(name.clone())));
+        }
+        index as u32
+    }
+
+    /// Appends an exchange whose reply is `reply`, kept once in the store's
+    /// replies at `shared_reply` or else inline.
+    pub fn push(
+        &mut self,
+        exchange: &NewExchange,
+        reply: &Arc<str>,
+        shared_reply: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.push_parts(
+            &exchange.user_message,
+            &exchange.user_name,
+            exchange.timestamp,
+            reply,
+            shared_reply,
+        )
+    }
+
+    /// Appends an answered exchange, sharing its reply where a rule gave it.
+    pub fn push_entry(
+        &mut self,
+        entry: &ConversationEntry,
+        replies: &mut Replies,
+    ) -> Result<(), StoreError> {
+        let shared = replies.share(&entry.bot_reply);
+        self.push_parts(
+            &entry.user_message,
+            &entry.user_name,
+            entry.timestamp,
+            &entry.bot_reply,
+            shared,
+        )
+    }
+
+    /// Appends an exchange read back from a file.
+    pub fn push_row(
+        &mut self,
+        user_message: &str,
+        bot_reply: &str,
+        user_name: &str,
+        timestamp: i64,
+        replies: &Replies,
+    ) -> Result<(), StoreError> {
+        let shared = replies.known(bot_reply);
+        // Consecutive exchanges mostly share a name: reuse the kept one.
+        let name = match self.names.last() {
+            Some(last) if *last.text == *user_name => last.text.clone(),
+            _ => Arc::from(user_name),
+        };
+        self.push_parts(user_message, &name, timestamp, bot_reply, shared)
+    }
+
+    fn push_parts(
+        &mut self,
+        user_message: &str,
+        user_name: &Arc<str>,
+        timestamp: i64,
+        reply: &str,
+        shared_reply: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let inline = if shared_reply.is_some() {
+            0
+        } else {
+            reply.len()
+        };
+        if self.text.len() + user_message.len() + inline > MAX_TEXT {
+            return Err(StoreError::Full(
+                "Message limit reached: this session holds all the text it can".into(),
+            ));
+        }
+        self.text.push_str(user_message);
+        let message_end = self.text.len() as u32;
+        let reply = match shared_reply {
+            Some(index) => index,
+            None => {
+                self.text.push_str(reply);
+                self.text.len() as u32 | INLINE
+            }
+        };
+        let escaped = if wire::is_plain(user_message) {
+            0
+        } else {
+            ESCAPED
+        };
+        let name = self.name_index(user_name) | escaped;
+        self.exchanges.push(Stored {
+            timestamp,
+            message_end,
+            reply,
+            name,
+        });
+        Ok(())
+    }
+
+    /// The text kept and how many user names (for tests of sharing).
+    #[cfg(test)]
+    pub fn kept(&self) -> (&str, usize) {
+        (&self.text, self.names.len())
+    }
+
+    /// Gives back memory a growing session reserved ahead.
+    pub fn shrink(&mut self) {
+        self.text.shrink_to_fit();
+        self.exchanges.shrink_to_fit();
+    }
+
+    pub fn summary(&self, session_id: &str) -> Option<SessionSummary> {
+        Some(SessionSummary {
+            session_id: session_id.to_owned(),
+            total_messages: self.exchanges.len(),
+            first_at: self.exchanges.first()?.timestamp,
+            last_at: self.exchanges.last()?.timestamp,
+        })
+    }
+
+    /// The indices `page` selects.
+    pub fn range(&self, page: Page) -> std::ops::Range<usize> {
+        let len = self.exchanges.len();
+        let start = page.offset.min(len);
+        let end = page
+            .limit
+            .map_or(len, |limit| start.saturating_add(limit).min(len));
+        start..end
+    }
+
+    /// The latest exchanges, as the reply engine reads them.
+    pub fn recent(&self) -> Recent<'_> {
+        Recent {
+            session: self,
+            from: self.exchanges.len().saturating_sub(CONTEXT_EXCHANGES),
+        }
+    }
+
+    /// `page` copied out, to be written as JSON once the lock is released.
+    pub fn copy_page(&self, page: Page, replies: &Arc<Vec<Shared>>) -> PageCopy {
+        let range = self.range(page);
+        let offset = self.start(range.start);
+        let end = range
+            .end
+            .checked_sub(1)
+            .map_or(offset, |last| self.exchanges[last].end().max(offset));
+        PageCopy {
+            total: self.exchanges.len(),
+            exchanges: self.exchanges[range].to_vec(),
+            text: self.text[offset..end].to_owned(),
+            offset,
+            names: self.names.clone(),
+            replies: replies.clone(),
+        }
+    }
+}
+
+/// The latest exchanges of a session, read in place by the reply engine.
+pub(super) struct Recent<'a> {
+    session: &'a Session,
+    from: usize,
+}
+
+impl History for Recent<'_> {
+    fn len(&self) -> usize {
+        self.session.exchanges.len() - self.from
+    }
+
+    fn user_message(&self, i: usize) -> &str {
+        self.session.message(self.from + i)
+    }
+
+    fn user_name(&self, i: usize) -> &str {
+        self.session.name(self.from + i)
+    }
+}
+
+/// A page copied out from under a lock, to be written without it.
+pub(super) struct PageCopy {
+    pub total: usize,
+    exchanges: Vec<Stored>,
+    /// The page's text; offsets in `exchanges` are relative to `offset`.
+    text: String,
+    offset: usize,
+    names: Vec<Arc<Shared>>,
+    replies: Arc<Vec<Shared>>,
+}
+
+impl PageCopy {
+    /// The page as the JSON array `GET /chat/history/{id}` answers.
+    pub fn write(&self) -> Vec<u8> {
+        let shared: usize = self
+            .exchanges
+            .iter()
+            .map(|stored| {
+                let reply = if stored.reply & INLINE == 0 {
+                    self.replies[stored.reply as usize].json.len()
+                } else {
+                    2
+                };
+                reply + self.names[stored.name()].json.len() + 2
+            })
+            .sum();
+        let mut writer = HistoryWriter::new(self.exchanges.len(), self.text.len() + shared);
+        let mut at = 0;
+        let mut current = None;
+        for stored in &self.exchanges {
+            let message_end = stored.message_end as usize - self.offset;
+            let message = &self.text[at..message_end];
+            at = stored.end() - self.offset;
+            let name = Text::Quoted(&self.names[stored.name()].json);
+            if stored.reply & INLINE != 0 {
+                writer.reply_and_name(Text::Raw(&self.text[message_end..at]), name);
+                current = None;
+            } else if current != Some((stored.reply, stored.name)) {
+                let reply = Text::Quoted(&self.replies[stored.reply as usize].json);
+                writer.reply_and_name(reply, name);
+                current = Some((stored.reply, stored.name));
+            }
+            let message = if stored.name & ESCAPED == 0 {
+                Text::Plain(message)
+            } else {
+                Text::Raw(message)
+            };
+            writer.message(message, stored.timestamp);
+        }
+        writer.finish()
+    }
+
+    /// The page as a [`super::JsonPage`].
+    pub fn into_json(self) -> super::JsonPage {
+        super::JsonPage {
+            total: self.total,
+            count: self.exchanges.len(),
+            body: self.write(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_takes_twenty_bytes_besides_its_text() {
+        assert_eq!(std::mem::size_of::<Stored>(), 20);
+    }
+
+    #[test]
+    fn rows_read_back_share_known_replies_and_names() {
+        let mut replies = Replies::default();
+        let rule: Arc<str> = Arc::from("Hi there!");
+        let _held_by_the_rule = rule.clone();
+        assert_eq!(replies.share(&rule), Some(0));
+        let mut session = Session::default();
+        for i in 0..3 {
+            session
+                .push_row("hello", "Hi there!", "Ann", i, &replies)
+                .unwrap();
+        }
+        session
+            .push_row("x", "one-off \"reply\"", "Ann", 3, &replies)
+            .unwrap();
+        assert_eq!(session.names.len(), 1);
+        assert_eq!(
+            session.text,
+            "hellohellohellox".to_owned() + "one-off \"reply\""
+        );
+        let entries: Vec<_> = (0..4).map(|i| session.entry(i, replies.list())).collect();
+        let page = session.copy_page(Page::default(), replies.list());
+        assert_eq!(
+            String::from_utf8(page.write()).unwrap(),
+            serde_json::to_string(&entries).unwrap()
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! Where exchanges live: the `Store` trait, its backends, and how a
+//! `--store` value picks one.
+
+mod compact;
+mod memory;
+mod postgres;
+mod queue;
+mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+pub use queue::CommitStats;
+pub use sqlite::{SqliteOptions, SqliteStore, SyncMode};
+
+use crate::domain::chatbot::Replier;
+use crate::domain::models::{ConversationEntry, SessionId};
+pub use crate::domain::models::{Found, SessionSummary};
+
+/// A user's message, before the bot has answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewExchange {
+    pub user_message: Arc<str>,
+    pub user_name: Arc<str>,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+impl NewExchange {
+    /// The stored exchange once `bot_reply` is known.
+    pub fn answered(self, bot_reply: Arc<str>) -> ConversationEntry {
+        ConversationEntry {
+            user_message: self.user_message,
+            bot_reply,
+            user_name: self.user_name,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// Why a store could not do what it was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backing storage failed or is unreachable; retrying later may work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A configured cap would be exceeded; nothing was stored.
+    #[error("{0}")]
+    Full(String),
+}
+
+/// Which part of a history to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Page {
+    /// Exchanges to skip from the oldest.
+    pub offset: usize,
+    /// The most to return; `None` for all the rest.
+    pub limit: Option<usize>,
+}
+
+/// A page of a history and the session's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub total: usize,
+    pub entries: Vec<ConversationEntry>,
+}
+
+/// A page of a history already written as the JSON array `GET
+/// /chat/history/{id}` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPage {
+    /// The session's size.
+    pub total: usize,
+    /// How many exchanges `body` holds.
+    pub count: usize,
+    pub body: Vec<u8>,
+}
+
+/// Limits on what a store accepts; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub max_sessions: Option<usize>,
+    pub max_messages_per_session: Option<usize>,
+}
+
+impl Caps {
+    /// The 507 message when a new session would pass `max_sessions`.
+    pub fn sessions_full(max: usize) -> StoreError {
+        StoreError::Full(format!(
+            "Session limit reached: this server keeps at most {max} sessions"
+        ))
+    }
+
+    /// The 507 message when a session would pass `max_messages_per_session`.
+    pub fn session_full(max: usize) -> StoreError {
+        StoreError::Full(format!(
+            "Message limit reached: a session holds at most {max} messages"
+        ))
+    }
+}
+
+/// The first key after every key that starts with `prefix`, for range scans
+/// (`None` for the empty prefix: no upper bound).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    chars.push(char::from_u32(last as u32 + 1)?);
+    Some(chars.into_iter().collect())
+}
+
+/// `text` as a `LIKE` pattern matching it anywhere, wildcards escaped.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// What to search for: `text` (already lower-cased) in messages and replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// Only sessions whose ids start with this (an owner's scope, or `""`).
+    pub prefix: String,
+    pub text: String,
+    pub session_id: Option<String>,
+    pub limit: usize,
+}
+
+/// The lower-cased text a search looks in: message and reply, kept apart by
+/// a separator no query contains.
+pub fn search_text(user_message: &str, bot_reply: &str) -> String {
+    format!(
+        "{}\u{1f}{}",
+        user_message.to_lowercase(),
+        bot_reply.to_lowercase()
+    )
+}
+
+/// A conversation store. Every backend keeps each session's exchanges in the
+/// order they were appended, and `append` returns only once the exchange is
+/// as durable as the backend makes it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers `exchange` with `replier`, shown the session's latest
+    /// exchanges as they stand at this moment, and appends the answered
+    /// exchange to the session (created if needed).
+    async fn append(
+        &self,
+        session: &SessionId,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
+    ) -> Result<ConversationEntry, StoreError>;
+
+    /// A page of the session's history, oldest first, or `None` when it has none.
+    async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError>;
+
+    /// The same page written as JSON. Stores that keep a compact form write
+    /// it straight from there; the others write the entries of [`Store::history`].
+    async fn history_json(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<JsonPage>, StoreError> {
+        Ok(self.history(session, page).await?.map(|page| JsonPage {
+            total: page.total,
+            count: page.entries.len(),
+            body: crate::domain::wire::history(&page.entries),
+        }))
+    }
+
+    /// The session's size and time span, or `None` when it has no history.
+    async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError>;
+
+    /// Up to `limit` sessions with ids after `after`, sorted by id.
+    /// Sessions whose ids start with `prefix` (an owner's scope, or `""`),
+    /// after `after` (a full id), sorted by id.
+    async fn sessions(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionSummary>, StoreError>;
+
+    /// Removes the session and all its exchanges; `false` when there was none.
+    async fn delete(&self, session: &str) -> Result<bool, StoreError>;
+
+    /// Exchanges whose message or reply contains the text, newest first.
+    async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError>;
+
+    /// Removes every session.
+    async fn clear(&self) -> Result<(), StoreError>;
+
+    /// Removes every session whose last exchange is older than `before`
+    /// (Unix seconds); returns how many went.
+    async fn expire(&self, before: i64) -> Result<usize, StoreError>;
+
+    /// Flushes and releases resources at shutdown.
+    async fn close(&self) {}
+}
+
+/// Removes sessions untouched for `ttl`, checking every `ttl / 4` (between
+/// one second and a minute), for as long as the store lives.
+pub fn spawn_expiry(
+    store: Arc<dyn Store>,
+    ttl: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let every = (ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            let before =
+                crate::domain::models::now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+            match store.expire(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "expired idle sessions"),
+                Err(err) => tracing::warn!(error = %err, "session expiry failed"),
+            }
+        }
+    })
+}
+
+/// Which backend to use, as given to `--store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Everything in RAM; nothing survives a restart.
+    Memory,
+    /// One SQLite file, created if missing.
+    Sqlite(String),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StoreKind {
+    /// Parses `memory`, `sqlite:PATH` or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value == "memory" {
+            Ok(Self::Memory)
+        } else if let Some(path) = value.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                Err("sqlite: needs a file path, e.g. sqlite:chatbot.db".into())
+            } else {
+                Ok(Self::Sqlite(path.to_owned()))
+            }
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            url::Url::parse(value).map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
+            Ok(Self::Postgres(value.to_owned()))
+        } else {
+            Err("expected `memory`, `sqlite:PATH` or a `postgres://` URL".into())
+        }
+    }
+
+    /// Opens the store: connects, migrates, starts background tasks.
+    pub async fn open(&self, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_with(pool_size, Caps::default()).await
+    }
+
+    /// Opens the store with caps on what it accepts.
+    pub async fn open_with(
+        &self,
+        pool_size: u32,
+        caps: Caps,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_tuned(
+            pool_size,
+            SqliteOptions {
+                caps,
+                ..SqliteOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Opens the store with caps, and for SQLite its cache and sync settings.
+    pub async fn open_tuned(
+        &self,
+        pool_size: u32,
+        options: SqliteOptions,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        let caps = options.caps;
+        Ok(match self {
+            Self::Memory => Arc::new(MemoryStore::with_caps(caps)),
+            Self::Sqlite(path) => Arc::new(SqliteStore::open(path, options).await?),
+            Self::Postgres(url) => Arc::new(PostgresStore::connect(url, pool_size, caps).await?),
+        })
+    }
+}
+
+/// Shows the store with any password masked, fit for logs and error messages.
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Sqlite(path) => write!(f, "sqlite:{path}"),
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut parsed) if parsed.password().is_some() => {
+                    let _ = parsed.set_password(Some("***"));
+                    f.write_str(parsed.as_str())
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_values_parse() {
+        assert_eq!(StoreKind::parse("memory"), Ok(StoreKind::Memory));
+        assert_eq!(
+            StoreKind::parse("sqlite:chatbot.db"),
+            Ok(StoreKind::Sqlite("chatbot.db".into()))
+        );
+        assert_eq!(
+            StoreKind::parse("sqlite:///tmp/x.db"),
+            Ok(StoreKind::Sqlite("/tmp/x.db".into()))
+        );
+        assert!(matches!(
+            StoreKind::parse("postgres://u@h/db"),
+            Ok(StoreKind::Postgres(_))
+        ));
+        for bad in [
+            "",
+            "mem",
+            "sqlite:",
+            "mysql://h/db",
+            "postgres://exa mple:x/",
+        ] {
+            assert!(StoreKind::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+        assert_eq!(contains_pattern("été"), "%été%");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        let kind = StoreKind::parse("postgres://app:s3cret@db.example:5432/chat").unwrap();
+        let shown = kind.to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("app:***@db.example:5432/chat"), "{shown}");
+        assert!(!format!("{kind:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,330 @@
+//! The shared store: PostgreSQL, which several instances can use at once.
+//!
+//! Reads go straight to the database (another instance may have written a
+//! moment ago, so there is nothing to cache); a history page is one query
+//! and its JSON is written straight from the rows. Every write goes through
+//! the commit task in [`writer`], which groups appends into one transaction
+//! and answers them only once it has committed.
+
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, FromRow, Row};
+
+use writer::commit_loop;
+
+use super::queue::{CommitStats, Writes};
+use super::{
+    Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
+    StoreError, contains_pattern, prefix_end,
+};
+use crate::domain::chatbot::Replier;
+use crate::domain::models::{ConversationEntry, SessionId};
+use crate::domain::wire::{HistoryWriter, Text};
+
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a request waits for a connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+const SELECT_SUMMARY: &str = "\
+    SELECT session_id, message_count, first_at, last_at FROM sessions WHERE session_id = $1";
+
+const SELECT_PAGE: &str = "\
+    SELECT s.message_count, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    FROM sessions s LEFT JOIN exchanges e \
+    ON e.session_ref = s.id AND e.seq > $2 AND e.seq <= $3 \
+    WHERE s.session_id = $1 ORDER BY e.seq";
+
+/// Sessions after `$1` and before `$2` (unless empty), in byte order (not
+/// the database's locale, as the other stores compare): an owner's sessions
+/// are one range of keys.
+const SELECT_SESSIONS: &str = "\
+    SELECT session_id, message_count, first_at, last_at FROM sessions \
+    WHERE session_id COLLATE \"C\" > $1 AND ($2 = '' OR session_id COLLATE \"C\" < $2) \
+    ORDER BY session_id COLLATE \"C\" LIMIT $3";
+
+const SEARCH: &str = "\
+    SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+    WHERE e.search_text LIKE $1 ESCAPE '\\' AND ($2 = '' OR s.session_id = $2) \
+    AND s.session_id COLLATE \"C\" >= $4 AND ($5 = '' OR s.session_id COLLATE \"C\" < $5) \
+    ORDER BY e.created_at DESC, s.session_id COLLATE \"C\" DESC, e.seq DESC LIMIT $3";
+
+#[derive(FromRow)]
+struct ExchangeRow {
+    user_message: String,
+    bot_reply: String,
+    user_name: String,
+    created_at: i64,
+}
+
+impl From<ExchangeRow> for ConversationEntry {
+    fn from(row: ExchangeRow) -> Self {
+        Self {
+            user_message: row.user_message.into(),
+            bot_reply: row.bot_reply.into(),
+            user_name: row.user_name.into(),
+            timestamp: row.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct SummaryRow {
+    session_id: String,
+    message_count: i64,
+    first_at: i64,
+    last_at: i64,
+}
+
+impl From<SummaryRow> for SessionSummary {
+    fn from(row: SummaryRow) -> Self {
+        Self {
+            session_id: row.session_id,
+            total_messages: usize::try_from(row.message_count).unwrap_or(0),
+            first_at: row.first_at,
+            last_at: row.last_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct FoundRow {
+    session_id: String,
+    #[sqlx(flatten)]
+    exchange: ExchangeRow,
+}
+
+fn unavailable(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// Message, reply, user name and time of a row of [`SELECT_PAGE`].
+fn page_exchange(row: &PgRow) -> Result<(&str, &str, &str, i64), StoreError> {
+    Ok((
+        row.try_get(1).map_err(unavailable)?,
+        row.try_get(2).map_err(unavailable)?,
+        row.try_get(3).map_err(unavailable)?,
+        row.try_get(4).map_err(unavailable)?,
+    ))
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A PostgreSQL-backed store with group commit.
+pub struct PostgresStore {
+    pool: PgPool,
+    writes: Writes,
+    stats: Arc<CommitStats>,
+}
+
+impl PostgresStore {
+    /// Connects, runs the migrations and starts the commit task.
+    ///
+    /// A database that cannot be reached fails here, with the driver's own
+    /// reason, rather than on the first request.
+    pub async fn connect(url: &str, pool_size: u32, caps: Caps) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(unavailable)?;
+        let probe = PgConnection::connect_with(&options)
+            .await
+            .map_err(unavailable)?;
+        probe.close().await.map_err(unavailable)?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A server can go away: check a connection before handing it out.
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+
+        let (writes, queue) = Writes::channel();
+        let stats = Arc::new(CommitStats::default());
+        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), caps));
+        Ok(Self {
+            pool,
+            writes,
+            stats,
+        })
+    }
+
+    /// Group-commit counters since start.
+    pub fn commit_stats(&self) -> Arc<CommitStats> {
+        self.stats.clone()
+    }
+
+    /// A page of a session and its size, in one round trip and one
+    /// snapshot: the session's row joined with the page's exchanges (none,
+    /// past the end: then one row of NULLs). `None` when there is no session.
+    async fn page(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<(usize, Vec<PgRow>)>, StoreError> {
+        let end = page
+            .limit
+            .map_or(i64::MAX, |limit| to_i64(page.offset.saturating_add(limit)));
+        let mut rows = sqlx::query(SELECT_PAGE)
+            .bind(session)
+            .bind(to_i64(page.offset))
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let total: i64 = first.try_get(0).map_err(unavailable)?;
+        if total == 0 {
+            return Ok(None);
+        }
+        // The row of NULLs of a page past the end.
+        if first
+            .try_get::<Option<&str>, _>(1)
+            .map_err(unavailable)?
+            .is_none()
+        {
+            rows.clear();
+        }
+        Ok(Some((usize::try_from(total).unwrap_or(0), rows)))
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    #[tracing::instrument(skip_all)]
+    async fn append(
+        &self,
+        session: &SessionId,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
+    ) -> Result<ConversationEntry, StoreError> {
+        self.writes.append(session, exchange, replier).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
+        let Some((total, rows)) = self.page(session, page).await? else {
+            return Ok(None);
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (message, reply, name, timestamp) = page_exchange(row)?;
+            entries.push(ConversationEntry {
+                user_message: message.into(),
+                bot_reply: reply.into(),
+                user_name: name.into(),
+                timestamp,
+            });
+        }
+        Ok(Some(HistoryPage { total, entries }))
+    }
+
+    /// Written straight from the rows, without building entries.
+    #[tracing::instrument(skip_all)]
+    async fn history_json(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<JsonPage>, StoreError> {
+        let Some((total, rows)) = self.page(session, page).await? else {
+            return Ok(None);
+        };
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        for row in &rows {
+            let text = page_exchange(row)?;
+            bytes += text.0.len() + text.1.len() + text.2.len() + 6;
+            texts.push(text);
+        }
+        let mut writer = HistoryWriter::new(texts.len(), bytes);
+        for (message, reply, name, at) in &texts {
+            writer.entry(Text::Raw(message), Text::Raw(reply), Text::Raw(name), *at);
+        }
+        Ok(Some(JsonPage {
+            total,
+            count: texts.len(),
+            body: writer.finish(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError> {
+        let row: Option<SummaryRow> = sqlx::query_as(SELECT_SUMMARY)
+            .bind(session)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(row
+            .map(Into::into)
+            .filter(|s: &SessionSummary| s.total_messages > 0))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn sessions(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let rows: Vec<SummaryRow> = sqlx::query_as(SELECT_SESSIONS)
+            .bind(after.unwrap_or(prefix))
+            .bind(prefix_end(prefix).unwrap_or_default())
+            .bind(to_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn delete(&self, session: &str) -> Result<bool, StoreError> {
+        self.writes.delete(session).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
+        let rows: Vec<FoundRow> = sqlx::query_as(SEARCH)
+            .bind(contains_pattern(&search.text))
+            .bind(search.session_id.as_deref().unwrap_or(""))
+            .bind(to_i64(search.limit))
+            .bind(&search.prefix)
+            .bind(prefix_end(&search.prefix).unwrap_or_default())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Found {
+                session_id: row.session_id,
+                entry: row.exchange.into(),
+            })
+            .collect())
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.writes.clear().await
+    }
+
+    async fn expire(&self, before: i64) -> Result<usize, StoreError> {
+        self.writes.expire(before).await
+    }
+
+    async fn close(&self) {
+        let (commits, exchanges) = self.stats.snapshot();
+        tracing::info!(commits, exchanges, "group commit totals");
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,427 @@
+//! The commit task: this instance's one writer to the database.
+//!
+//! Appends queue up and are written in groups (one transaction, one commit,
+//! then every request in the group is answered). Deletes and clears go
+//! through the same queue, in order. Other instances write too, so the task
+//! remembers nothing between groups: each group reads its sessions' latest
+//! exchanges after locking their rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sqlx::{FromRow, PgPool};
+use tokio::sync::mpsc;
+
+use super::{ExchangeRow, unavailable};
+use crate::domain::chatbot::CONTEXT_EXCHANGES;
+use crate::domain::models::ConversationEntry;
+use crate::domain::store::queue::{Command, CommitStats, MAX_BATCH, Pending};
+use crate::domain::store::{Caps, StoreError, search_text};
+
+/// Runs until every sender is gone: groups consecutive appends into one
+/// commit; deletes and clears run in queue order between groups.
+pub(super) async fn commit_loop(
+    pool: PgPool,
+    mut queue: mpsc::Receiver<Command>,
+    stats: Arc<CommitStats>,
+    caps: Caps,
+) {
+    let mut received = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut received, MAX_BATCH).await > 0 {
+        for command in received.drain(..) {
+            match command {
+                Command::Append(pending) => batch.push(pending),
+                Command::Delete { session, done } => {
+                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
+                        .bind(&session)
+                        .execute(&pool)
+                        .await
+                        .map(|done| done.rows_affected() > 0)
+                        .map_err(unavailable);
+                    let _ = done.send(result);
+                }
+                Command::Clear { done } => {
+                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    let result = sqlx::query("DELETE FROM sessions")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(unavailable);
+                    let _ = done.send(result);
+                }
+                Command::Expire { before, done } => {
+                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
+                        .bind(before)
+                        .execute(&pool)
+                        .await
+                        .map(|done| done.rows_affected() as usize)
+                        .map_err(unavailable);
+                    let _ = done.send(result);
+                }
+            }
+        }
+        commit_group(&pool, &mut batch, &stats, caps).await;
+    }
+}
+
+/// Writes and commits `batch`, answers each of its requests, and empties it.
+async fn commit_group(pool: &PgPool, batch: &mut Vec<Pending>, stats: &CommitStats, caps: Caps) {
+    if batch.is_empty() {
+        return;
+    }
+    match write_batch(pool, batch, caps).await {
+        Ok(outcomes) => {
+            let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+            stats.committed(stored);
+            for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = pending.done.send(outcome);
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
+            let err = unavailable(err);
+            for pending in batch.drain(..) {
+                let _ = pending.done.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `columns` columns.
+fn insert_sql(head: &str, rows: usize, columns: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 6);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + column + 1));
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+/// Adds `k` exchanges to each session row (creating missing ones) and returns
+/// each session's row id and new count. Rows lock in `session_id` order, so
+/// two instances committing overlapping batches cannot deadlock.
+fn upsert_sessions_sql(sessions: usize) -> String {
+    insert_sql(
+        "INSERT INTO sessions (session_id, message_count, first_at, last_at)",
+        sessions,
+        4,
+        "ON CONFLICT (session_id) DO UPDATE \
+         SET message_count = sessions.message_count + excluded.message_count, last_at = excluded.last_at \
+         RETURNING id, session_id, message_count",
+    )
+}
+
+fn insert_exchanges_sql(rows: usize) -> String {
+    insert_sql(
+        "INSERT INTO exchanges \
+         (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text)",
+        rows,
+        7,
+        "",
+    )
+}
+
+/// The latest exchanges of the batch's sessions, read after their rows are
+/// locked, so each reply sees exactly the history before it. `$1` is the
+/// window; the rest are session row ids.
+fn select_context_sql(sessions: usize) -> String {
+    let ids: Vec<String> = (0..sessions).map(|i| format!("${}", i + 2)).collect();
+    format!(
+        "SELECT e.session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
+         FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+         WHERE e.session_ref IN ({}) AND e.seq > s.message_count - $1 \
+         ORDER BY e.session_ref, e.seq",
+        ids.join(", ")
+    )
+}
+
+/// The most rows one multi-row statement has: 2^this.
+const MAX_ROWS_LOG2: u32 = 6;
+
+/// Splits `n` rows into power-of-two chunk sizes, largest first: every
+/// multi-row statement then has one of a few SQL texts, each prepared once
+/// per connection and reused (SQLite parsing a new text for every group was
+/// a third of the work of a durable write).
+fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while n > 0 {
+        let size = 1 << n.ilog2().min(MAX_ROWS_LOG2);
+        sizes.push(size);
+        n -= size;
+    }
+    sizes
+}
+
+/// The multi-row statements' SQL, one text per chunk size, built once.
+struct Statements {
+    upsert: Vec<String>,
+    context: Vec<String>,
+    insert: Vec<String>,
+}
+
+impl Statements {
+    fn of_size(texts: &[String], size: usize) -> &str {
+        &texts[size.trailing_zeros() as usize]
+    }
+}
+
+static STATEMENTS: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| {
+    let sizes = || (0..=MAX_ROWS_LOG2).map(|k| 1usize << k);
+    Statements {
+        upsert: sizes().map(upsert_sessions_sql).collect(),
+        context: sizes().map(select_context_sql).collect(),
+        insert: sizes().map(insert_exchanges_sql).collect(),
+    }
+});
+
+#[derive(FromRow)]
+struct ContextRow {
+    session_ref: i64,
+    #[sqlx(flatten)]
+    exchange: ExchangeRow,
+}
+
+/// What one batch adds to one session.
+struct Tally {
+    count: i64,
+    first_at: i64,
+    last_at: i64,
+}
+
+/// Writes a whole batch with a fixed number of statements: one upsert for
+/// all its sessions, one read of their recent history, then multi-row
+/// inserts. Returns the answered exchanges in
+/// batch order.
+#[tracing::instrument(skip_all, fields(exchanges = batch.len()))]
+async fn write_batch(
+    pool: &PgPool,
+    batch: &[Pending],
+    caps: Caps,
+) -> Result<Vec<Result<ConversationEntry, StoreError>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let refusals = admit(&mut tx, batch, caps).await?;
+    let admitted: Vec<&Pending> = batch
+        .iter()
+        .zip(&refusals)
+        .filter_map(|(pending, refusal)| refusal.is_none().then_some(pending))
+        .collect();
+
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    for pending in admitted.iter().copied() {
+        let at = pending.exchange.timestamp;
+        let tally = tallies.entry(pending.session.as_str()).or_insert(Tally {
+            count: 0,
+            first_at: at,
+            last_at: at,
+        });
+        tally.count += 1;
+        tally.last_at = at;
+    }
+
+    if admitted.is_empty() {
+        tx.commit().await?;
+        return Ok(refusals
+            .into_iter()
+            .map(|r| Err(r.unwrap_or_else(unreachable_refusal)))
+            .collect());
+    }
+    // Each session's row id and the seq its first exchange in this batch
+    // gets. Chunks go in session-id order, so rows still lock in that order.
+    let mut next_seq: HashMap<String, (i64, i64)> = HashMap::with_capacity(tallies.len());
+    let mut sessions = tallies.iter();
+    for size in chunk_sizes(tallies.len()) {
+        let sql = Statements::of_size(&STATEMENTS.upsert, size);
+        let mut query = sqlx::query_as::<_, (i64, String, i64)>(sql);
+        for (session, tally) in sessions.by_ref().take(size) {
+            query = query
+                .bind(*session)
+                .bind(tally.count)
+                .bind(tally.first_at)
+                .bind(tally.last_at);
+        }
+        for (id, session, count) in query.fetch_all(&mut *tx).await? {
+            let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
+            next_seq.insert(session, (id, count - added + 1));
+        }
+    }
+
+    // Recent history per session row, read after the rows are locked.
+    let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
+    let missing: Vec<i64> = next_seq.values().map(|(id, _)| *id).collect();
+    let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
+    let mut missing = missing.into_iter();
+    for size in chunk_sizes(missing.len()) {
+        let sql = Statements::of_size(&STATEMENTS.context, size);
+        let mut query =
+            sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64 + most_added);
+        for id in missing.by_ref().take(size) {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            context
+                .entry(row.session_ref)
+                .or_default()
+                .push(row.exchange.into());
+        }
+    }
+
+    let mut answered = Vec::with_capacity(admitted.len());
+    let mut rows = Vec::with_capacity(admitted.len());
+    for pending in admitted.iter().copied() {
+        let slot = next_seq
+            .get_mut(pending.session.as_str())
+            .ok_or_else(|| sqlx::Error::Protocol("upsert returned no row for a session".into()))?;
+        let (session_ref, seq) = *slot;
+        slot.1 += 1;
+        let history = context.entry(session_ref).or_default();
+        let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
+        // A panicking reply engine must not take the commit task down with it.
+        let bot_reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pending
+                .replier
+                .reply(&pending.exchange.user_message, &window)
+        }))
+        .map_err(|_| sqlx::Error::Protocol("the reply engine panicked".into()))?;
+        let entry = pending.exchange.clone().answered(bot_reply);
+        history.push(entry.clone());
+        rows.push((session_ref, seq));
+        answered.push(entry);
+    }
+
+    let mut written = answered.iter().zip(&rows);
+    for size in chunk_sizes(answered.len()) {
+        let sql = Statements::of_size(&STATEMENTS.insert, size);
+        let mut query = sqlx::query(sql);
+        for (entry, (session_ref, seq)) in written.by_ref().take(size) {
+            query = query
+                .bind(*session_ref)
+                .bind(*seq)
+                .bind(&*entry.user_message)
+                .bind(&*entry.bot_reply)
+                .bind(&*entry.user_name)
+                .bind(entry.timestamp)
+                .bind(search_text(&entry.user_message, &entry.bot_reply));
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    let mut answered = answered.into_iter();
+    Ok(refusals
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(refusal) => Err(refusal),
+            None => answered.next().ok_or_else(unreachable_refusal),
+        })
+        .collect())
+}
+
+/// Never reached: every admitted exchange was answered.
+fn unreachable_refusal() -> StoreError {
+    StoreError::Unavailable("batch bookkeeping mismatch".into())
+}
+
+/// Which exchanges of the batch the caps refuse (`Some(507 error)`), in
+/// order: a session at its message cap, or a new session past the session
+/// cap. Reads only when a cap is set.
+async fn admit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &[Pending],
+    caps: Caps,
+) -> Result<Vec<Option<StoreError>>, sqlx::Error> {
+    if caps == Caps::default() {
+        return Ok(batch.iter().map(|_| None).collect());
+    }
+    let sessions: Vec<&str> = batch.iter().map(|p| p.session.as_str()).collect();
+    let params: Vec<String> = (1..=sessions.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT session_id, message_count FROM sessions WHERE session_id IN ({})",
+        params.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false);
+    for session in &sessions {
+        query = query.bind(*session);
+    }
+    let mut counts: HashMap<String, usize> = query
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(id, n)| (id, usize::try_from(n).unwrap_or(0)))
+        .collect();
+    let mut total = match caps.max_sessions {
+        Some(_) => {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
+                .fetch_one(&mut **tx)
+                .await?;
+            usize::try_from(n).unwrap_or(0)
+        }
+        None => 0,
+    };
+    let mut refusals = Vec::with_capacity(batch.len());
+    for session in sessions {
+        let refusal = match counts.get(session).copied() {
+            None if caps.max_sessions.is_some_and(|max| total >= max) => {
+                caps.max_sessions.map(Caps::sessions_full)
+            }
+            Some(n) if caps.max_messages_per_session.is_some_and(|max| n >= max) => {
+                caps.max_messages_per_session.map(Caps::session_full)
+            }
+            known => {
+                if known.is_none() {
+                    total += 1;
+                }
+                *counts.entry(session.to_owned()).or_insert(0) += 1;
+                None
+            }
+        };
+        refusals.push(refusal);
+    }
+    Ok(refusals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_split_into_few_power_of_two_chunks() {
+        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(1), [1]);
+        assert_eq!(chunk_sizes(13), [8, 4, 1]);
+        assert_eq!(chunk_sizes(64), [64]);
+        assert_eq!(chunk_sizes(150), [64, 64, 16, 4, 2]);
+        for n in 0..600 {
+            let sizes = chunk_sizes(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= 64));
+            assert!(sizes.len() <= 7 + n / 64);
+        }
+        assert_eq!(
+            Statements::of_size(&STATEMENTS.insert, 4),
+            insert_exchanges_sql(4)
+        );
+    }
+
+    #[test]
+    fn multi_row_inserts_number_their_parameters() {
+        assert_eq!(
+            insert_sql("INSERT INTO t (a, b)", 2, 2, "X"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X"
+        );
+        assert!(upsert_sessions_sql(1).contains("VALUES ($1, $2, $3, $4) ON CONFLICT"));
+        assert!(insert_exchanges_sql(2).ends_with("($8, $9, $10, $11, $12, $13, $14) "));
+        assert!(select_context_sql(2).contains("IN ($2, $3)"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The queue through which both durable stores hand their writes to their
+//! one writer: what a write is, how a caller waits for it, and the writer's
+//! counters. Appends are grouped into one commit by the writer; deletes,
+//! clears and expiries run in queue order between groups.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{NewExchange, StoreError};
+use crate::domain::chatbot::Replier;
+use crate::domain::models::{ConversationEntry, SessionId};
+
+/// The most exchanges written in one transaction.
+pub(super) const MAX_BATCH: usize = 512;
+/// Commands allowed to queue before callers wait.
+const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
+
+/// Where an append's answer goes.
+pub(super) type Reply = oneshot::Sender<Result<ConversationEntry, StoreError>>;
+
+/// Work for a writer.
+pub(super) enum Command {
+    Append(Pending),
+    Delete {
+        session: String,
+        done: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Clear {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Expire {
+        before: i64,
+        done: oneshot::Sender<Result<usize, StoreError>>,
+    },
+}
+
+/// One exchange waiting for the next group commit.
+pub(super) struct Pending {
+    pub session: SessionId,
+    pub exchange: NewExchange,
+    pub replier: Arc<dyn Replier>,
+    pub done: Reply,
+}
+
+/// The callers' end of the queue.
+pub(super) struct Writes {
+    sender: mpsc::Sender<Command>,
+}
+
+impl Writes {
+    /// A queue, and the end the writer reads.
+    pub fn channel() -> (Self, mpsc::Receiver<Command>) {
+        let (sender, queue) = mpsc::channel(QUEUE_DEPTH);
+        (Self { sender }, queue)
+    }
+
+    pub async fn append(
+        &self,
+        session: &SessionId,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
+    ) -> Result<ConversationEntry, StoreError> {
+        self.submit(|done| {
+            Command::Append(Pending {
+                session: session.clone(),
+                exchange,
+                replier,
+                done,
+            })
+        })
+        .await
+    }
+
+    pub async fn delete(&self, session: &str) -> Result<bool, StoreError> {
+        let session = session.to_owned();
+        self.submit(|done| Command::Delete { session, done }).await
+    }
+
+    pub async fn clear(&self) -> Result<(), StoreError> {
+        self.submit(|done| Command::Clear { done }).await
+    }
+
+    pub async fn expire(&self, before: i64) -> Result<usize, StoreError> {
+        self.submit(|done| Command::Expire { before, done }).await
+    }
+
+    /// Hands `command` to the writer and waits for its answer.
+    async fn submit<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let gone = || StoreError::Unavailable("the writer stopped".into());
+        let (done, answer) = oneshot::channel();
+        self.sender.send(command(done)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// How many exchanges went into how many commits, and how many flushes to
+/// disk the writer made itself (SQLite), for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    commits: AtomicU64,
+    exchanges: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl CommitStats {
+    /// (commits, exchanges) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.exchanges.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many times the writer flushed its log to disk.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Counts a commit of `exchanges` exchanges.
+    pub(super) fn committed(&self, exchanges: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.exchanges.fetch_add(exchanges, Ordering::Relaxed);
+    }
+
+    /// Counts a flush.
+    pub(super) fn synced(&self) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+}

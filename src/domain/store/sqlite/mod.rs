@@ -1,0 +1,459 @@
+//! The default store: one SQLite file for durability, RAM for reads.
+//!
+//! The process owns the file alone (it holds an exclusive lock on it), so
+//! what it has read from the file stays true until it writes again: history
+//! pages and stats come from a cache of whole sessions in the memory store's
+//! compact form ([`cache`]), filled from the file on first use and bounded by
+//! `--cache-mb`. Writes go through one writer thread with group commit and a
+//! separate flush ([`writer`]); they reach the cache only once on disk. The
+//! session list and search cover sessions not in RAM too, so they are
+//! indexed queries on reader connections.
+
+mod cache;
+mod writer;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, params};
+use sqlx::ConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::Semaphore;
+
+use self::cache::Cache;
+pub use self::writer::SyncMode;
+use super::compact::{Replies, Session};
+use super::queue::{CommitStats, Writes};
+use super::{
+    Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
+    StoreError, contains_pattern, prefix_end,
+};
+use crate::domain::chatbot::Replier;
+use crate::domain::models::{ConversationEntry, SessionId};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The writer's page cache (SQLite's default is 2 MiB): the leaves that
+/// random sessions' inserts land in stay in RAM.
+const WRITER_CACHE_KIB: usize = 16 * 1024;
+/// The log's size in pages past which the writer checkpoints after a commit.
+const WRITER_CHECKPOINT_PAGES: usize = 4000;
+/// Reader connections: reads the cache cannot answer run on at most this
+/// many at once (more would only take memory: each has its page cache).
+const READERS: usize = 4;
+/// Each reader's page cache: a cold read touches a session's few pages once.
+const READER_CACHE_KIB: usize = 1024;
+
+/// How to open a SQLite store.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteOptions {
+    pub caps: Caps,
+    /// The read cache's budget in bytes.
+    pub cache_bytes: usize,
+    pub sync: SyncMode,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            caps: Caps::default(),
+            cache_bytes: 256 << 20,
+            sync: SyncMode::default(),
+        }
+    }
+}
+
+/// A SQLite file with a RAM cache in front.
+pub struct SqliteStore {
+    cache: Arc<Mutex<Cache>>,
+    readers: Arc<Readers>,
+    writes: Writes,
+    stats: Arc<CommitStats>,
+    /// The open file holding the lock that keeps other processes out.
+    lock: Mutex<Option<File>>,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        unavailable(err)
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(err: rusqlite::types::FromSqlError) -> Self {
+        unavailable(err)
+    }
+}
+
+/// Settings of every connection: write-ahead log, cascading deletes. The
+/// writer's commits do not wait for the disk; its syncer does (see [`writer`]).
+const CONNECTION_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
+
+impl SqliteStore {
+    /// Opens (or creates) the file at `path`, runs the migrations and starts
+    /// the writer. Fails if another process has the file open as a store.
+    pub async fn open(path: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(unavailable)?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Unavailable(
+                "the file is in use by another chatbot-api process (one process per SQLite file; \
+                 use PostgreSQL to share a database)"
+                    .into(),
+            )
+        })?;
+        // Migrations as sqlx writes them, so files of earlier versions open.
+        let mut migrating = SqliteConnectOptions::from_str(path)
+            .map_err(unavailable)?
+            .create_if_missing(true)
+            .connect()
+            .await
+            .map_err(unavailable)?;
+        MIGRATIONS
+            .run(&mut migrating)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        sqlx::Connection::close(migrating)
+            .await
+            .map_err(unavailable)?;
+
+        let path = PathBuf::from(path);
+        let conn = open_connection(&path).map_err(unavailable)?;
+        // The checkpointer copies the log into the database file in the
+        // background; what is left for the writer's own checkpoint (which
+        // alone can start the log afresh) is then small.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+        ))
+        .map_err(unavailable)?;
+        let checkpointer = open_connection(&path).map_err(unavailable)?;
+        let cache = Arc::new(Mutex::new(Cache::new(options.cache_bytes)));
+        let stats = Arc::new(CommitStats::default());
+        let (writes, queue) = Writes::channel();
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        writer::spawn(
+            conn,
+            checkpointer,
+            wal.into(),
+            options.sync,
+            options.caps,
+            cache.clone(),
+            stats.clone(),
+            queue,
+        )
+        .map_err(unavailable)?;
+        Ok(Self {
+            cache,
+            readers: Arc::new(Readers::new(path)),
+            writes,
+            stats,
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// Group-commit counters since start.
+    pub fn commit_stats(&self) -> Arc<CommitStats> {
+        self.stats.clone()
+    }
+
+    /// Bytes and sessions in the read cache.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache().usage()
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // Every cache change checks first, then changes: a panic elsewhere
+        // cannot leave it half-updated.
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads a session that is not cached from the file (one indexed
+    /// query), answers `read` from it, and caches it if nothing wrote to
+    /// it meanwhile. `None` when the file has no such session.
+    async fn cold<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&Session, &Replies) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let ticket = self.cache().begin_load();
+        let replies = ticket.replies.clone();
+        let owned_key = key.to_owned();
+        let cache = self.cache.clone();
+        let loaded = self
+            .readers
+            .run(move |conn| load(conn, &owned_key, replies, &cache))
+            .await;
+        let (session, replies) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                self.cache().finish_load(key, None, ticket);
+                return Err(err);
+            }
+        };
+        let answer = session.as_ref().map(|s| read(s, &replies));
+        self.cache().finish_load(key, session, ticket);
+        Ok(answer)
+    }
+}
+
+/// A connection with the store's settings.
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(CONNECTION_SETUP)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+const SELECT_SESSION: &str = "\
+    SELECT user_message, bot_reply, user_name, created_at FROM exchanges \
+    WHERE session_ref = (SELECT id FROM sessions WHERE session_id = ?1) ORDER BY seq";
+
+const SELECT_SUMMARY: &str = "\
+    SELECT session_id, message_count, first_at, last_at FROM sessions WHERE session_id = ?1";
+
+/// Sessions after `?1` and before `?2` (unless empty), in byte order: an
+/// owner's sessions are one range of keys.
+const SELECT_SESSIONS: &str = "\
+    SELECT session_id, message_count, first_at, last_at FROM sessions \
+    WHERE session_id > ?1 AND (?2 = '' OR session_id < ?2) ORDER BY session_id LIMIT ?3";
+
+const SEARCH: &str = "\
+    SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
+    WHERE e.search_text LIKE ?1 ESCAPE '\\' AND (?2 = '' OR s.session_id = ?2) \
+    AND s.session_id >= ?4 AND (?5 = '' OR s.session_id < ?5) \
+    ORDER BY e.created_at DESC, s.session_id DESC, e.seq DESC LIMIT ?3";
+
+/// A whole session from the file, in the compact form, and the store's
+/// replies it refers to. A reply that repeats in the session (a rule's) is
+/// kept once for the whole store, as a written one would be.
+fn load(
+    conn: &Connection,
+    key: &str,
+    mut replies: Replies,
+    cache: &Mutex<Cache>,
+) -> Result<(Option<Session>, Replies), StoreError> {
+    let mut statement = conn.prepare_cached(SELECT_SESSION)?;
+    let mut rows = statement.query([key])?;
+    let mut session = Session::default();
+    let mut seen: HashSet<Box<str>> = HashSet::new();
+    while let Some(row) = rows.next()? {
+        let reply = row.get_ref(1)?.as_str()?;
+        if replies.known(reply).is_none() && !seen.insert(reply.into()) {
+            replies = cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .intern_reply(reply);
+        }
+        session.push_row(
+            row.get_ref(0)?.as_str()?,
+            reply,
+            row.get_ref(2)?.as_str()?,
+            row.get(3)?,
+            &replies,
+        )?;
+    }
+    Ok(((!session.is_empty()).then_some(session), replies))
+}
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
+    Ok(SessionSummary {
+        session_id: row.get(0)?,
+        total_messages: usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+        first_at: row.get(2)?,
+        last_at: row.get(3)?,
+    })
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Connections for reads the cache cannot answer, used on blocking threads:
+/// at most [`READERS`] at once, opened on first need and kept.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::with_capacity(READERS)),
+            permits: Semaphore::new(READERS),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self.permits.acquire().await.map_err(unavailable)?;
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => {
+                    let conn = open_connection(&readers.path)?;
+                    conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
+                    conn
+                }
+            };
+            let result = read(&conn);
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(
+        &self,
+        session: &SessionId,
+        exchange: NewExchange,
+        replier: Arc<dyn Replier>,
+    ) -> Result<ConversationEntry, StoreError> {
+        self.writes.append(session, exchange, replier).await
+    }
+
+    async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
+        if let Some(found) = self.cache().entries(session, page) {
+            return Ok(Some(found));
+        }
+        self.cold(session, |s, replies| s.entries(page, replies.list()))
+            .await
+    }
+
+    async fn history_json(
+        &self,
+        session: &str,
+        page: Page,
+    ) -> Result<Option<JsonPage>, StoreError> {
+        let cached = self.cache().page(session, page);
+        let copy = match cached {
+            Some(copy) => Some(copy),
+            None => {
+                self.cold(session, |s, replies| s.copy_page(page, replies.list()))
+                    .await?
+            }
+        };
+        Ok(copy.map(|copy| copy.into_json()))
+    }
+
+    async fn summary(&self, session: &str) -> Result<Option<SessionSummary>, StoreError> {
+        if let Some(summary) = self.cache().summary(session) {
+            return Ok(Some(summary));
+        }
+        let key = session.to_owned();
+        let row = self
+            .readers
+            .run(move |conn| {
+                use rusqlite::OptionalExtension;
+                Ok(conn
+                    .prepare_cached(SELECT_SUMMARY)?
+                    .query_row([key], summary_row)
+                    .optional()?)
+            })
+            .await?;
+        Ok(row.filter(|s| s.total_messages > 0))
+    }
+
+    async fn sessions(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let from = after.unwrap_or(prefix).to_owned();
+        let to = prefix_end(prefix).unwrap_or_default();
+        self.readers
+            .run(move |conn| {
+                Ok(conn
+                    .prepare_cached(SELECT_SESSIONS)?
+                    .query_map(params![from, to, to_i64(limit)], summary_row)?
+                    .collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    async fn delete(&self, session: &str) -> Result<bool, StoreError> {
+        self.writes.delete(session).await
+    }
+
+    async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
+        let pattern = contains_pattern(&search.text);
+        let only = search.session_id.clone().unwrap_or_default();
+        let from = search.prefix.clone();
+        let to = prefix_end(&search.prefix).unwrap_or_default();
+        let limit = to_i64(search.limit);
+        self.readers
+            .run(move |conn| {
+                let found = conn
+                    .prepare_cached(SEARCH)?
+                    .query_map(params![pattern, only, limit, from, to], |row| {
+                        Ok(Found {
+                            session_id: row.get(0)?,
+                            entry: ConversationEntry {
+                                user_message: Arc::from(row.get_ref(1)?.as_str()?),
+                                bot_reply: Arc::from(row.get_ref(2)?.as_str()?),
+                                user_name: Arc::from(row.get_ref(3)?.as_str()?),
+                                timestamp: row.get(4)?,
+                            },
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.writes.clear().await
+    }
+
+    async fn expire(&self, before: i64) -> Result<usize, StoreError> {
+        self.writes.expire(before).await
+    }
+
+    async fn close(&self) {
+        let (commits, exchanges) = self.stats.snapshot();
+        tracing::info!(commits, exchanges, "group commit totals");
+        // Let another store (a restart in the same process) open the file.
+        self.lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}

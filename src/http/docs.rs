@@ -1,0 +1,198 @@
+//! The OpenAPI document: schemas of the wire shapes and the document's
+//! frame. Operations come from the `#[utoipa::path]` on each handler, and a
+//! route exists only through `utoipa_axum::routes!`, so whatever is routed is
+//! documented.
+//!
+//! The wire types serialize by hand (compact storage, fixed field order); the
+//! schemas here describe what they write, and schemathesis in CI checks every
+//! response against them.
+
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+/// `POST /chat` body. Unknown fields are ignored; a key given twice: the last wins.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"user_message": "Hello!", "user_name": "Alice", "session_id": "alice_chat"}))]
+pub struct ChatRequestBody {
+    /// The user's message (1 to 4,000 characters by default; see `--max-message-chars`).
+    #[schema(min_length = 1, max_length = 4000, pattern = r"^[^\x00]*$")]
+    pub user_message: String,
+    /// Who is talking.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        default = "User",
+        pattern = r"^[^\x00]*$"
+    )]
+    #[serde(default)]
+    pub user_name: String,
+    /// The conversation this message belongs to.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        default = "default",
+        pattern = r"^[^/\x00-\x1f\x7f]+$"
+    )]
+    #[serde(default)]
+    pub session_id: String,
+}
+
+/// `POST /chat` answer, fields in this order.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"bot_reply": "Hi there! How can I help you today?", "user_message": "Hello!",
+    "user_name": "Alice", "session_id": "alice_chat", "timestamp": "2025-11-09 19:55:43"}))]
+pub struct ChatResponseBody {
+    pub bot_reply: String,
+    pub user_message: String,
+    pub user_name: String,
+    pub session_id: String,
+    /// Server-local time, `%Y-%m-%d %H:%M:%S`.
+    #[schema(example = "2025-11-09 19:55:43")]
+    pub timestamp: String,
+}
+
+/// One exchange of a history, fields in this order.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"user_message": "Hello!", "bot_reply": "Hi there! How can I help you today?",
+    "user_name": "Alice", "timestamp": "2025-11-09 19:55:43"}))]
+pub struct HistoryEntry {
+    pub user_message: String,
+    pub bot_reply: String,
+    pub user_name: String,
+    /// Server-local time, `%Y-%m-%d %H:%M:%S`.
+    pub timestamp: String,
+}
+
+/// One session of `GET /chat/sessions`.
+#[derive(Serialize, ToSchema)]
+pub struct SessionItem {
+    pub session_id: String,
+    pub total_messages: u64,
+    pub first_message_time: String,
+    pub last_message_time: String,
+}
+
+/// `GET /chat/history/{session_id}/stats`.
+#[derive(Serialize, ToSchema)]
+pub struct StatsBody {
+    pub total_messages: u64,
+    pub first_message_time: String,
+    pub last_message_time: String,
+}
+
+/// A search hit: an exchange with the session it belongs to.
+#[derive(Serialize, ToSchema)]
+pub struct SearchHit {
+    pub session_id: String,
+    pub user_message: String,
+    pub bot_reply: String,
+    pub user_name: String,
+    pub timestamp: String,
+}
+
+/// Every error but a validation error: `{"detail": "…"}`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"detail": "No conversation history found for session 'nonexistent_session'"}))]
+pub struct DetailBody {
+    pub detail: String,
+}
+
+/// The errors every conversation route can answer besides its own.
+#[derive(utoipa::IntoResponses)]
+pub enum ConversationErrors {
+    #[response(
+        status = 401,
+        description = "API key missing or wrong (when the server has keys)"
+    )]
+    Unauthorized(DetailBody),
+    #[response(status = 429, description = "Rate limit exceeded (see Retry-After)")]
+    TooManyRequests(DetailBody),
+    #[response(status = 503, description = "Storage unavailable")]
+    Unavailable(DetailBody),
+}
+
+/// One problem with a request, as pydantic reports it.
+#[derive(Serialize, ToSchema)]
+pub struct ValidationItem {
+    /// e.g. `missing`, `string_type`, `string_too_long`, `json_invalid`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where: `["body", "user_message"]`, `["query", "limit"]`, `["body", 17]`.
+    pub loc: Vec<serde_json::Value>,
+    pub msg: String,
+    /// The offending value.
+    pub input: serde_json::Value,
+    /// Constraint details, such as `{"max_length": 4000}`.
+    pub ctx: Option<serde_json::Value>,
+}
+
+/// A 422: `{"detail": [ … ]}`, one item per problem.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"detail": [{"type": "missing", "loc": ["body", "user_message"],
+    "msg": "Field required", "input": {"user_name": "Alice"}}]}))]
+pub struct ValidationBody {
+    pub detail: Vec<ValidationItem>,
+}
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct StatusBody {
+    pub status: String,
+}
+
+/// `GET /debug/sessions`.
+#[derive(Serialize, ToSchema)]
+pub struct DebugSessions {
+    pub total_sessions: u64,
+    pub session_ids: Vec<String>,
+    pub total_messages: u64,
+}
+
+/// Marks every conversation operation as needing an API key, given as
+/// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+pub fn require_api_key(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    components.add_security_scheme(
+        "api_key",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+    );
+    let either = [
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::new("api_key", Vec::<String>::new()),
+    ];
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if path.starts_with("/chat") || path.starts_with("/debug") {
+            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                operation.security = Some(either.to_vec());
+            }
+        }
+    }
+}
+
+/// The document's frame; paths are added by the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chatbot-api",
+        description = "A conversation-history chat server that speaks the FastAPI tutorial server's wire format byte for byte.",
+        license(name = "MIT")
+    ),
+    components(schemas(crate::domain::export::ExportFormat)),
+    tags(
+        (name = "chat", description = "Send messages and read conversations"),
+        (name = "sessions", description = "Across conversations: list and search"),
+        (name = "service", description = "Health, index and debugging")
+    )
+)]
+pub struct ApiDoc;

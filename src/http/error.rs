@@ -1,0 +1,168 @@
+//! One error type for the whole API, rendered in FastAPI's JSON shapes.
+//!
+//! Client mistakes get the exact bodies of `docs/API.md`; server faults are
+//! logged here and answered without internals.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::domain::store::StoreError;
+
+/// One element of an error location: a name or an index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Loc {
+    Key(&'static str),
+    Index(usize),
+}
+
+impl From<&'static str> for Loc {
+    fn from(key: &'static str) -> Self {
+        Self::Key(key)
+    }
+}
+
+impl From<usize> for Loc {
+    fn from(index: usize) -> Self {
+        Self::Index(index)
+    }
+}
+
+/// One item of a 422 `detail` list, as pydantic writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidationIssue {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub loc: Vec<Loc>,
+    pub msg: String,
+    pub input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<Value>,
+}
+
+impl ValidationIssue {
+    pub fn new(kind: &'static str, loc: Vec<Loc>, msg: impl Into<String>, input: Value) -> Self {
+        Self {
+            kind,
+            loc,
+            msg: msg.into(),
+            input,
+            ctx: None,
+        }
+    }
+
+    pub fn with_ctx(mut self, ctx: Value) -> Self {
+        self.ctx = Some(ctx);
+        self
+    }
+}
+
+/// Everything a request can end in other than success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No route has this path.
+    #[error("not found")]
+    NotFound,
+    /// The path exists but not with this method; axum adds the `allow` header.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The session has no stored exchanges.
+    #[error("no conversation history for session {0:?}")]
+    NoHistory(String),
+    /// The request failed validation; one issue per bad field.
+    #[error("request validation failed")]
+    Validation(Vec<ValidationIssue>),
+    /// The body is larger than the configured limit.
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The body could not be read from the connection.
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    /// The body did not arrive within the request timeout.
+    #[error("request body timed out after {seconds} s")]
+    RequestTimeout { seconds: u64 },
+    /// No valid API key on a server that requires one.
+    #[error("not authenticated")]
+    Unauthorized,
+    /// The store failed; the cause is logged, never sent.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn status_and_detail(&self) -> (StatusCode, Value) {
+        match self {
+            Self::NotFound => (StatusCode::NOT_FOUND, json!("Not Found")),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!("Method Not Allowed")),
+            Self::NoHistory(session) => (
+                StatusCode::NOT_FOUND,
+                json!(format!(
+                    "No conversation history found for session '{session}'"
+                )),
+            ),
+            Self::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!(issues)),
+            Self::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!(format!(
+                    "Request body too large: the limit is {limit} bytes"
+                )),
+            ),
+            Self::BodyUnreadable => (
+                StatusCode::BAD_REQUEST,
+                json!("There was an error parsing the body"),
+            ),
+            Self::RequestTimeout { seconds } => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!(format!(
+                    "Request timed out: the body did not arrive within {seconds} seconds"
+                )),
+            ),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
+            Self::Store(StoreError::Full(detail)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, json!(detail))
+            }
+            Self::Store(StoreError::Unavailable(cause)) => {
+                tracing::error!(error = %cause, "store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!("Storage unavailable"),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = self.status_and_detail();
+        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        match self {
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of a slow body is not worth waiting for.
+            Self::RequestTimeout { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The fallback for paths no route matches.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// The fallback for a known path with an unsupported method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,226 @@
+//! The HTTP face of the service: the router and its layers, extractors,
+//! errors in each API's shape, JSON bodies, API keys, the rate limit, the
+//! OpenAPI document and the accept loop. It reads and writes through
+//! `crate::domain`, which knows nothing of HTTP.
+//!
+//! [`app`] builds the whole router from an [`AppState`], so tests can drive it
+//! in-process; [`serve`] runs it on a listener until a shutdown signal.
+
+pub mod auth;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod json;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod validate;
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRef, Request};
+use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use self::auth::ApiKeys;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use self::validate::Limits;
+use crate::domain::chatbot::Replier;
+use crate::domain::store::Store;
+
+/// What every handler shares: the store, the reply engine and the limits.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub chatbot: Arc<dyn Replier>,
+    pub limits: Limits,
+    /// Mount the seed's `/debug/*` endpoints (which can erase everything).
+    pub debug_endpoints: bool,
+    /// The API keys; none configured: an open server.
+    pub keys: Arc<ApiKeys>,
+    /// Requests per second and burst per key (or client address), if limited.
+    pub rate_limit: Option<(u32, u32)>,
+    /// Origins allowed to call the API from a browser.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, chatbot: impl Replier, limits: Limits) -> Self {
+        Self {
+            store,
+            chatbot: Arc::new(chatbot),
+            limits,
+            debug_endpoints: false,
+            keys: Arc::default(),
+            rate_limit: None,
+            cors_origins: Vec::new(),
+        }
+    }
+
+    /// The same state requiring one of `keys` on every conversation route.
+    pub fn with_api_keys(mut self, keys: ApiKeys) -> Self {
+        self.keys = Arc::new(keys);
+        self
+    }
+
+    /// The same state limiting each client to `per_second` with a `burst`.
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate_limit = Some((per_second, burst));
+        self
+    }
+
+    /// The same state allowing these origins (CORS).
+    pub fn with_cors_origins(mut self, origins: Vec<HeaderValue>) -> Self {
+        self.cors_origins = origins;
+        self
+    }
+
+    /// The same state with the debug endpoints on or off.
+    pub fn with_debug_endpoints(mut self, on: bool) -> Self {
+        self.debug_endpoints = on;
+        self
+    }
+}
+
+impl FromRef<AppState> for Arc<ApiKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+impl FromRef<AppState> for Limits {
+    fn from_ref(state: &AppState) -> Self {
+        state.limits
+    }
+}
+
+/// The whole HTTP application as one service: the documented routes,
+/// `/openapi.json`, Swagger UI at `/docs`, FastAPI's 404/405 bodies for
+/// everything else, and around them the body timeout, CORS, panic catching
+/// and the access log.
+pub type App = BoxCloneSyncService<Request<Body>, Response, Infallible>;
+
+/// Builds the [`App`] for `state`.
+///
+/// The layers wrap the router as a whole rather than through
+/// `Router::layer`, which would wrap (and clone, per request) every route.
+pub fn app(state: AppState) -> App {
+    let (router, api) = documented(&state);
+    // Without configured origins there is no CORS layer at all: no headers, no cost.
+    let cors = (!state.cors_origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ])
+            .expose_headers([
+                header::LINK,
+                HeaderName::from_static("x-total-count"),
+                header::RETRY_AFTER,
+            ])
+    });
+    let body_timeout = state.limits.request_timeout;
+    let router = router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        // Applies to the routes above, so it comes after them.
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .with_state(state);
+    let service = ServiceBuilder::new()
+        .option_layer(
+            telemetry::access_log_enabled().then(|| middleware::from_fn(telemetry::access_log)),
+        )
+        .map_response(|response: Response<_>| response.map(Body::new))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .option_layer(cors)
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .service(router);
+    BoxCloneSyncService::new(service)
+}
+
+/// Every route with its OpenAPI operation: registering a route through
+/// `utoipa_axum::routes!` is what documents it.
+pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut conversations = OpenApiRouter::new()
+        .merge(routes::chat::router())
+        .merge(routes::history::router())
+        .merge(routes::sessions::router());
+    if state.debug_endpoints {
+        conversations = conversations.merge(routes::debug::router());
+    }
+    // Layers apply to the routes added before them: key check first, then
+    // the rate limit around it, so floods of bad keys are limited too.
+    // An open server has one owner: no key to check on each request.
+    if !state.keys.is_open() {
+        conversations = conversations.route_layer(middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key,
+        ));
+    }
+    if let Some((per_second, burst)) = state.rate_limit {
+        conversations =
+            conversations.route_layer(ratelimit::layer(per_second, burst, state.keys.clone()));
+    }
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .merge(conversations)
+        .merge(routes::health::router())
+        .merge(routes::ui::router())
+}
+
+/// The routes and the OpenAPI document served at `/openapi.json`.
+fn documented(state: &AppState) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = api_router(state).split_for_parts();
+    if !state.keys.is_open() {
+        docs::require_api_key(&mut api);
+    }
+    (router, api)
+}
+
+/// A panic in a handler becomes a bare 500: logged here, never shown.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "detail": "Internal Server Error" })),
+    )
+        .into_response()
+}
+
+/// Serves `state` on `listener` until `shutdown` completes; requests already
+/// in flight are allowed to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let header_timeout = state.limits.request_timeout;
+    // Only the rate limit looks at the client's address.
+    let peer_info = state.rate_limit.is_some();
+    server::serve(listener, app(state), header_timeout, peer_info, shutdown).await
+}
