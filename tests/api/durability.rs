@@ -37,6 +37,7 @@ async fn append(store: &dyn Store, session: &SessionId, message: &str) -> Conver
         .append(session, exchange, Arc::new(Chatbot::seed()))
         .await
         .unwrap()
+        .entry
 }
 
 #[tokio::test]

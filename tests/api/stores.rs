@@ -52,6 +52,7 @@ async fn say(
         .append(session, exchange, Arc::new(Echo::default()))
         .await
         .unwrap()
+        .entry
 }
 
 fn sid(id: &str) -> SessionId {

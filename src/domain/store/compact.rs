@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{HistoryPage, NewExchange, Page, SessionSummary, StoreError};
+use super::{At, HistoryPage, Metadata, NewExchange, Numbered, Page, SessionSummary, StoreError};
 use crate::domain::chatbot::{CONTEXT_EXCHANGES, History};
 use crate::domain::models::ConversationEntry;
 use crate::domain::wire::{self, HistoryWriter, Text};
@@ -134,9 +134,121 @@ pub(super) struct Session {
     text: String,
     exchanges: Vec<Stored>,
     names: Vec<Arc<Shared>>,
+    /// Each exchange's id, once they are not simply 1, 2, … (after an
+    /// exchange was removed); empty until then.
+    ids: Vec<u32>,
+    /// How many ids were given: the next exchange gets one more.
+    issued: u32,
+    /// What a conversation created through `/v1` carries.
+    meta: Option<Box<Meta>>,
+}
+
+/// A conversation's creation time and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Meta {
+    pub created_at: i64,
+    pub metadata: Metadata,
 }
 
 impl Session {
+    /// An empty conversation created with `meta`.
+    pub fn created(meta: Meta) -> Self {
+        Self {
+            meta: Some(Box::new(meta)),
+            ..Self::default()
+        }
+    }
+
+    /// The conversation's creation time and metadata: a seed session began
+    /// with its first exchange and has none.
+    pub fn meta(&self) -> Option<Meta> {
+        match &self.meta {
+            Some(meta) => Some((**meta).clone()),
+            None => self.exchanges.first().map(|first| Meta {
+                created_at: first.timestamp,
+                metadata: Vec::new(),
+            }),
+        }
+    }
+
+    /// Replaces the metadata, keeping when the conversation began.
+    pub fn set_metadata(&mut self, metadata: Metadata) {
+        let created_at = self.meta().map_or_else(crate::domain::models::now, |m| m.created_at);
+        self.meta = Some(Box::new(Meta {
+            created_at,
+            metadata,
+        }));
+    }
+
+    /// Whether it was created as a conversation (and so lives on empty).
+    pub fn has_meta(&self) -> bool {
+        self.meta.is_some()
+    }
+
+    /// The id of exchange `i`.
+    pub fn id(&self, i: usize) -> u64 {
+        match self.ids.get(i) {
+            Some(id) => u64::from(*id),
+            None => i as u64 + 1,
+        }
+    }
+
+    /// The position of the exchange `at` names, if there is one.
+    pub fn position(&self, at: At) -> Option<usize> {
+        match at {
+            At::Position(n) => (n < self.len()).then_some(n),
+            At::Seq(seq) if self.ids.is_empty() => {
+                (1..=self.len() as u64).contains(&seq).then(|| seq as usize - 1)
+            }
+            At::Seq(seq) => {
+                let seq = u32::try_from(seq).ok()?;
+                self.ids.binary_search(&seq).ok()
+            }
+        }
+    }
+
+    /// Every exchange with its id, oldest first.
+    pub fn numbered(&self, replies: &[Shared]) -> Vec<Numbered> {
+        (0..self.len())
+            .map(|i| Numbered {
+                seq: self.id(i),
+                entry: self.entry(i, replies),
+            })
+            .collect()
+    }
+
+    /// The same session with exchange `at` replaced by `edited`, or removed
+    /// when `None`: written again from the start (edits are rare; the packed
+    /// text has no room to change in place).
+    pub fn rewritten(
+        &self,
+        at: usize,
+        edited: Option<&ConversationEntry>,
+        replies: &mut Replies,
+    ) -> Result<Self, StoreError> {
+        let mut session = Self {
+            meta: self.meta.clone(),
+            ..Self::default()
+        };
+        let shown = replies.list().clone();
+        let mut ids = Vec::with_capacity(self.len());
+        for i in 0..self.len() {
+            let entry = match (i == at, edited) {
+                (false, _) => self.entry(i, &shown),
+                (true, Some(entry)) => entry.clone(),
+                (true, None) => continue,
+            };
+            session.push_entry(&entry, replies)?;
+            ids.push(self.id(i) as u32);
+        }
+        session.issued = self.issued;
+        let plain = ids.iter().enumerate().all(|(i, id)| *id as usize == i + 1);
+        if !(plain && self.issued as usize == ids.len()) {
+            session.ids = ids;
+        }
+        Ok(session)
+    }
+
     pub fn len(&self) -> usize {
         self.exchanges.len()
     }
@@ -145,9 +257,13 @@ impl Session {
         self.exchanges.is_empty()
     }
 
-    /// The timestamp of the latest exchange.
+    /// The timestamp of the latest exchange, or when an empty conversation
+    /// was created.
     pub fn last_at(&self) -> Option<i64> {
-        self.exchanges.last().map(|last| last.timestamp)
+        self.exchanges
+            .last()
+            .map(|last| last.timestamp)
+            .or_else(|| self.meta.as_ref().map(|meta| meta.created_at))
     }
 
     /// About how many bytes of heap the session takes, its key included.
@@ -156,6 +272,7 @@ impl Session {
             + key.len()
             + self.text.capacity()
             + self.exchanges.capacity() * std::mem::size_of::<Stored>()
+            + self.ids.capacity() * 4
             + self
                 .names
                 .iter()
@@ -310,13 +427,26 @@ impl Session {
             ESCAPED
         };
         let name = self.name_index(user_name) | escaped;
+        if self.ids.is_empty() && self.issued as usize != self.exchanges.len() {
+            // The ids so far are 1, 2, …, but the next one is not one more.
+            self.ids = (1..=self.exchanges.len() as u32).collect();
+        }
         self.exchanges.push(Stored {
             timestamp,
             message_end,
             reply,
             name,
         });
+        self.issued += 1;
+        if !self.ids.is_empty() {
+            self.ids.push(self.issued);
+        }
         Ok(())
+    }
+
+    /// The id of the latest exchange.
+    pub fn last_id(&self) -> u64 {
+        self.len().checked_sub(1).map_or(0, |i| self.id(i))
     }
 
     /// The text kept and how many user names (for tests of sharing).

@@ -8,13 +8,13 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::compact::{Replies, Session};
+use super::compact::{Meta, Replies, Session};
 use super::{
-    Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
-    StoreError,
+    Caps, Change, Changed, Conversation, Edited, Found, HistoryPage, JsonPage, NewExchange,
+    Numbered, Page, Search, SessionSummary, Store, StoreError,
 };
 use crate::domain::chatbot::Replier;
-use crate::domain::models::{ConversationEntry, SessionId};
+use crate::domain::models::SessionId;
 
 /// Everything behind the lock.
 #[derive(Debug, Default)]
@@ -52,6 +52,14 @@ impl MemoryStore {
         }
     }
 
+    /// Refuses `adding` exchanges to a session of `has` past the cap.
+    fn check_room(&self, has: usize, adding: usize) -> Result<(), StoreError> {
+        match self.caps.max_messages_per_session {
+            Some(max) if has + adding > max => Err(Caps::session_full(max)),
+            _ => Ok(()),
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // A panic elsewhere cannot leave the map half-updated: every write
         // checks first, then pushes.
@@ -70,7 +78,7 @@ impl Store for MemoryStore {
         session: &SessionId,
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
-    ) -> Result<ConversationEntry, StoreError> {
+    ) -> Result<Numbered, StoreError> {
         let mut guard = self.write();
         let inner = &mut *guard;
         if let Some(max) = self.caps.max_sessions
@@ -96,12 +104,113 @@ impl Store for MemoryStore {
         let bot_reply = replier.reply(&exchange.user_message, &stored.recent());
         let shared = inner.replies.share(&bot_reply);
         let result = stored.push(&exchange, &bot_reply, shared);
-        if stored.is_empty() {
+        let seq = stored.last_id();
+        if stored.is_empty() && !stored.has_meta() {
             // A first exchange that did not fit leaves no empty session behind.
             inner.sessions.remove(session.as_str());
         }
         result?;
-        Ok(exchange.answered(bot_reply))
+        Ok(Numbered {
+            seq,
+            entry: exchange.answered(bot_reply),
+        })
+    }
+
+    async fn change(&self, session: &SessionId, change: Change) -> Result<Changed, StoreError> {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let key = session.as_str();
+        match change {
+            Change::Create {
+                created_at,
+                metadata,
+                exchanges,
+            } => {
+                if inner.sessions.contains_key(key) {
+                    return Ok(Changed::Created(false));
+                }
+                if let Some(max) = self.caps.max_sessions
+                    && inner.sessions.len() >= max
+                {
+                    return Err(Caps::sessions_full(max));
+                }
+                self.check_room(0, exchanges.len())?;
+                let mut created = Session::created(Meta {
+                    created_at,
+                    metadata,
+                });
+                for entry in &exchanges {
+                    created.push_entry(entry, &mut inner.replies)?;
+                }
+                inner.sessions.insert(key.to_owned(), created);
+                Ok(Changed::Created(true))
+            }
+            Change::SetMetadata(metadata) => Ok(Changed::Metadata(
+                match inner.sessions.get_mut(key) {
+                    Some(stored) => {
+                        stored.set_metadata(metadata);
+                        true
+                    }
+                    None => false,
+                },
+            )),
+            Change::Import(exchanges) => {
+                let Some(stored) = inner.sessions.get_mut(key) else {
+                    return Ok(Changed::Imported(None));
+                };
+                self.check_room(stored.len(), exchanges.len())?;
+                let mut ids = Vec::with_capacity(exchanges.len());
+                for entry in &exchanges {
+                    stored.push_entry(entry, &mut inner.replies)?;
+                    ids.push(stored.last_id());
+                }
+                Ok(Changed::Imported(Some(ids)))
+            }
+            Change::Edit { at, edit } => {
+                let Some(stored) = inner.sessions.get(key) else {
+                    return Ok(Changed::Edited(None));
+                };
+                let Some(i) = stored.position(at) else {
+                    return Ok(Changed::Edited(None));
+                };
+                let seq = stored.id(i);
+                let edited = edit.apply(&stored.entry(i, inner.replies.list()));
+                let rewritten = stored.rewritten(i, edited.as_ref(), &mut inner.replies)?;
+                if rewritten.is_empty() && !rewritten.has_meta() {
+                    // A seed session without exchanges is no session.
+                    inner.sessions.remove(key);
+                } else {
+                    inner.sessions.insert(key.to_owned(), rewritten);
+                }
+                Ok(Changed::Edited(Some(match edited {
+                    Some(entry) => Edited::Kept(Numbered { seq, entry }),
+                    None => Edited::Removed(seq),
+                })))
+            }
+        }
+    }
+
+    async fn conversation(
+        &self,
+        session: &str,
+        exchanges: bool,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let inner = self.read();
+        let Some(stored) = inner.sessions.get(session) else {
+            return Ok(None);
+        };
+        let Some(meta) = stored.meta() else {
+            return Ok(None);
+        };
+        Ok(Some(Conversation {
+            created_at: meta.created_at,
+            metadata: meta.metadata,
+            exchanges: if exchanges {
+                stored.numbered(inner.replies.list())
+            } else {
+                Vec::new()
+            },
+        }))
     }
 
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {

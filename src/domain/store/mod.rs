@@ -42,6 +42,140 @@ impl NewExchange {
     }
 }
 
+/// An exchange and its id in its session: given when the exchange is
+/// stored, kept through edits and deletions of others, never given again in
+/// that session. Ids grow with each exchange stored (1, 2, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbered {
+    pub seq: u64,
+    pub entry: ConversationEntry,
+}
+
+impl std::ops::Deref for Numbered {
+    type Target = ConversationEntry;
+    fn deref(&self) -> &ConversationEntry {
+        &self.entry
+    }
+}
+
+/// Text pairs a client attaches to a conversation, in the order given.
+pub type Metadata = Vec<(String, String)>;
+
+/// A conversation as a whole: when it began, what the client attached to
+/// it, and (when asked for) its exchanges, oldest first. A session started
+/// by `POST /chat` is a conversation too: it began with its first exchange
+/// and has no metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// Unix seconds.
+    pub created_at: i64,
+    pub metadata: Metadata,
+    pub exchanges: Vec<Numbered>,
+}
+
+/// Which exchange of a session: by position (0-based, oldest first) or by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    Position(usize),
+    Seq(u64),
+}
+
+/// A change to one exchange. Each `Some` replaces that half's text; an empty
+/// text removes the half, and an exchange left with neither half is removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edit {
+    pub user_message: Option<Arc<str>>,
+    pub bot_reply: Option<Arc<str>>,
+}
+
+impl Edit {
+    /// Removes the whole exchange.
+    pub fn remove() -> Self {
+        Self {
+            user_message: Some(Arc::from("")),
+            bot_reply: Some(Arc::from("")),
+        }
+    }
+
+    /// The exchange after the edit, or `None` when nothing of it is left.
+    pub fn apply(&self, entry: &ConversationEntry) -> Option<ConversationEntry> {
+        let edited = ConversationEntry {
+            user_message: self
+                .user_message
+                .clone()
+                .unwrap_or_else(|| entry.user_message.clone()),
+            bot_reply: self
+                .bot_reply
+                .clone()
+                .unwrap_or_else(|| entry.bot_reply.clone()),
+            user_name: entry.user_name.clone(),
+            timestamp: entry.timestamp,
+        };
+        (!edited.user_message.is_empty() || !edited.bot_reply.is_empty()).then_some(edited)
+    }
+}
+
+/// What became of an edited exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edited {
+    Kept(Numbered),
+    /// Nothing of it was left: it is gone (its id is given).
+    Removed(u64),
+}
+
+/// A write to one conversation other than an answered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new conversation with its first exchanges (stored as given, no
+    /// reply computed); refused if the id is taken.
+    Create {
+        created_at: i64,
+        metadata: Metadata,
+        exchanges: Vec<ConversationEntry>,
+    },
+    /// Replaces the metadata of an existing conversation.
+    SetMetadata(Metadata),
+    /// Appends exchanges as given (an imported transcript) to an existing
+    /// conversation.
+    Import(Vec<ConversationEntry>),
+    /// Edits or removes one exchange.
+    Edit { at: At, edit: Edit },
+}
+
+/// What a [`Change`] did; `false` / `None` when the conversation (or the
+/// exchange) does not exist, or the new id was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    Created(bool),
+    Metadata(bool),
+    /// The ids given to the imported exchanges.
+    Imported(Option<Vec<u64>>),
+    Edited(Option<Edited>),
+}
+
+/// Metadata as stored in a database column: a JSON object.
+pub fn metadata_json(metadata: &Metadata) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Metadata read back from a database column (`None`: a seed session).
+pub fn metadata_from_json(text: Option<&str>) -> Metadata {
+    let Some(Ok(serde_json::Value::Object(object))) = text.map(serde_json::from_str) else {
+        return Vec::new();
+    };
+    object
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(v) => Some((k, v)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Why a store could not do what it was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -159,7 +293,19 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionId,
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
-    ) -> Result<ConversationEntry, StoreError>;
+    ) -> Result<Numbered, StoreError>;
+
+    /// Writes `change` to the conversation (see [`Change`]).
+    async fn change(&self, session: &SessionId, change: Change) -> Result<Changed, StoreError>;
+
+    /// The conversation, with its exchanges if `exchanges`; `None` when it
+    /// does not exist. An empty conversation (created, or emptied by edits)
+    /// exists here but has no history for the seed API.
+    async fn conversation(
+        &self,
+        session: &str,
+        exchanges: bool,
+    ) -> Result<Option<Conversation>, StoreError>;
 
     /// A page of the session's history, oldest first, or `None` when it has none.
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError>;
@@ -231,6 +377,69 @@ pub fn spawn_expiry(
             }
         }
     })
+}
+
+impl dyn Store {
+    /// Creates a conversation; `false` when the id is taken.
+    pub async fn create(
+        &self,
+        session: &SessionId,
+        created_at: i64,
+        metadata: Metadata,
+        exchanges: Vec<ConversationEntry>,
+    ) -> Result<bool, StoreError> {
+        let change = Change::Create {
+            created_at,
+            metadata,
+            exchanges,
+        };
+        match self.change(session, change).await? {
+            Changed::Created(created) => Ok(created),
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Replaces a conversation's metadata; `false` when it does not exist.
+    pub async fn set_metadata(
+        &self,
+        session: &SessionId,
+        metadata: Metadata,
+    ) -> Result<bool, StoreError> {
+        match self.change(session, Change::SetMetadata(metadata)).await? {
+            Changed::Metadata(found) => Ok(found),
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Appends exchanges as given; their ids, or `None` when the
+    /// conversation does not exist.
+    pub async fn import(
+        &self,
+        session: &SessionId,
+        exchanges: Vec<ConversationEntry>,
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        match self.change(session, Change::Import(exchanges)).await? {
+            Changed::Imported(ids) => Ok(ids),
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Edits or removes one exchange; `None` when there is no such exchange.
+    pub async fn edit(
+        &self,
+        session: &SessionId,
+        at: At,
+        edit: Edit,
+    ) -> Result<Option<Edited>, StoreError> {
+        match self.change(session, Change::Edit { at, edit }).await? {
+            Changed::Edited(edited) => Ok(edited),
+            _ => Err(mismatched()),
+        }
+    }
+}
+
+fn mismatched() -> StoreError {
+    StoreError::Unavailable("the store answered a change with another kind".into())
 }
 
 /// Which backend to use, as given to `--store`.

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewExchange, StoreError};
+use super::{Change, Changed, NewExchange, Numbered, StoreError};
 use crate::domain::chatbot::Replier;
-use crate::domain::models::{ConversationEntry, SessionId};
+use crate::domain::models::SessionId;
 
 /// The most exchanges written in one transaction.
 pub(super) const MAX_BATCH: usize = 512;
@@ -18,7 +18,7 @@ pub(super) const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
 
 /// Where an append's answer goes.
-pub(super) type Reply = oneshot::Sender<Result<ConversationEntry, StoreError>>;
+pub(super) type Reply = oneshot::Sender<Result<Numbered, StoreError>>;
 
 /// Work for a writer.
 pub(super) enum Command {
@@ -29,6 +29,11 @@ pub(super) enum Command {
     },
     Clear {
         done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Change {
+        session: SessionId,
+        change: Change,
+        done: oneshot::Sender<Result<Changed, StoreError>>,
     },
     Expire {
         before: i64,
@@ -61,7 +66,7 @@ impl Writes {
         session: &SessionId,
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
-    ) -> Result<ConversationEntry, StoreError> {
+    ) -> Result<Numbered, StoreError> {
         self.submit(|done| {
             Command::Append(Pending {
                 session: session.clone(),
@@ -76,6 +81,20 @@ impl Writes {
     pub async fn delete(&self, session: &str) -> Result<bool, StoreError> {
         let session = session.to_owned();
         self.submit(|done| Command::Delete { session, done }).await
+    }
+
+    pub async fn change(
+        &self,
+        session: &SessionId,
+        change: Change,
+    ) -> Result<Changed, StoreError> {
+        let session = session.clone();
+        self.submit(|done| Command::Change {
+            session,
+            change,
+            done,
+        })
+        .await
     }
 
     pub async fn clear(&self) -> Result<(), StoreError> {

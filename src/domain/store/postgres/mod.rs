@@ -6,6 +6,7 @@
 //! the commit task in [`writer`], which groups appends into one transaction
 //! and answers them only once it has committed.
 
+mod change;
 mod writer;
 
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use writer::commit_loop;
 
 use super::queue::{CommitStats, Writes};
 use super::{
-    Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
-    StoreError, contains_pattern, prefix_end,
+    Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered,
+    Page, Search, SessionSummary, Store, StoreError, contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -37,8 +38,8 @@ const SELECT_SUMMARY: &str = "\
 
 const SELECT_PAGE: &str = "\
     SELECT s.message_count, e.user_message, e.bot_reply, e.user_name, e.created_at \
-    FROM sessions s LEFT JOIN exchanges e \
-    ON e.session_ref = s.id AND e.seq > $2 AND e.seq <= $3 \
+    FROM sessions s LEFT JOIN LATERAL (SELECT seq, user_message, bot_reply, user_name, created_at \
+    FROM exchanges WHERE session_ref = s.id ORDER BY seq OFFSET $2 LIMIT $3) e ON true \
     WHERE s.session_id = $1 ORDER BY e.seq";
 
 /// Sessions after `$1` and before `$2` (unless empty), in byte order (not
@@ -47,7 +48,7 @@ const SELECT_PAGE: &str = "\
 const SELECT_SESSIONS: &str = "\
     SELECT session_id, message_count, first_at, last_at FROM sessions \
     WHERE session_id COLLATE \"C\" > $1 AND ($2 = '' OR session_id COLLATE \"C\" < $2) \
-    ORDER BY session_id COLLATE \"C\" LIMIT $3";
+    AND message_count > 0 ORDER BY session_id COLLATE \"C\" LIMIT $3";
 
 const SEARCH: &str = "\
     SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
@@ -174,13 +175,10 @@ impl PostgresStore {
         session: &str,
         page: Page,
     ) -> Result<Option<(usize, Vec<PgRow>)>, StoreError> {
-        let end = page
-            .limit
-            .map_or(i64::MAX, |limit| to_i64(page.offset.saturating_add(limit)));
         let mut rows = sqlx::query(SELECT_PAGE)
             .bind(session)
             .bind(to_i64(page.offset))
-            .bind(end)
+            .bind(page.limit.map(to_i64))
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -211,8 +209,22 @@ impl Store for PostgresStore {
         session: &SessionId,
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
-    ) -> Result<ConversationEntry, StoreError> {
+    ) -> Result<Numbered, StoreError> {
         self.writes.append(session, exchange, replier).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn change(&self, session: &SessionId, change: Change) -> Result<Changed, StoreError> {
+        self.writes.change(session, change).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn conversation(
+        &self,
+        session: &str,
+        exchanges: bool,
+    ) -> Result<Option<Conversation>, StoreError> {
+        change::read(&self.pool, session, exchanges).await
     }
 
     #[tracing::instrument(skip_all)]

@@ -16,7 +16,7 @@ use super::{ExchangeRow, unavailable};
 use crate::domain::chatbot::CONTEXT_EXCHANGES;
 use crate::domain::models::ConversationEntry;
 use crate::domain::store::queue::{Command, CommitStats, MAX_BATCH, Pending};
-use crate::domain::store::{Caps, StoreError, search_text};
+use crate::domain::store::{Caps, Numbered, StoreError, search_text};
 
 /// Runs until every sender is gone: groups consecutive appends into one
 /// commit; deletes and clears run in queue order between groups.
@@ -40,6 +40,15 @@ pub(super) async fn commit_loop(
                         .await
                         .map(|done| done.rows_affected() > 0)
                         .map_err(unavailable);
+                    let _ = done.send(result);
+                }
+                Command::Change {
+                    session,
+                    change,
+                    done,
+                } => {
+                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    let result = super::change::apply(&pool, caps, session.as_str(), change).await;
                     let _ = done.send(result);
                 }
                 Command::Clear { done } => {
@@ -115,12 +124,14 @@ fn insert_sql(head: &str, rows: usize, columns: usize, tail: &str) -> String {
 /// two instances committing overlapping batches cannot deadlock.
 fn upsert_sessions_sql(sessions: usize) -> String {
     insert_sql(
-        "INSERT INTO sessions (session_id, message_count, first_at, last_at)",
+        "INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq)",
         sessions,
-        4,
+        5,
         "ON CONFLICT (session_id) DO UPDATE \
-         SET message_count = sessions.message_count + excluded.message_count, last_at = excluded.last_at \
-         RETURNING id, session_id, message_count",
+         SET message_count = sessions.message_count + excluded.message_count, \
+         next_seq = sessions.next_seq + excluded.next_seq, last_at = excluded.last_at, \
+         first_at = CASE WHEN sessions.message_count = 0 THEN excluded.first_at ELSE sessions.first_at END \
+         RETURNING id, session_id, next_seq",
     )
 }
 
@@ -135,15 +146,15 @@ fn insert_exchanges_sql(rows: usize) -> String {
 }
 
 /// The latest exchanges of the batch's sessions, read after their rows are
-/// locked, so each reply sees exactly the history before it. `$1` is the
-/// window; the rest are session row ids.
+/// locked (and before this batch's are written), so each reply sees exactly
+/// the history before it. `$1` is the window; the rest are session row ids.
 fn select_context_sql(sessions: usize) -> String {
     let ids: Vec<String> = (0..sessions).map(|i| format!("${}", i + 2)).collect();
     format!(
-        "SELECT e.session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
-         FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
-         WHERE e.session_ref IN ({}) AND e.seq > s.message_count - $1 \
-         ORDER BY e.session_ref, e.seq",
+        "SELECT s.id AS session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
+         FROM sessions s CROSS JOIN LATERAL (SELECT seq, user_message, bot_reply, user_name, created_at \
+         FROM exchanges WHERE session_ref = s.id ORDER BY seq DESC LIMIT $1) e \
+         WHERE s.id IN ({}) ORDER BY s.id, e.seq",
         ids.join(", ")
     )
 }
@@ -210,7 +221,7 @@ async fn write_batch(
     pool: &PgPool,
     batch: &[Pending],
     caps: Caps,
-) -> Result<Vec<Result<ConversationEntry, StoreError>>, sqlx::Error> {
+) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let refusals = admit(&mut tx, batch, caps).await?;
     let admitted: Vec<&Pending> = batch
@@ -250,23 +261,23 @@ async fn write_batch(
                 .bind(*session)
                 .bind(tally.count)
                 .bind(tally.first_at)
-                .bind(tally.last_at);
+                .bind(tally.last_at)
+                .bind(tally.count);
         }
-        for (id, session, count) in query.fetch_all(&mut *tx).await? {
+        for (id, session, last_seq) in query.fetch_all(&mut *tx).await? {
             let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
-            next_seq.insert(session, (id, count - added + 1));
+            next_seq.insert(session, (id, last_seq - added + 1));
         }
     }
 
     // Recent history per session row, read after the rows are locked.
     let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
     let missing: Vec<i64> = next_seq.values().map(|(id, _)| *id).collect();
-    let most_added = tallies.values().map(|t| t.count).max().unwrap_or(0);
     let mut missing = missing.into_iter();
     for size in chunk_sizes(missing.len()) {
         let sql = Statements::of_size(&STATEMENTS.context, size);
         let mut query =
-            sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64 + most_added);
+            sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64);
         for id in missing.by_ref().take(size) {
             query = query.bind(id);
         }
@@ -298,7 +309,7 @@ async fn write_batch(
         let entry = pending.exchange.clone().answered(bot_reply);
         history.push(entry.clone());
         rows.push((session_ref, seq));
-        answered.push(entry);
+        answered.push(Numbered { seq: seq as u64, entry });
     }
 
     let mut written = answered.iter().zip(&rows);
@@ -420,7 +431,7 @@ mod tests {
             insert_sql("INSERT INTO t (a, b)", 2, 2, "X"),
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X"
         );
-        assert!(upsert_sessions_sql(1).contains("VALUES ($1, $2, $3, $4) ON CONFLICT"));
+        assert!(upsert_sessions_sql(1).contains("VALUES ($1, $2, $3, $4, $5) ON CONFLICT"));
         assert!(insert_exchanges_sql(2).ends_with("($8, $9, $10, $11, $12, $13, $14) "));
         assert!(select_context_sql(2).contains("IN ($2, $3)"));
     }

@@ -10,6 +10,7 @@
 //! indexed queries on reader connections.
 
 mod cache;
+mod change;
 mod writer;
 
 use std::collections::HashSet;
@@ -29,8 +30,8 @@ pub use self::writer::SyncMode;
 use super::compact::{Replies, Session};
 use super::queue::{CommitStats, Writes};
 use super::{
-    Caps, Found, HistoryPage, JsonPage, NewExchange, Page, Search, SessionSummary, Store,
-    StoreError, contains_pattern, prefix_end,
+    Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered,
+    Page, Search, SessionSummary, Store, StoreError, contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -233,7 +234,8 @@ const SELECT_SUMMARY: &str = "\
 /// owner's sessions are one range of keys.
 const SELECT_SESSIONS: &str = "\
     SELECT session_id, message_count, first_at, last_at FROM sessions \
-    WHERE session_id > ?1 AND (?2 = '' OR session_id < ?2) ORDER BY session_id LIMIT ?3";
+    WHERE session_id > ?1 AND (?2 = '' OR session_id < ?2) AND message_count > 0 \
+    ORDER BY session_id LIMIT ?3";
 
 const SEARCH: &str = "\
     SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
@@ -344,8 +346,23 @@ impl Store for SqliteStore {
         session: &SessionId,
         exchange: NewExchange,
         replier: Arc<dyn Replier>,
-    ) -> Result<ConversationEntry, StoreError> {
+    ) -> Result<Numbered, StoreError> {
         self.writes.append(session, exchange, replier).await
+    }
+
+    async fn change(&self, session: &SessionId, change: Change) -> Result<Changed, StoreError> {
+        self.writes.change(session, change).await
+    }
+
+    async fn conversation(
+        &self,
+        session: &str,
+        exchanges: bool,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let key = session.to_owned();
+        self.readers
+            .run(move |conn| change::read(conn, &key, exchanges))
+            .await
     }
 
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {

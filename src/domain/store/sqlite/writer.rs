@@ -24,9 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Cache;
 use crate::domain::chatbot::{CONTEXT_EXCHANGES, History};
-use crate::domain::models::ConversationEntry;
 use crate::domain::store::queue::{Command, CommitStats, MAX_BATCH, Pending, Reply};
-use crate::domain::store::{Caps, StoreError, search_text};
+use crate::domain::store::{Caps, Changed, Numbered, StoreError, search_text};
 
 /// Sessions whose latest exchanges the writer keeps for the reply engine.
 const CONTEXT_SESSIONS: usize = 4096;
@@ -58,7 +57,7 @@ impl SyncMode {
 enum Committed {
     Appends {
         /// Each request's answer, in batch order.
-        answers: Vec<(Reply, Result<ConversationEntry, StoreError>)>,
+        answers: Vec<(Reply, Result<Numbered, StoreError>)>,
         /// Stored exchanges: session, position (1-based), index in `answers`.
         stored: Vec<(String, usize, usize)>,
     },
@@ -66,6 +65,11 @@ enum Committed {
         session: String,
         result: Result<bool, StoreError>,
         done: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Changed {
+        session: String,
+        result: Result<Changed, StoreError>,
+        done: oneshot::Sender<Result<Changed, StoreError>>,
     },
     Cleared {
         result: Result<(), StoreError>,
@@ -107,16 +111,19 @@ impl History for Context {
 }
 
 const UPSERT_SESSION: &str = "\
-    INSERT INTO sessions (session_id, message_count, first_at, last_at) VALUES (?1, 1, ?2, ?2) \
+    INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
+    VALUES (?1, 1, ?2, ?2, 1) \
     ON CONFLICT (session_id) DO UPDATE \
-    SET message_count = message_count + 1, last_at = excluded.last_at \
-    RETURNING id, message_count";
+    SET message_count = message_count + 1, next_seq = next_seq + 1, last_at = excluded.last_at, \
+    first_at = CASE WHEN message_count = 0 THEN excluded.first_at ELSE first_at END \
+    RETURNING id, message_count, next_seq";
 const INSERT_EXCHANGE: &str = "\
     INSERT INTO exchanges \
     (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const SELECT_CONTEXT: &str = "\
-    SELECT user_message, user_name FROM exchanges WHERE session_ref = ?1 AND seq > ?2 ORDER BY seq";
+    SELECT user_message, user_name FROM (SELECT seq, user_message, user_name FROM exchanges \
+    WHERE session_ref = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq";
 const SELECT_COUNT: &str = "SELECT message_count FROM sessions WHERE session_id = ?1";
 
 /// The writer's side: its connection, what it remembers, where it hands off.
@@ -250,6 +257,22 @@ impl Writer {
                     done,
                 });
             }
+            Command::Change {
+                session,
+                change,
+                done,
+            } => {
+                self.context.remove(session.as_str());
+                let result = super::change::apply(&mut self.conn, self.caps, session.as_str(), change);
+                if let Err(err) = &result {
+                    tracing::debug!(error = %err, "conversation change refused or failed");
+                }
+                self.hand_off(Committed::Changed {
+                    session: session.as_str().to_owned(),
+                    result,
+                    done,
+                });
+            }
             Command::Clear { done } => {
                 self.context.clear();
                 let result = self
@@ -312,7 +335,7 @@ impl Writer {
         batch: &[Pending],
     ) -> Result<
         (
-            Vec<Result<ConversationEntry, StoreError>>,
+            Vec<Result<Numbered, StoreError>>,
             Vec<(String, usize, usize)>,
         ),
         Failed,
@@ -334,14 +357,13 @@ impl Writer {
                     continue;
                 }
                 let exchange = &pending.exchange;
-                let (session_ref, seq): (i64, i64) = upsert
+                let (session_ref, position, seq): (i64, i64, i64) = upsert
                     .query_row(params![session, exchange.timestamp], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })?;
                 if !self.context.contains_key(session) {
                     let mut context = Context::default();
-                    let from = seq - 1 - CONTEXT_EXCHANGES as i64;
-                    let mut rows = recent.query(params![session_ref, from])?;
+                    let mut rows = recent.query(params![session_ref, CONTEXT_EXCHANGES as i64])?;
                     while let Some(row) = rows.next()? {
                         context.push(
                             Arc::from(row.get_ref(0)?.as_str()?),
@@ -368,8 +390,11 @@ impl Writer {
                     exchange.timestamp,
                     search_text(&exchange.user_message, &bot_reply),
                 ])?;
-                stored.push((session.to_owned(), seq as usize, i));
-                answers.push(Ok(exchange.clone().answered(bot_reply)));
+                stored.push((session.to_owned(), position as usize, i));
+                answers.push(Ok(Numbered {
+                    seq: seq as u64,
+                    entry: exchange.clone().answered(bot_reply),
+                }));
             }
         }
         tx.commit()?;
@@ -518,6 +543,14 @@ impl Syncer {
                     }
                 }
                 Committed::Deleted {
+                    session,
+                    result,
+                    done,
+                } => {
+                    cache.removed(&session);
+                    let _ = done.send(if synced { result } else { Err(unsynced()) });
+                }
+                Committed::Changed {
                     session,
                     result,
                     done,
