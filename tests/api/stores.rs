@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chatbot_api::domain::chatbot::{History, Replier};
 use chatbot_api::domain::models::{ConversationEntry, SessionId};
-use chatbot_api::domain::store::{NewExchange, Store};
+use chatbot_api::domain::store::{At, Edit, Edited, NewExchange, Page, Store};
 
 use crate::helpers::all;
 
@@ -171,6 +171,232 @@ async fn concurrent_appends_keep_each_writers_order(store: Arc<dyn Store>) {
     }
 }
 
+async fn ids(store: &Arc<dyn Store>, session: &str) -> Vec<(u64, String, String)> {
+    let conversation = store.conversation(session, true).await.unwrap().unwrap();
+    conversation
+        .exchanges
+        .into_iter()
+        .map(|n| (n.seq, n.user_message.to_string(), n.bot_reply.to_string()))
+        .collect()
+}
+
+fn text(value: &str) -> Option<Arc<str>> {
+    Some(Arc::from(value))
+}
+
+async fn exchange_ids_survive_edits_and_are_never_given_twice(store: Arc<dyn Store>) {
+    let s = sid("edits");
+    let echo = Arc::new(Echo::default());
+    for (i, message) in ["a", "b", "c"].into_iter().enumerate() {
+        let said = store
+            .append(
+                &s,
+                NewExchange {
+                    user_message: message.into(),
+                    user_name: "U".into(),
+                    timestamp: i as i64,
+                },
+                echo.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(said.seq, i as u64 + 1);
+    }
+    let fixed = Edit {
+        user_message: text("B!"),
+        bot_reply: None,
+    };
+    let edited = store
+        .edit(&s, At::Position(1), fixed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&edited, Edited::Kept(n) if n.seq == 2 && &*n.user_message == "B!" && &*n.bot_reply == "re: b")
+    );
+    assert_eq!(
+        store.edit(&s, At::Seq(3), Edit::remove()).await.unwrap(),
+        Some(Edited::Removed(3))
+    );
+    assert_eq!(
+        store.edit(&s, At::Seq(3), Edit::remove()).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .edit(&s, At::Position(2), Edit::remove())
+            .await
+            .unwrap(),
+        None
+    );
+    // The reply engine sees what is left, and the next id is new.
+    let said = store
+        .append(
+            &s,
+            NewExchange {
+                user_message: "d".into(),
+                user_name: "U".into(),
+                timestamp: 9,
+            },
+            echo.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(said.seq, 4);
+    assert_eq!(echo.seen.lock().unwrap().last().unwrap(), &["a", "B!"]);
+    // Removing one half keeps the exchange with an empty text there.
+    let half = Edit {
+        user_message: text(""),
+        bot_reply: None,
+    };
+    store.edit(&s, At::Seq(1), half).await.unwrap().unwrap();
+    assert_eq!(
+        ids(&store, "edits").await,
+        [(1, "", "re: a"), (2, "B!", "re: b"), (4, "d", "re: d")].map(|(n, m, r)| (
+            n,
+            m.to_owned(),
+            r.to_owned()
+        ))
+    );
+    let history = store
+        .history("edits", Page::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.total, 3);
+    assert_eq!(messages(&history.entries), ["", "B!", "d"]);
+    let other_half = Edit {
+        user_message: None,
+        bot_reply: text(""),
+    };
+    assert_eq!(
+        store.edit(&s, At::Seq(1), other_half).await.unwrap(),
+        Some(Edited::Removed(1))
+    );
+    let summary = store.summary("edits").await.unwrap().unwrap();
+    assert_eq!(
+        (summary.total_messages, summary.first_at, summary.last_at),
+        (2, 1, 9)
+    );
+}
+
+async fn conversations_exist_empty_and_carry_metadata(store: Arc<dyn Store>) {
+    let s = sid("conv_1");
+    let metadata = vec![
+        ("topic".to_owned(), "demo".to_owned()),
+        ("a".to_owned(), "1".to_owned()),
+    ];
+    assert!(
+        store
+            .create(&s, 1_000, metadata.clone(), Vec::new())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create(&s, 2_000, Vec::new(), Vec::new())
+            .await
+            .unwrap()
+    );
+    let conversation = store.conversation("conv_1", true).await.unwrap().unwrap();
+    assert_eq!(
+        (conversation.created_at, &conversation.metadata),
+        (1_000, &metadata)
+    );
+    assert!(conversation.exchanges.is_empty());
+    // Empty: no history, no stats, not listed, but there.
+    assert!(
+        store
+            .history("conv_1", Page::default())
+            .await
+            .unwrap()
+            .is_none_or(|p| p.total == 0)
+    );
+    assert_eq!(store.summary("conv_1").await.unwrap(), None);
+    assert!(store.sessions("", None, 10).await.unwrap().is_empty());
+    let ids = store
+        .import(
+            &s,
+            vec![
+                entry("hi", "Ann", 1_001),
+                ConversationEntry {
+                    user_message: "".into(),
+                    ..entry("x", "User", 1_002)
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids, Some(vec![1, 2]));
+    assert_eq!(
+        store
+            .import(&sid("nope"), vec![entry("x", "U", 0)])
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .set_metadata(&s, vec![("k".into(), "v".into())])
+            .await
+            .unwrap()
+    );
+    assert!(!store.set_metadata(&sid("nope"), Vec::new()).await.unwrap());
+    let conversation = store.conversation("conv_1", true).await.unwrap().unwrap();
+    assert_eq!(conversation.created_at, 1_000);
+    assert_eq!(
+        conversation.metadata,
+        vec![("k".to_owned(), "v".to_owned())]
+    );
+    assert_eq!(conversation.exchanges.len(), 2);
+    let history = store
+        .history("conv_1", Page::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(messages(&history.entries), ["hi", ""]);
+    assert_eq!(&*history.entries[0].user_name, "Ann");
+    assert_eq!(store.sessions("", None, 10).await.unwrap().len(), 1);
+    // Emptied by edits, it lives on; deleted, it is gone.
+    store
+        .edit(&s, At::Seq(1), Edit::remove())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .edit(&s, At::Seq(2), Edit::remove())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.conversation("conv_1", false).await.unwrap().is_some());
+    assert!(store.delete("conv_1").await.unwrap());
+    assert!(store.conversation("conv_1", false).await.unwrap().is_none());
+}
+
+async fn a_seed_session_is_a_conversation_until_its_last_exchange_goes(store: Arc<dyn Store>) {
+    let s = sid("seed");
+    say(&store, &s, "hello", "Ann", 500).await;
+    let conversation = store.conversation("seed", true).await.unwrap().unwrap();
+    assert_eq!(
+        (conversation.created_at, conversation.metadata.len()),
+        (500, 0)
+    );
+    assert_eq!(conversation.exchanges[0].seq, 1);
+    store
+        .edit(&s, At::Position(0), Edit::remove())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.conversation("seed", false).await.unwrap().is_none());
+    assert!(
+        store
+            .history("seed", Page::default())
+            .await
+            .unwrap()
+            .is_none_or(|p| p.total == 0)
+    );
+}
+
 macro_rules! store_suite {
     ($($behaviour:ident),* $(,)?) => {
         mod memory {
@@ -204,6 +430,9 @@ macro_rules! store_suite {
 }
 
 store_suite!(
+    exchange_ids_survive_edits_and_are_never_given_twice,
+    conversations_exist_empty_and_carry_metadata,
+    a_seed_session_is_a_conversation_until_its_last_exchange_goes,
     appends_come_back_in_order_with_every_field,
     unknown_sessions_have_no_history,
     sessions_are_separate,

@@ -173,7 +173,9 @@ impl Session {
 
     /// Replaces the metadata, keeping when the conversation began.
     pub fn set_metadata(&mut self, metadata: Metadata) {
-        let created_at = self.meta().map_or_else(crate::domain::models::now, |m| m.created_at);
+        let created_at = self
+            .meta()
+            .map_or_else(crate::domain::models::now, |m| m.created_at);
         self.meta = Some(Box::new(Meta {
             created_at,
             metadata,
@@ -197,9 +199,9 @@ impl Session {
     pub fn position(&self, at: At) -> Option<usize> {
         match at {
             At::Position(n) => (n < self.len()).then_some(n),
-            At::Seq(seq) if self.ids.is_empty() => {
-                (1..=self.len() as u64).contains(&seq).then(|| seq as usize - 1)
-            }
+            At::Seq(seq) if self.ids.is_empty() => (1..=self.len() as u64)
+                .contains(&seq)
+                .then(|| seq as usize - 1),
             At::Seq(seq) => {
                 let seq = u32::try_from(seq).ok()?;
                 self.ids.binary_search(&seq).ok()

@@ -145,15 +145,15 @@ impl Store for MemoryStore {
                 inner.sessions.insert(key.to_owned(), created);
                 Ok(Changed::Created(true))
             }
-            Change::SetMetadata(metadata) => Ok(Changed::Metadata(
-                match inner.sessions.get_mut(key) {
+            Change::SetMetadata(metadata) => {
+                Ok(Changed::Metadata(match inner.sessions.get_mut(key) {
                     Some(stored) => {
                         stored.set_metadata(metadata);
                         true
                     }
                     None => false,
-                },
-            )),
+                }))
+            }
             Change::Import(exchanges) => {
                 let Some(stored) = inner.sessions.get_mut(key) else {
                     return Ok(Changed::Imported(None));

@@ -83,11 +83,7 @@ impl Writes {
         self.submit(|done| Command::Delete { session, done }).await
     }
 
-    pub async fn change(
-        &self,
-        session: &SessionId,
-        change: Change,
-    ) -> Result<Changed, StoreError> {
+    pub async fn change(&self, session: &SessionId, change: Change) -> Result<Changed, StoreError> {
         let session = session.clone();
         self.submit(|done| Command::Change {
             session,

@@ -115,15 +115,13 @@ async fn apply_in(
         (Change::Edit { .. }, None) => Changed::Edited(None),
         (Change::Edit { at, edit }, Some((id, _))) => {
             let found: Option<NumberedRow> = match at {
-                At::Seq(seq) => {
-                    sqlx::query_as(&format!(
-                        "SELECT {EXCHANGE_COLUMNS} FROM exchanges WHERE session_ref = $1 AND seq = $2"
-                    ))
-                    .bind(id)
-                    .bind(i64::try_from(seq).unwrap_or(-1))
-                    .fetch_optional(&mut **tx)
-                    .await
-                }
+                At::Seq(seq) => sqlx::query_as(&format!(
+                    "SELECT {EXCHANGE_COLUMNS} FROM exchanges WHERE session_ref = $1 AND seq = $2"
+                ))
+                .bind(id)
+                .bind(i64::try_from(seq).unwrap_or(-1))
+                .fetch_optional(&mut **tx)
+                .await,
                 At::Position(n) => {
                     sqlx::query_as(&format!(
                         "SELECT {EXCHANGE_COLUMNS} FROM exchanges WHERE session_ref = $1 \

@@ -21,8 +21,8 @@ use writer::commit_loop;
 
 use super::queue::{CommitStats, Writes};
 use super::{
-    Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered,
-    Page, Search, SessionSummary, Store, StoreError, contains_pattern, prefix_end,
+    Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered, Page,
+    Search, SessionSummary, Store, StoreError, contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};

@@ -276,8 +276,7 @@ async fn write_batch(
     let mut missing = missing.into_iter();
     for size in chunk_sizes(missing.len()) {
         let sql = Statements::of_size(&STATEMENTS.context, size);
-        let mut query =
-            sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64);
+        let mut query = sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64);
         for id in missing.by_ref().take(size) {
             query = query.bind(id);
         }
@@ -309,7 +308,10 @@ async fn write_batch(
         let entry = pending.exchange.clone().answered(bot_reply);
         history.push(entry.clone());
         rows.push((session_ref, seq));
-        answered.push(Numbered { seq: seq as u64, entry });
+        answered.push(Numbered {
+            seq: seq as u64,
+            entry,
+        });
     }
 
     let mut written = answered.iter().zip(&rows);

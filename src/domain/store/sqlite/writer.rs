@@ -263,7 +263,8 @@ impl Writer {
                 done,
             } => {
                 self.context.remove(session.as_str());
-                let result = super::change::apply(&mut self.conn, self.caps, session.as_str(), change);
+                let result =
+                    super::change::apply(&mut self.conn, self.caps, session.as_str(), change);
                 if let Err(err) = &result {
                     tracing::debug!(error = %err, "conversation change refused or failed");
                 }
