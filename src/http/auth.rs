@@ -178,6 +178,21 @@ pub async fn require_key(
     }
 }
 
+/// [`require_key`] for `/v1`: the same check, OpenAI-shaped 401s.
+pub async fn require_key_openai(
+    State(keys): State<Arc<ApiKeys>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match keys.identify(request.headers()) {
+        Ok(owner) => {
+            request.extensions_mut().insert(owner);
+            next.run(request).await
+        }
+        Err(err) => crate::http::v1::error::OpenAiError::from(err).into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

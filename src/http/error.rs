@@ -4,7 +4,7 @@
 //! logged here and answered without internals.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -157,12 +157,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether `uri` is under `/v1`, whose errors are OpenAI's shape.
+fn is_openai(uri: &Uri) -> bool {
+    let path = uri.path();
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// `error` in the shape of the API `uri` belongs to.
+fn shaped(uri: &Uri, error: ApiError) -> Response {
+    if is_openai(uri) {
+        crate::http::v1::error::OpenAiError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
+
 /// The fallback for paths no route matches.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound
+pub async fn not_found(uri: Uri) -> Response {
+    shaped(&uri, ApiError::NotFound)
 }
 
 /// The fallback for a known path with an unsupported method.
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+pub async fn method_not_allowed(uri: Uri) -> Response {
+    shaped(&uri, ApiError::MethodNotAllowed)
 }

@@ -29,19 +29,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let limits = Limits::from_ref(state);
-        let limit = limits.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
-            linger(req.into_body());
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
         let content_type = content_type.as_ref().map(|v| v.as_bytes());
-        let bytes = read_body(req, &limits).await?;
+        let bytes = body_bytes(req, &limits).await?;
         if is_json_content_type(content_type)
             && let Some(request) = ChatRequest::parse_fast(&bytes, &limits)
         {
@@ -52,6 +42,29 @@ where
             .map(Self)
             .map_err(ApiError::Validation)
     }
+}
+
+/// A whole body decoded as JSON whatever its content type (`None` when
+/// empty), with the same limits and timeouts as [`ChatBody`], for routes
+/// that validate the value themselves (`/v1`, where `curl -d` must work).
+pub async fn json_body(req: Request, limits: &Limits) -> Result<Option<Value>, ApiError> {
+    let bytes = body_bytes(req, limits).await?;
+    decode_body(None, &bytes)
+}
+
+/// The whole body, refused at once when its declared length is past the limit.
+async fn body_bytes(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
+    let limit = limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        linger(req.into_body());
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    read_body(req, limits).await
 }
 
 /// Decodes a complete body as FastAPI does: `None` when empty, JSON for a

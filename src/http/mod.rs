@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod v1;
 pub mod validate;
 
 use std::any::Any;
@@ -169,6 +170,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
     if state.debug_endpoints {
         conversations = conversations.merge(routes::debug::router());
     }
+    let mut openai = v1::router();
     // Layers apply to the routes added before them: key check first, then
     // the rate limit around it, so floods of bad keys are limited too.
     // An open server has one owner: no key to check on each request.
@@ -177,13 +179,19 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
             state.keys.clone(),
             auth::require_key,
         ));
+        openai = openai.route_layer(middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key_openai,
+        ));
     }
     if let Some((per_second, burst)) = state.rate_limit {
-        conversations =
-            conversations.route_layer(ratelimit::layer(per_second, burst, state.keys.clone()));
+        let limiter = ratelimit::limiter(per_second, burst, state.keys.clone());
+        conversations = conversations.route_layer(ratelimit::layer(&limiter));
+        openai = openai.route_layer(ratelimit::openai_layer(&limiter));
     }
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(conversations)
+        .merge(openai)
         .merge(routes::health::router())
         .merge(routes::ui::router())
 }

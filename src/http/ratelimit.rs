@@ -9,14 +9,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
 use governor::middleware::NoOpMiddleware;
 use serde_json::json;
 use tower_governor::GovernorError;
 use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 
 use crate::http::auth::{ApiKeys, presented_key};
+use crate::http::v1::error::OpenAiError;
 
 /// Whose bucket a request drains: a known key's owner, else the peer address.
 #[derive(Clone)]
@@ -44,35 +46,47 @@ impl KeyExtractor for ClientKey {
     }
 }
 
-/// The layer for `per_second` requests per second with a burst of `burst`.
-pub fn layer(
-    per_second: u32,
-    burst: u32,
-    keys: Arc<ApiKeys>,
-) -> GovernorLayer<ClientKey, NoOpMiddleware, Body> {
-    let config = GovernorConfigBuilder::default()
-        .period(Duration::from_secs_f64(1.0 / f64::from(per_second.max(1))))
-        .burst_size(burst.max(1))
-        .key_extractor(ClientKey { keys })
-        .finish()
-        .expect("period and burst are positive");
-    GovernorLayer::new(Arc::new(config)).error_handler(too_many)
+/// One set of buckets: shared by every layer made from it, so a client's
+/// requests to the seed API and to `/v1` drain the same bucket.
+pub type Limiter = Arc<GovernorConfig<ClientKey, NoOpMiddleware>>;
+
+/// Buckets for `per_second` requests per second with a burst of `burst`.
+pub fn limiter(per_second: u32, burst: u32, keys: Arc<ApiKeys>) -> Limiter {
+    Arc::new(
+        GovernorConfigBuilder::default()
+            .period(Duration::from_secs_f64(1.0 / f64::from(per_second.max(1))))
+            .burst_size(burst.max(1))
+            .key_extractor(ClientKey { keys })
+            .finish()
+            .expect("period and burst are positive"),
+    )
+}
+
+/// The layer for the seed API: FastAPI-shaped 429s.
+pub fn layer(limiter: &Limiter) -> GovernorLayer<ClientKey, NoOpMiddleware, Body> {
+    GovernorLayer::new(limiter.clone()).error_handler(too_many)
+}
+
+/// The layer for `/v1`: the same buckets, OpenAI-shaped 429s.
+pub fn openai_layer(limiter: &Limiter) -> GovernorLayer<ClientKey, NoOpMiddleware, Body> {
+    GovernorLayer::new(limiter.clone()).error_handler(too_many_openai)
+}
+
+/// How long to wait, and whether the error is a refusal at all.
+fn refusal(error: &GovernorError) -> (u64, bool) {
+    match error {
+        GovernorError::TooManyRequests { wait_time, .. } => ((*wait_time).max(1), true),
+        _ => (1, false),
+    }
 }
 
 /// FastAPI-shaped 429 with `Retry-After` in whole seconds (at least 1).
 fn too_many(error: GovernorError) -> Response<Body> {
-    let wait = match &error {
-        GovernorError::TooManyRequests { wait_time, .. } => (*wait_time).max(1),
-        _ => 1,
-    };
-    let status = match error {
-        GovernorError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let detail = if status == StatusCode::TOO_MANY_REQUESTS {
-        "Rate limit exceeded"
+    let (wait, refused) = refusal(&error);
+    let (status, detail) = if refused {
+        (StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded")
     } else {
-        "Internal Server Error"
+        (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
     };
     Response::builder()
         .status(status)
@@ -80,4 +94,31 @@ fn too_many(error: GovernorError) -> Response<Body> {
         .header(header::RETRY_AFTER, wait.to_string())
         .body(Body::from(json!({ "detail": detail }).to_string()))
         .unwrap_or_default()
+}
+
+/// The same refusal in OpenAI's shape.
+fn too_many_openai(error: GovernorError) -> Response<Body> {
+    let (wait, refused) = refusal(&error);
+    let error = if refused {
+        OpenAiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("Rate limit exceeded: retry in {wait} s."),
+            kind: "requests",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+        }
+    } else {
+        OpenAiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "The server had an error while processing your request.".into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    };
+    let mut response = error.into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&wait.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
