@@ -97,6 +97,18 @@ pub struct DetailBody {
     pub detail: String,
 }
 
+/// `PATCH /chat/history/{id}/messages/{n}`: at least one field.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"user_message": "Hello, world!"}))]
+pub struct MessagePatch {
+    /// The user's message, corrected (1 to 4000 characters).
+    #[schema(min_length = 1, max_length = 4000, pattern = r"^[^\x00]*$")]
+    pub user_message: Option<String>,
+    /// The bot's reply, corrected (1 to 4000 characters).
+    #[schema(min_length = 1, max_length = 4000, pattern = r"^[^\x00]*$")]
+    pub bot_reply: Option<String>,
+}
+
 /// The errors every conversation route can answer besides its own.
 #[derive(utoipa::IntoResponses)]
 pub enum ConversationErrors {
@@ -169,10 +181,15 @@ pub fn require_api_key(doc: &mut utoipa::openapi::OpenApi) {
         SecurityRequirement::new("api_key", Vec::<String>::new()),
     ];
     for (path, item) in doc.paths.paths.iter_mut() {
-        if path.starts_with("/chat") || path.starts_with("/debug") {
-            for operation in [&mut item.get, &mut item.post, &mut item.delete]
-                .into_iter()
-                .flatten()
+        if path.starts_with("/chat") || path.starts_with("/debug") || path.starts_with("/v1") {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
                 operation.security = Some(either.to_vec());
             }
@@ -192,6 +209,7 @@ pub fn require_api_key(doc: &mut utoipa::openapi::OpenApi) {
     tags(
         (name = "chat", description = "Send messages and read conversations"),
         (name = "sessions", description = "Across conversations: list and search"),
+        (name = "openai", description = "The same conversations through the OpenAI API (Conversations, Responses, Chat Completions): point an OpenAI SDK's base URL at `/v1`"),
         (name = "service", description = "Health, index and debugging")
     )
 )]

@@ -72,6 +72,9 @@ pub enum ApiError {
     /// The session has no stored exchanges.
     #[error("no conversation history for session {0:?}")]
     NoHistory(String),
+    /// The session has no exchange at this position.
+    #[error("no message {position} in session {session:?}")]
+    NoMessage { session: String, position: usize },
     /// The request failed validation; one issue per bad field.
     #[error("request validation failed")]
     Validation(Vec<ValidationIssue>),
@@ -101,6 +104,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 json!(format!(
                     "No conversation history found for session '{session}'"
+                )),
+            ),
+            Self::NoMessage { session, position } => (
+                StatusCode::NOT_FOUND,
+                json!(format!(
+                    "No message {position} in the history of session '{session}'"
                 )),
             ),
             Self::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!(issues)),

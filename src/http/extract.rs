@@ -228,6 +228,68 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
     }
 }
 
+/// The `{n}` path segment: a position, an integer from 0, with FastAPI's
+/// 422 for anything else.
+#[derive(Debug)]
+pub struct PositionPath(pub usize);
+
+impl<S: Send + Sync> FromRequestParts<S> for PositionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        let raw = params
+            .iter()
+            .find_map(|(name, value)| (name == "n").then_some(value))
+            .ok_or(ApiError::NotFound)?;
+        let decoded = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        let loc = || vec![Loc::from("path"), Loc::from("n")];
+        let input = Value::String(decoded.clone());
+        match decoded.trim().parse::<i64>() {
+            Ok(n) if n >= 0 => Ok(Self(usize::try_from(n).unwrap_or(usize::MAX))),
+            Ok(_) => Err(ApiError::Validation(vec![
+                ValidationIssue::new(
+                    "greater_than_equal",
+                    loc(),
+                    "Input should be greater than or equal to 0",
+                    input,
+                )
+                .with_ctx(json!({ "ge": 0 })),
+            ])),
+            Err(_) => Err(ApiError::Validation(vec![ValidationIssue::new(
+                "int_parsing",
+                loc(),
+                "Input should be a valid integer, unable to parse string as an integer",
+                input,
+            )])),
+        }
+    }
+}
+
+/// A validated `PATCH …/messages/{n}` body.
+#[derive(Debug)]
+pub struct EditBody(pub crate::http::validate::MessageEdit);
+
+impl<S> FromRequest<S> for EditBody
+where
+    S: Send + Sync,
+    Limits: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limits = Limits::from_ref(state);
+        let content_type = req.headers().get(CONTENT_TYPE).cloned();
+        let bytes = body_bytes(req, &limits).await?;
+        let value = decode_body(content_type.as_ref().map(|v| v.as_bytes()), &bytes)?;
+        crate::http::validate::MessageEdit::parse(value, &limits)
+            .map(Self)
+            .map_err(ApiError::Validation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,7 +129,7 @@ pub fn app(state: AppState) -> App {
     let cors = (!state.cors_origins.is_empty()).then(|| {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
@@ -166,6 +166,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
     let mut conversations = OpenApiRouter::new()
         .merge(routes::chat::router())
         .merge(routes::history::router())
+        .merge(routes::messages::router())
         .merge(routes::sessions::router());
     if state.debug_endpoints {
         conversations = conversations.merge(routes::debug::router());

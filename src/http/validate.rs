@@ -111,6 +111,64 @@ impl ChatRequest {
     }
 }
 
+/// A validated `PATCH /chat/history/{id}/messages/{n}` body: new text for
+/// the user's message, the bot's reply, or both (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageEdit {
+    pub user_message: Option<String>,
+    pub bot_reply: Option<String>,
+}
+
+impl MessageEdit {
+    /// Validates a decoded JSON body: each field given is held to the rules
+    /// of `POST /chat`'s `user_message`.
+    pub fn parse(body: Option<Value>, limits: &Limits) -> Result<Self, Vec<ValidationIssue>> {
+        let object = match body {
+            None => {
+                return Err(vec![ValidationIssue::new(
+                    "missing",
+                    vec![Loc::from("body")],
+                    "Field required",
+                    Value::Null,
+                )]);
+            }
+            Some(Value::Object(object)) => object,
+            Some(other) => return Err(vec![not_an_object(other)]),
+        };
+        let mut issues = Vec::new();
+        let mut field = |name: &'static str| {
+            object.get(name)?;
+            let rule = FieldRule {
+                name,
+                default: None,
+                max_chars: limits.max_message_chars,
+                allowed: Some(text_allowed),
+                pattern: TEXT_PATTERN,
+            };
+            validate_field(&object, &rule)
+                .map_err(|issue| issues.push(*issue))
+                .ok()
+        };
+        let user_message = field("user_message");
+        let bot_reply = field("bot_reply");
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        if user_message.is_none() && bot_reply.is_none() {
+            return Err(vec![ValidationIssue::new(
+                "value_error",
+                vec![Loc::from("body")],
+                "Value error, give user_message, bot_reply or both",
+                Value::Object(object),
+            )]);
+        }
+        Ok(Self {
+            user_message,
+            bot_reply,
+        })
+    }
+}
+
 /// The common case, parsed without building a JSON tree: plain string
 /// fields, no duplicate keys. Anything else (a wrong type, a repeated key, a
 /// broken rule) returns `None`, and [`ChatRequest::parse`] gives the exact

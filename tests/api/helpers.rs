@@ -99,6 +99,28 @@ impl TestApp {
         self.request(Method::GET, uri, None, Body::empty()).await
     }
 
+    /// A request with an optional header (an API key) and an optional JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        header: Option<(&str, &str)>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).expect("request")).await
+    }
+
     /// Posts a message and asserts it was accepted.
     pub async fn say(&self, session: &str, user: &str, message: &str) -> Value {
         let body =
@@ -347,4 +369,38 @@ pub async fn all(
         .await
         .expect("history")
         .map(|page| page.entries)
+}
+
+/// Runs each behaviour (`async fn(TestApp)`) on every backend: memory,
+/// SQLite and PostgreSQL (skipped with a notice when no server answers).
+macro_rules! http_suite {
+    ($($behaviour:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let backend = crate::helpers::memory();
+                    super::$behaviour(crate::helpers::TestApp::with_store(backend.store.clone(), Default::default())).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let backend = crate::helpers::sqlite().await;
+                    super::$behaviour(crate::helpers::TestApp::with_store(backend.store.clone(), Default::default())).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let Some(backend) = crate::helpers::postgres().await else { return };
+                    super::$behaviour(crate::helpers::TestApp::with_store(backend.store.clone(), Default::default())).await;
+                }
+            )*
+        }
+    };
 }

@@ -1,12 +1,16 @@
 //! Integration tests: one binary, one module per area.
 
+#[macro_use]
+mod helpers;
+
 mod cache;
 mod concurrency;
 mod durability;
 mod errors;
 mod hardening;
-mod helpers;
 mod manage;
+mod messages;
+mod openai;
 mod openapi;
 mod seed;
 mod socket;

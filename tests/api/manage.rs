@@ -429,38 +429,6 @@ async fn debug_endpoints_only_when_enabled(app: TestApp) {
     debug.say("d1", "U", "fresh").await;
 }
 
-macro_rules! http_suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let backend = crate::helpers::memory();
-                    super::$behaviour(crate::helpers::TestApp::with_store(backend.store.clone(), Default::default())).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let backend = crate::helpers::sqlite().await;
-                    super::$behaviour(crate::helpers::TestApp::with_store(backend.store.clone(), Default::default())).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let Some(backend) = crate::helpers::postgres().await else { return };
-                    super::$behaviour(crate::helpers::TestApp::with_store(backend.store.clone(), Default::default())).await;
-                }
-            )*
-        }
-    };
-}
-
 http_suite!(
     session_list_pages_see_every_session_once,
     sessions_created_while_paging_do_not_disturb_the_pages,

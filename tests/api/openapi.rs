@@ -266,12 +266,32 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
             "/chat/history/{session_id}",
             "delete_conversation",
         ),
+        (
+            "DELETE",
+            "/chat/history/{session_id}/messages/{n}",
+            "delete_message",
+        ),
+        (
+            "DELETE",
+            "/v1/conversations/{conversation_id}",
+            "delete_conversation_v1",
+        ),
+        (
+            "DELETE",
+            "/v1/conversations/{conversation_id}/items/{item_id}",
+            "delete_item",
+        ),
         ("GET", "/", "index"),
         ("GET", "/chat/history/{session_id}", "get_history"),
         (
             "GET",
             "/chat/history/{session_id}/export",
             "export_conversation",
+        ),
+        (
+            "GET",
+            "/chat/history/{session_id}/messages/{n}",
+            "get_message",
         ),
         (
             "GET",
@@ -282,8 +302,43 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
         ("GET", "/chat/sessions", "list_sessions"),
         ("GET", "/debug/sessions", "debug_list_sessions"),
         ("GET", "/health", "health"),
+        (
+            "GET",
+            "/v1/conversations/{conversation_id}",
+            "retrieve_conversation",
+        ),
+        (
+            "GET",
+            "/v1/conversations/{conversation_id}/items",
+            "list_items",
+        ),
+        (
+            "GET",
+            "/v1/conversations/{conversation_id}/items/{item_id}",
+            "retrieve_item",
+        ),
+        ("GET", "/v1/models", "list_models"),
+        ("GET", "/v1/models/{model}", "retrieve_model"),
+        (
+            "PATCH",
+            "/chat/history/{session_id}/messages/{n}",
+            "edit_message",
+        ),
         ("POST", "/chat", "send_message"),
         ("POST", "/debug/clear", "debug_clear"),
+        ("POST", "/v1/chat/completions", "create_chat_completion"),
+        ("POST", "/v1/conversations", "create_conversation"),
+        (
+            "POST",
+            "/v1/conversations/{conversation_id}",
+            "update_conversation",
+        ),
+        (
+            "POST",
+            "/v1/conversations/{conversation_id}/items",
+            "create_items",
+        ),
+        ("POST", "/v1/responses", "create_response"),
     ];
     let expected: Vec<_> = expected
         .iter()

@@ -4,5 +4,6 @@ pub mod chat;
 pub mod debug;
 pub mod health;
 pub mod history;
+pub mod messages;
 pub mod sessions;
 pub mod ui;

@@ -124,6 +124,9 @@ impl From<ApiError> for OpenAiError {
                 "Method not allowed.",
             ),
             ApiError::NoHistory(id) => Self::no_conversation(&id),
+            ApiError::NoMessage { position, .. } => {
+                Self::not_found(format!("No message at position {position}."))
+            }
             ApiError::Validation(issues) => {
                 let Some(issue) = issues.into_iter().next() else {
                     return Self::invalid("body", "invalid_body", "The request body is invalid.");
