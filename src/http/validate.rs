@@ -112,7 +112,8 @@ impl ChatRequest {
 }
 
 /// A validated `PATCH /chat/history/{id}/messages/{n}` body: new text for
-/// the user's message, the bot's reply, or both (at least one).
+/// the user's message, the bot's reply, both, or neither (a patch that
+/// changes nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageEdit {
     pub user_message: Option<String>,
@@ -136,8 +137,9 @@ impl MessageEdit {
             Some(other) => return Err(vec![not_an_object(other)]),
         };
         let mut issues = Vec::new();
+        // A field left out or `null` stays as it is (pydantic's `Optional[str] = None`).
         let mut field = |name: &'static str| {
-            object.get(name)?;
+            object.get(name).filter(|value| !value.is_null())?;
             let rule = FieldRule {
                 name,
                 default: None,
@@ -153,14 +155,6 @@ impl MessageEdit {
         let bot_reply = field("bot_reply");
         if !issues.is_empty() {
             return Err(issues);
-        }
-        if user_message.is_none() && bot_reply.is_none() {
-            return Err(vec![ValidationIssue::new(
-                "value_error",
-                vec![Loc::from("body")],
-                "Value error, give user_message, bot_reply or both",
-                Value::Object(object),
-            )]);
         }
         Ok(Self {
             user_message,

@@ -158,13 +158,6 @@ async fn bad_positions_and_bodies_get_the_contracts_errors(app: TestApp) {
         (
             Method::PATCH,
             "/chat/history/s/messages/0",
-            Some(json!({})),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"detail": [{"type": "value_error", "loc": ["body"], "msg": "Value error, give user_message, bot_reply or both", "input": {}}]}),
-        ),
-        (
-            Method::PATCH,
-            "/chat/history/s/messages/0",
             Some(json!({"user_message": ""})),
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"detail": [{"type": "string_too_short", "loc": ["body", "user_message"], "msg": "String should have at least 1 character", "input": "", "ctx": {"min_length": 1}}]}),

@@ -12,7 +12,7 @@ use super::error::OpenAiError;
 use super::input::{Body, Ids, MAX_ITEMS, Message, Role, messages};
 use super::schema::{
     ConversationCreate, ConversationDeleted, ConversationObject, ConversationUpdate, ErrorBody,
-    ItemList, ItemObject, ItemsCreate,
+    ItemList, ItemObject, ItemsCreate, Order,
 };
 use super::{Half, Item, conversation_json, exchanges_of, list_json, new_id, parse_item_id};
 use crate::domain::models::{SessionId, now};
@@ -74,7 +74,7 @@ fn stored_messages(
 #[utoipa::path(post, path = "/v1/conversations", operation_id = "create_conversation", tag = "openai",
     summary = "Create a conversation",
     description = "A new conversation with a server-made id (`conv_…`), optional metadata and up to 20 first items, stored as given (no reply is made).",
-    request_body = ConversationCreate,
+    request_body(content = Option<ConversationCreate>, description = "Optional: an empty body makes an empty conversation", content_type = "application/json"),
     responses(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 400, description = "Invalid request", body = ErrorBody),
@@ -277,8 +277,8 @@ async fn add_items(
     params(
         ("conversation_id" = String, Path, description = "The conversation id"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 20)"),
-        ("order" = Option<String>, Query, description = "`asc` or `desc` (default)"),
-        ("after" = Option<String>, Query, description = "An item id: list the items after it in this order"),
+        ("order" = inline(Option<Order>), Query, description = "`asc` or `desc` (default)"),
+        ("after" = Option<String>, Query, pattern = "^msg_[1-9][0-9]*[ua]$", description = "An item id: list the items after it in this order"),
     ),
     responses(
         (status = 200, description = "A page of items", body = ItemList),

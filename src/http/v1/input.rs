@@ -19,7 +19,7 @@ pub const MAX_METADATA_VALUE: usize = 512;
 /// The most items one request may add to a conversation (OpenAI's).
 pub const MAX_ITEMS: usize = 20;
 
-/// A JSON object body (an empty body reads as `{}`).
+/// A JSON object body (an empty body, or `null`, reads as `{}`).
 #[derive(Debug, Default)]
 pub struct Body(pub Map<String, Value>);
 
@@ -32,7 +32,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, OpenAiError> {
         match json_body(req, &Limits::from_ref(state)).await? {
-            None => Ok(Self::default()),
+            None | Some(Value::Null) => Ok(Self::default()),
             Some(Value::Object(object)) => Ok(Self(object)),
             Some(_) => Err(OpenAiError::invalid(
                 "body",
@@ -153,13 +153,6 @@ pub fn metadata(value: &Value) -> Result<Metadata, OpenAiError> {
                     "Invalid '{param}': string too long. Expected a string with maximum length \
                      {MAX_METADATA_VALUE}, but got a string with length {length} instead."
                 ),
-            ));
-        }
-        if !text_allowed(key) || !text_allowed(text) {
-            return Err(OpenAiError::invalid(
-                param,
-                "invalid_value",
-                "Metadata may not contain NUL characters.",
             ));
         }
         pairs.push((key.clone(), text.clone()));

@@ -34,12 +34,20 @@ pub struct ErrorDetail {
 #[schema(example = json!({"topic": "billing"}))]
 pub struct Metadata(pub BTreeMap<String, String>);
 
+/// The kinds of text part.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PartType {
+    InputText,
+    OutputText,
+    Text,
+}
+
 /// A text part of a message.
 #[derive(Serialize, ToSchema)]
 pub struct TextPart {
-    /// `input_text`, `output_text` or `text`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: PartType,
     pub text: String,
 }
 
@@ -47,8 +55,43 @@ pub struct TextPart {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
-    Text(String),
-    Parts(Vec<TextPart>),
+    Text(NonEmptyText),
+    Parts(TextParts),
+}
+
+/// Text of at least one character.
+#[derive(Serialize, ToSchema)]
+#[schema(min_length = 1)]
+pub struct NonEmptyText(pub String);
+
+/// At least one text part.
+#[derive(Serialize, ToSchema)]
+#[schema(min_items = 1)]
+pub struct TextParts(pub Vec<TextPart>);
+
+/// Who wrote a message.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+    Developer,
+}
+
+/// The one kind of item stored.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemType {
+    Message,
+}
+
+/// An item list's order.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    Asc,
+    Desc,
 }
 
 /// A message given to the server. Conversations store `user` and
@@ -56,11 +99,9 @@ pub enum Content {
 /// (accepted by Responses and Chat Completions, refused by Conversations).
 #[derive(Serialize, ToSchema)]
 pub struct InputMessage {
-    /// `message`, or absent.
     #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// `user`, `assistant`, `system` or `developer`.
-    pub role: String,
+    pub kind: Option<ItemType>,
+    pub role: Role,
     pub content: Content,
 }
 
@@ -68,6 +109,7 @@ pub struct InputMessage {
 #[derive(Serialize, ToSchema)]
 pub struct ConversationCreate {
     /// At most 20, stored as given.
+    #[schema(max_items = 20)]
     pub items: Option<Vec<InputMessage>>,
     pub metadata: Option<Metadata>,
 }
@@ -82,6 +124,7 @@ pub struct ConversationUpdate {
 #[derive(Serialize, ToSchema)]
 pub struct ItemsCreate {
     /// At most 20, stored as given.
+    #[schema(max_items = 20)]
     pub items: Vec<InputMessage>,
 }
 
