@@ -199,8 +199,14 @@ impl Chatbot {
 /// "What did I just say?" and "what is my name?", answered from `history`.
 fn about_the_conversation(normalized: &str, history: &dyn History) -> Option<Arc<str>> {
     if ASKS_LAST_MESSAGE.iter().any(|p| normalized.contains(p)) {
-        return Some(match history.len().checked_sub(1) {
-            Some(last) => format!("You said: \"{}\"", history.user_message(last)).into(),
+        // An exchange whose user side was removed (or an imported reply
+        // alone) has an empty message: the user said nothing there.
+        let last = (0..history.len())
+            .rev()
+            .map(|i| history.user_message(i))
+            .find(|said| !said.is_empty());
+        return Some(match last {
+            Some(last) => format!("You said: \"{last}\"").into(),
             None => "You haven't said anything yet in this conversation.".into(),
         });
     }
@@ -398,6 +404,15 @@ mod tests {
         }
         assert_eq!(
             &*chatbot_reply("What did I just say?", &[]),
+            "You haven't said anything yet in this conversation."
+        );
+        let gaps = [said("I like tea", "Ann"), said("", "User")];
+        assert_eq!(
+            &*chatbot_reply("What did I just say?", &gaps),
+            "You said: \"I like tea\""
+        );
+        assert_eq!(
+            &*chatbot_reply("What did I just say?", &gaps[1..]),
             "You haven't said anything yet in this conversation."
         );
     }

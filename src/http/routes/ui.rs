@@ -51,9 +51,11 @@ async fn index(headers: HeaderMap) -> Response {
             "DELETE /chat/history/{session_id}",
             "GET /chat/history/{session_id}/stats",
             "GET /chat/history/{session_id}/export",
+            "GET|PATCH|DELETE /chat/history/{session_id}/messages/{n}",
             "GET /chat/sessions",
             "GET /chat/search",
             "GET /health",
+            "/v1: the OpenAI API (conversations, items, responses, chat/completions, models)",
         ],
     })
     .into_response()
