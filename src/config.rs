@@ -2,6 +2,7 @@
 
 use clap::Parser;
 
+use crate::domain::model::ModelConfig;
 use crate::domain::store::{StoreKind, SyncMode};
 use crate::http::validate::Limits;
 
@@ -107,6 +108,37 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
+    /// Base URL of an OpenAI-compatible server to answer with a model, e.g.
+    /// `http://localhost:11434/v1` (Ollama). With `--rules` too, a rule that
+    /// matches answers first and the model answers the rest; alone, the model
+    /// answers everything. Off by default.
+    #[arg(long, env = "CHATBOT_LLM_URL")]
+    pub llm_url: Option<String>,
+
+    /// The model's name on that server (needed with `--llm-url`).
+    #[arg(long, env = "CHATBOT_LLM_MODEL")]
+    pub llm_model: Option<String>,
+
+    /// API key for the model server, sent as a bearer token; give it through
+    /// the environment, not the command line. Never logged.
+    #[arg(long, env = "CHATBOT_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+
+    /// System prompt sent first with every message: the text, or `@FILE` to
+    /// read it from a file.
+    #[arg(long, env = "CHATBOT_LLM_SYSTEM_PROMPT")]
+    pub llm_system_prompt: Option<String>,
+
+    /// How many of the session's latest exchanges are sent to the model.
+    #[arg(long, env = "CHATBOT_LLM_CONTEXT", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub llm_context: u64,
+
+    /// Seconds the model may take for a whole answer (504 past it).
+    #[arg(long, env = "CHATBOT_LLM_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub llm_timeout: u64,
+
     /// Longest accepted `user_message`, in characters; longer ones get a 422.
     #[arg(long, env = "CHATBOT_MAX_MESSAGE_CHARS", default_value_t = 4000,
           value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
@@ -114,6 +146,36 @@ pub struct Config {
 }
 
 impl Config {
+    /// The model to answer with, if `--llm-url` is given.
+    pub fn model(&self) -> Result<Option<ModelConfig>, String> {
+        let Some(url) = &self.llm_url else {
+            return Ok(None);
+        };
+        let model = self
+            .llm_model
+            .clone()
+            .filter(|m| !m.is_empty())
+            .ok_or("--llm-url needs --llm-model (the model's name on that server)")?;
+        let system_prompt = match self.llm_system_prompt.as_deref() {
+            Some(text) => match text.strip_prefix('@') {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("--llm-system-prompt: cannot read {path}: {e}"))?,
+                ),
+                None => Some(text.to_owned()),
+            },
+            None => None,
+        };
+        Ok(Some(ModelConfig {
+            url: url.clone(),
+            model,
+            api_key: self.llm_api_key.clone().filter(|k| !k.is_empty()),
+            system_prompt,
+            context: usize::try_from(self.llm_context).unwrap_or(usize::MAX),
+            timeout: std::time::Duration::from_secs(self.llm_timeout),
+        }))
+    }
+
     /// The request limits these flags set.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -150,6 +212,56 @@ mod tests {
         ] {
             assert!(Config::try_parse_from(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn model_flags() {
+        let parse = |args: &[&str]| Config::try_parse_from(args).unwrap().model();
+        assert_eq!(parse(&["chatbot-api"]), Ok(None));
+        assert!(parse(&["chatbot-api", "--llm-url", "http://h/v1"]).is_err());
+        let prompt = std::env::temp_dir().join(format!("prompt-{}", std::process::id()));
+        std::fs::write(&prompt, "From a file.").unwrap();
+        let config = parse(&[
+            "chatbot-api",
+            "--llm-url",
+            "http://h/v1",
+            "--llm-model",
+            "m",
+            "--llm-system-prompt",
+            &format!("@{}", prompt.display()),
+            "--llm-context",
+            "3",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.system_prompt.as_deref(), Some("From a file."));
+        assert_eq!((config.context, config.timeout.as_secs()), (3, 60));
+        std::fs::remove_file(prompt).unwrap();
+        let inline = parse(&[
+            "chatbot-api",
+            "--llm-url",
+            "u",
+            "--llm-model",
+            "m",
+            "--llm-system-prompt",
+            "Be brief.",
+        ]);
+        assert_eq!(
+            inline.unwrap().unwrap().system_prompt.as_deref(),
+            Some("Be brief.")
+        );
+        assert!(
+            parse(&[
+                "chatbot-api",
+                "--llm-url",
+                "u",
+                "--llm-model",
+                "m",
+                "--llm-system-prompt",
+                "@/nonexistent/x"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use axum::http::HeaderValue;
 use chatbot_api::config::Config;
 use chatbot_api::domain::chatbot::Chatbot;
+use chatbot_api::domain::model::ModelClient;
 use chatbot_api::domain::store::spawn_expiry;
 use chatbot_api::domain::store::{Caps, SqliteOptions};
 use chatbot_api::http::auth::ApiKeys;
@@ -77,11 +78,26 @@ async fn main() -> ExitCode {
         spawn_expiry(store.clone(), std::time::Duration::from_secs(ttl));
     }
 
+    let model = match config
+        .model()
+        .and_then(|m| m.map(ModelClient::new).transpose())
+    {
+        Ok(model) => model,
+        Err(err) => {
+            eprintln!("chatbot-api: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let keys = ApiKeys::new(config.api_keys.iter().filter(|k| !k.is_empty()));
     let mut state = AppState::new(store.clone(), chatbot, config.limits())
         .with_debug_endpoints(config.debug_endpoints)
         .with_api_keys(keys)
         .with_cors_origins(origins);
+    if let Some(model) = model {
+        let rules_first = config.rules.is_some();
+        tracing::info!(model = %model.config().model, rules_first, "replies from a model");
+        state = state.with_model(model, rules_first);
+    }
     if let Some(per_second) = config.rate_limit {
         state = state.with_rate_limit(per_second, config.rate_limit_burst);
     }

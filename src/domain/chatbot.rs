@@ -18,6 +18,13 @@ pub const CONTEXT_EXCHANGES: usize = 20;
 /// moment they append, so the history it sees is exactly what came before.
 pub trait Replier: Send + Sync + 'static {
     fn reply(&self, message: &str, history: &dyn History) -> Arc<str>;
+
+    /// The reply when the engine has one of its own for this message (a
+    /// rule, an answer about the conversation); `None` when all it has is
+    /// its fallback line. A model, if configured, answers those instead.
+    fn known_reply(&self, message: &str, history: &dyn History) -> Option<Arc<str>> {
+        Some(self.reply(message, history))
+    }
 }
 
 /// The earlier exchanges a reply may look at, oldest first, read in place:
@@ -166,6 +173,12 @@ impl Chatbot {
     }
 
     fn answer(&self, message: &str, history: &dyn History) -> Arc<str> {
+        self.answer_known(message, history)
+            .unwrap_or_else(|fallback| fallback)
+    }
+
+    /// The reply: `Ok` from a rule or the conversation, `Err` the fallback.
+    fn answer_known(&self, message: &str, history: &dyn History) -> Result<Arc<str>, Arc<str>> {
         let lowered = message.to_lowercase();
         // Most messages are answered without normalizing them.
         let may_ask = lowered.contains(['\'', '\u{2019}'])
@@ -174,25 +187,28 @@ impl Chatbot {
         if let Some(normalized) = normalized.as_deref().filter(|_| may_ask)
             && let Some(answer) = about_the_conversation(normalized, history)
         {
-            return answer;
+            return Ok(answer);
         }
-        let answer = self
-            .rules
-            .iter()
-            .find(|rule| rule.matches(&lowered))
-            .map_or_else(|| self.fallback.clone(), |rule| rule.reply.clone());
+        let rule = self.rules.iter().find(|rule| rule.matches(&lowered));
+        let answer = rule.map_or_else(|| self.fallback.clone(), |rule| rule.reply.clone());
         let asked_before = message.contains('?')
             && normalized.as_deref().is_some_and(|normalized| {
                 (0..history.len()).any(|i| normalize(history.user_message(i)) == normalized)
             });
-        if asked_before {
-            return format!(
+        let answer = if asked_before {
+            format!(
                 "You asked me about \"{}\" earlier... {answer}",
                 message.trim()
             )
-            .into();
+            .into()
+        } else {
+            answer
+        };
+        if rule.is_some() {
+            Ok(answer)
+        } else {
+            Err(answer)
         }
-        answer
     }
 }
 
@@ -299,6 +315,10 @@ pub struct RulesError {
 impl Replier for Chatbot {
     fn reply(&self, message: &str, history: &dyn History) -> Arc<str> {
         self.answer(message, history)
+    }
+
+    fn known_reply(&self, message: &str, history: &dyn History) -> Option<Arc<str>> {
+        self.answer_known(message, history).ok()
     }
 }
 

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::domain::model::ModelError;
+use crate::domain::replies::ReplyError;
 use crate::domain::store::StoreError;
 
 /// One element of an error location: a name or an index.
@@ -93,6 +95,18 @@ pub enum ApiError {
     /// The store failed; the cause is logged, never sent.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The model gave no usable answer; the cause is logged, never sent.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl From<ReplyError> for ApiError {
+    fn from(err: ReplyError) -> Self {
+        match err {
+            ReplyError::Store(err) => Self::Store(err),
+            ReplyError::Model(err) => Self::Model(err),
+        }
+    }
 }
 
 impl ApiError {
@@ -132,6 +146,14 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
             Self::Store(StoreError::Full(detail)) => {
                 (StatusCode::INSUFFICIENT_STORAGE, json!(detail))
+            }
+            Self::Model(ModelError::TimedOut) => {
+                tracing::warn!("the model server timed out");
+                (StatusCode::GATEWAY_TIMEOUT, json!("Reply engine timed out"))
+            }
+            Self::Model(cause) => {
+                tracing::error!(error = %cause, "the model server failed");
+                (StatusCode::BAD_GATEWAY, json!("Reply engine unavailable"))
             }
             Self::Store(StoreError::Unavailable(cause)) => {
                 tracing::error!(error = %cause, "store unavailable");

@@ -45,13 +45,16 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use self::validate::Limits;
 use crate::domain::chatbot::Replier;
+use crate::domain::model::ModelClient;
+use crate::domain::replies::Replies;
 use crate::domain::store::Store;
 
 /// What every handler shares: the store, the reply engine and the limits.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub chatbot: Arc<dyn Replier>,
+    /// Rules, and a model if one is configured.
+    pub replies: Arc<Replies>,
     pub limits: Limits,
     /// Mount the seed's `/debug/*` endpoints (which can erase everything).
     pub debug_endpoints: bool,
@@ -67,13 +70,24 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, chatbot: impl Replier, limits: Limits) -> Self {
         Self {
             store,
-            chatbot: Arc::new(chatbot),
+            replies: Arc::new(Replies::rules(Arc::new(chatbot))),
             limits,
             debug_endpoints: false,
             keys: Arc::default(),
             rate_limit: None,
             cors_origins: Vec::new(),
         }
+    }
+
+    /// The same state answering through `model`: everything, or with
+    /// `rules_first` only what no rule answers.
+    pub fn with_model(mut self, model: ModelClient, rules_first: bool) -> Self {
+        self.replies = Arc::new(Replies {
+            rules: self.replies.rules.clone(),
+            model: Some(Arc::new(model)),
+            rules_first,
+        });
+        self
     }
 
     /// The same state requiring one of `keys` on every conversation route.

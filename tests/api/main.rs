@@ -10,6 +10,7 @@ mod errors;
 mod hardening;
 mod manage;
 mod messages;
+mod model;
 mod openai;
 mod openapi;
 mod seed;

@@ -20,8 +20,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(chat))
 }
 
-/// Answers a message and stores the exchange; the reply is computed by the
-/// store's append, from the session's history at that moment.
+/// Answers a message and stores the exchange: a rule's reply is computed by
+/// the store's append, from the session's history at that moment; a
+/// model's from the history read before asking it.
 #[utoipa::path(
     post,
     path = "/chat",
@@ -37,6 +38,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 422, description = "Invalid body", body = ValidationBody),
         ConversationErrors,
         (status = 507, description = "A session or message cap was reached; nothing stored", body = DetailBody),
+        (status = 502, description = "The model server (`--llm-url`) failed or answered nonsense; nothing stored", body = DetailBody),
+        (status = 504, description = "The model server did not answer within `--llm-timeout`; nothing stored", body = DetailBody),
     )
 )]
 async fn chat(
@@ -50,11 +53,11 @@ async fn chat(
         timestamp: now(),
     };
     let entry = state
-        .store
-        .append(
+        .replies
+        .answer(
+            &*state.store,
             &owner.scope_id(&request.session_id),
             exchange,
-            state.chatbot.clone(),
         )
         .await?;
     Ok(JsonBody(wire::chat_response(

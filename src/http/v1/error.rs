@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::domain::model::ModelError;
+use crate::domain::replies::ReplyError;
 use crate::domain::store::StoreError;
 use crate::http::error::{ApiError, Loc};
 
@@ -111,6 +113,40 @@ impl From<StoreError> for OpenAiError {
     }
 }
 
+impl From<ModelError> for OpenAiError {
+    fn from(err: ModelError) -> Self {
+        match err {
+            ModelError::TimedOut => {
+                tracing::warn!("the model server timed out");
+                Self::plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "server_error",
+                    Some("upstream_timeout"),
+                    "Reply engine timed out",
+                )
+            }
+            cause => {
+                tracing::error!(error = %cause, "the model server failed");
+                Self::plain(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    Some("upstream_error"),
+                    "Reply engine unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl From<ReplyError> for OpenAiError {
+    fn from(err: ReplyError) -> Self {
+        match err {
+            ReplyError::Store(err) => err.into(),
+            ReplyError::Model(err) => err.into(),
+        }
+    }
+}
+
 /// The seed API's errors (from the shared body reader, key check and
 /// fallbacks) told the OpenAI way.
 impl From<ApiError> for OpenAiError {
@@ -179,6 +215,7 @@ impl From<ApiError> for OpenAiError {
                 "Incorrect API key provided. Send it as 'Authorization: Bearer KEY'.",
             ),
             ApiError::Store(err) => err.into(),
+            ApiError::Model(err) => err.into(),
         }
     }
 }

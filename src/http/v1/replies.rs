@@ -25,6 +25,7 @@ use crate::domain::models::{ConversationEntry, SessionId, now};
 use crate::domain::store::NewExchange;
 use crate::http::AppState;
 use crate::http::auth::Owner;
+use futures_util::StreamExt;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -64,17 +65,9 @@ fn last_user_message(messages: &[Message], param: &str) -> Result<usize, OpenAiE
     }
 }
 
-/// The reply to `messages[at]`, with the user messages before it as the
-/// engine's history (nothing stored).
-fn stateless_reply(state: &AppState, messages: &[Message], at: usize) -> Arc<str> {
-    let history: Vec<ConversationEntry> = exchanges_of(&messages[..at], now())
-        .into_iter()
-        .filter(|exchange| !exchange.user_message.is_empty())
-        .collect();
-    let from = history
-        .len()
-        .saturating_sub(crate::domain::chatbot::CONTEXT_EXCHANGES);
-    state.chatbot.reply(&messages[at].text, &&history[from..])
+/// The exchanges before `messages[at]`, as the reply engine reads them.
+fn context(messages: &[Message], at: usize) -> Vec<ConversationEntry> {
+    exchanges_of(&messages[..at], now())
 }
 
 /// Rough token counts for `usage`: words, as the rule engine has no tokenizer.
@@ -147,7 +140,13 @@ async fn responses(
     let at = last_user_message(&input, "input")?;
     let created_at = now();
     let (reply, output_id) = match &conversation {
-        None => (stateless_reply(&state, &input, at), new_id("msg_")),
+        None => (
+            state
+                .replies
+                .answer_once(&context(&input, at), &input[at].text)
+                .await?,
+            new_id("msg_"),
+        ),
         Some(id) => {
             let session = SessionId::from_store_key(owner.scope(id));
             let missing = || OpenAiError::no_conversation(id);
@@ -178,8 +177,8 @@ async fn responses(
                 timestamp: created_at,
             };
             let stored = state
-                .store
-                .append(&session, exchange, state.chatbot.clone())
+                .replies
+                .answer(&*state.store, &session, exchange)
                 .await?;
             (
                 stored.bot_reply.clone(),
@@ -255,10 +254,11 @@ async fn chat_completions(
         .ok_or_else(|| OpenAiError::missing("messages"))?;
     let list = messages(list, "messages", &state.limits)?;
     let at = last_user_message(&list, "messages")?;
-    let reply = stateless_reply(&state, &list, at);
+    let history = context(&list, at);
     let id = new_id("chatcmpl-");
     let created = now();
     if !stream {
+        let reply = state.replies.answer_once(&history, &list[at].text).await?;
         let prompt_tokens: usize = list.iter().map(|m| words(&m.text)).sum();
         let completion_tokens = words(&reply);
         return Ok(Json(json!({
@@ -281,28 +281,39 @@ async fn chat_completions(
         }))
         .into_response());
     }
-    let chunk = |delta: Value, finish: Option<&str>| {
-        let chunk = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": MODEL,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        format!("data: {chunk}\n\n")
-    };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    // One chunk per word, as a model streams tokens.
-    events.extend(
-        reply
-            .split_inclusive(' ')
-            .map(|piece| chunk(json!({ "content": piece }), None)),
+    // A model that cannot be reached fails here, before the 200.
+    let pieces = state.replies.stream_once(&history, &list[at].text).await?;
+    let chunks = Chunks { id, created };
+    let events = futures_util::stream::unfold(
+        (pieces, Stage::Head, chunks),
+        |(mut pieces, stage, chunks)| async move {
+            let (event, next) = match stage {
+                Stage::Head => (
+                    chunks.event(json!({"role": "assistant", "content": ""}), None),
+                    Stage::Body,
+                ),
+                Stage::Body => match pieces.next().await {
+                    Some(Ok(text)) => (chunks.event(json!({ "content": text }), None), Stage::Body),
+                    Some(Err(err)) => {
+                        // The 200 is sent: the stream ends with OpenAI's error event.
+                        let OpenAiError {
+                            message,
+                            kind,
+                            code,
+                            ..
+                        } = OpenAiError::from(err);
+                        let error = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+                        (format!("data: {error}\n\n"), Stage::End)
+                    }
+                    None => (chunks.event(json!({}), Some("stop")), Stage::Done),
+                },
+                Stage::Done => ("data: [DONE]\n\n".to_owned(), Stage::End),
+                Stage::End => return None,
+            };
+            Some((Ok::<_, Infallible>(event), (pieces, next, chunks)))
+        },
     );
-    events.push(chunk(json!({}), Some("stop")));
-    events.push("data: [DONE]\n\n".to_owned());
-    let body = HttpBody::from_stream(futures_util::stream::iter(
-        events.into_iter().map(Ok::<_, Infallible>),
-    ));
+    let body = HttpBody::from_stream(events);
     Ok((
         [
             (
@@ -314,6 +325,33 @@ async fn chat_completions(
         body,
     )
         .into_response())
+}
+
+/// Where a streamed completion is.
+enum Stage {
+    Head,
+    Body,
+    Done,
+    End,
+}
+
+/// Writes `chat.completion.chunk` events of one completion.
+struct Chunks {
+    id: String,
+    created: i64,
+}
+
+impl Chunks {
+    fn event(&self, delta: Value, finish: Option<&str>) -> String {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        format!("data: {chunk}\n\n")
+    }
 }
 
 fn model_json() -> Value {

@@ -1,0 +1,149 @@
+//! Who answers a message: the rules, a model, or the rules first and the
+//! model for what they have no rule for.
+//!
+//! A rule answers inside the store's append, from the history at that
+//! moment. A model takes seconds, so it never runs under a lock, inside a
+//! transaction or in a group commit: the context is read first, the model
+//! is asked, and the answered exchange is appended when it answers. Two
+//! messages to one session at once are then both answered from the history
+//! before either, and stored in the order their answers come back.
+
+use std::sync::Arc;
+
+use crate::domain::chatbot::{CONTEXT_EXCHANGES, History, Replier};
+use crate::domain::model::{ModelClient, ModelError, Pieces};
+use crate::domain::models::{ConversationEntry, SessionId};
+use crate::domain::store::{NewExchange, Numbered, Page, Store, StoreError};
+
+/// Why a message got no stored answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// A reply decided before the append: given to the store as its replier.
+struct Given(String);
+
+impl Replier for Given {
+    fn reply(&self, _message: &str, _history: &dyn History) -> Arc<str> {
+        // A fresh `Arc`: the memory store keeps a reply once for the whole
+        // store only when someone else holds it too (a rule's).
+        Arc::from(self.0.as_str())
+    }
+}
+
+/// The reply engine as configured.
+#[derive(Clone)]
+pub struct Replies {
+    pub rules: Arc<dyn Replier>,
+    pub model: Option<Arc<ModelClient>>,
+    /// With a model: a message a rule answers gets the rule's reply.
+    pub rules_first: bool,
+}
+
+impl Replies {
+    /// Rules only.
+    pub fn rules(rules: Arc<dyn Replier>) -> Self {
+        Self {
+            rules,
+            model: None,
+            rules_first: false,
+        }
+    }
+
+    /// The model this engine asks, when the rules do not answer `message`
+    /// given `history`; `None` when the rules do.
+    fn model_for(&self, message: &str, history: &dyn History) -> Option<&ModelClient> {
+        let model = self.model.as_deref()?;
+        if self.rules_first && self.rules.known_reply(message, history).is_some() {
+            return None;
+        }
+        Some(model)
+    }
+
+    /// Answers `exchange` and stores the answered exchange.
+    pub async fn answer(
+        &self,
+        store: &dyn Store,
+        session: &SessionId,
+        exchange: NewExchange,
+    ) -> Result<Numbered, ReplyError> {
+        let Some(model) = self.model.as_deref() else {
+            return Ok(store.append(session, exchange, self.rules.clone()).await?);
+        };
+        let wanted = model.config().context.max(CONTEXT_EXCHANGES);
+        let history = latest(store, session.as_str(), wanted).await?;
+        if self
+            .model_for(&exchange.user_message, &&history[..])
+            .is_none()
+        {
+            return Ok(store.append(session, exchange, self.rules.clone()).await?);
+        }
+        let turns = model.turns(&history, &exchange.user_message);
+        let reply = model.complete(&turns).await?;
+        Ok(store
+            .append(session, exchange, Arc::new(Given(reply)))
+            .await?)
+    }
+
+    /// The reply to `message` after `history` (given by the client; nothing
+    /// is stored): the rules', or the model's.
+    pub async fn answer_once(
+        &self,
+        history: &[ConversationEntry],
+        message: &str,
+    ) -> Result<Arc<str>, ModelError> {
+        match self.model_for(message, &history) {
+            None => Ok(self.rules.reply(message, &rules_window(history))),
+            Some(model) => Ok(model.complete(&model.turns(history, message)).await?.into()),
+        }
+    }
+
+    /// [`Replies::answer_once`] as pieces of text: the model's as they
+    /// arrive, or the rules' reply a word at a time, as a model streams.
+    pub async fn stream_once(
+        &self,
+        history: &[ConversationEntry],
+        message: &str,
+    ) -> Result<Pieces, ModelError> {
+        match self.model_for(message, &history) {
+            None => {
+                let reply = self.rules.reply(message, &rules_window(history));
+                let words: Vec<Result<String, ModelError>> = reply
+                    .split_inclusive(' ')
+                    .map(|word| Ok(word.to_owned()))
+                    .collect();
+                Ok(Box::pin(futures_util::stream::iter(words)))
+            }
+            Some(model) => model.stream(&model.turns(history, message)).await,
+        }
+    }
+}
+
+/// The exchanges the rules are shown: the latest [`CONTEXT_EXCHANGES`].
+fn rules_window(history: &[ConversationEntry]) -> &[ConversationEntry] {
+    &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..]
+}
+
+/// The session's latest `count` exchanges, oldest first.
+async fn latest(
+    store: &dyn Store,
+    session: &str,
+    count: usize,
+) -> Result<Vec<ConversationEntry>, StoreError> {
+    let Some(summary) = store.summary(session).await? else {
+        return Ok(Vec::new());
+    };
+    let page = Page {
+        offset: summary.total_messages.saturating_sub(count),
+        limit: Some(count),
+    };
+    Ok(store
+        .history(session, page)
+        .await?
+        .map(|page| page.entries)
+        .unwrap_or_default())
+}
