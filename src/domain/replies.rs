@@ -10,6 +10,9 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
 use crate::domain::chatbot::{CONTEXT_EXCHANGES, History, Replier};
 use crate::domain::model::{ModelClient, ModelError, Pieces};
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -120,6 +123,84 @@ impl Replies {
             }
             Some(model) => model.stream(&model.turns(history, message)).await,
         }
+    }
+}
+
+/// What a streamed answer sends, in order: pieces of the reply, then the
+/// stored exchange, or a failure (after which nothing is stored).
+#[derive(Debug)]
+pub enum Streamed {
+    Piece(String),
+    Stored(Numbered),
+    Failed(ReplyError),
+}
+
+impl Replies {
+    /// [`Replies::answer`], with the reply sent as it is written. A model
+    /// that cannot be reached fails here; once it answers, the rest comes
+    /// through the receiver. The exchange is stored when the reply is
+    /// complete, **whether or not anyone still reads the receiver**: a
+    /// client that goes away mid-answer finds the whole answer in the
+    /// history. A model that breaks off mid-answer stores nothing.
+    pub async fn answer_streaming(
+        &self,
+        store: Arc<dyn Store>,
+        session: SessionId,
+        exchange: NewExchange,
+    ) -> Result<mpsc::Receiver<Streamed>, ReplyError> {
+        let (sender, receiver) = mpsc::channel(64);
+        let model = match self.model.as_deref() {
+            None => None,
+            Some(model) => {
+                let wanted = model.config().context.max(CONTEXT_EXCHANGES);
+                let history = latest(&*store, session.as_str(), wanted).await?;
+                self.model_for(&exchange.user_message, &&history[..])
+                    .map(|model| model.turns(&history, &exchange.user_message))
+                    .map(|turns| (model, turns))
+            }
+        };
+        let Some((model, turns)) = model else {
+            // The rules answer inside the append: store, then send.
+            let stored = store.append(&session, exchange, self.rules.clone()).await?;
+            tokio::spawn(async move {
+                for word in stored.bot_reply.split_inclusive(' ') {
+                    let _ = sender.send(Streamed::Piece(word.to_owned())).await;
+                }
+                let _ = sender.send(Streamed::Stored(stored)).await;
+            });
+            return Ok(receiver);
+        };
+        let mut pieces = model.stream(&turns).await?;
+        tokio::spawn(async move {
+            let mut reply = String::new();
+            while let Some(piece) = pieces.next().await {
+                match piece {
+                    Ok(piece) => {
+                        reply.push_str(&piece);
+                        // A reader gone is no reason to stop: the answer is stored whole.
+                        let _ = sender.send(Streamed::Piece(piece)).await;
+                    }
+                    Err(err) => {
+                        let _ = sender.send(Streamed::Failed(err.into())).await;
+                        return;
+                    }
+                }
+            }
+            if reply.is_empty() {
+                let empty = ModelError::Malformed("the stream had no text".into());
+                let _ = sender.send(Streamed::Failed(empty.into())).await;
+                return;
+            }
+            let outcome = match store
+                .append(&session, exchange, Arc::new(Given(reply)))
+                .await
+            {
+                Ok(stored) => Streamed::Stored(stored),
+                Err(err) => Streamed::Failed(err.into()),
+            };
+            let _ = sender.send(outcome).await;
+        });
+        Ok(receiver)
     }
 }
 

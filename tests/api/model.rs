@@ -13,6 +13,8 @@ use chatbot_api::AppState;
 use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::model::{ModelClient, ModelConfig};
 use chatbot_api::domain::store::{MemoryStore, Store};
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -68,15 +70,36 @@ async fn completions(
     }
     let reply = format!("model says: {last}");
     if body["stream"] == json!(true) {
-        let mut events = String::new();
-        // Pieces of five characters, as no word-splitter would make them.
+        // Pieces of five characters, as no word-splitter would make them;
+        // `slowly` spaces them 100 ms apart; `breaks` stops with an error.
         let chars: Vec<char> = reply.chars().collect();
-        for piece in chars.chunks(5).map(|c| c.iter().collect::<String>()) {
-            let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece}}]});
-            events.push_str(&format!("data: {chunk}\n\n"));
+        let mut events: Vec<String> = chars
+            .chunks(5)
+            .map(|c| {
+                let chunk = json!({"choices": [{"index": 0, "delta": {"content": c.iter().collect::<String>()}}]});
+                format!("data: {chunk}\n\n")
+            })
+            .collect();
+        if last.contains("breaks") {
+            events.truncate(2);
+            events.push("data: this is not a chunk\n\n".into());
+        } else {
+            events.push("data: [DONE]\n\n".into());
         }
-        events.push_str("data: [DONE]\n\n");
-        return ([("content-type", "text/event-stream")], events).into_response();
+        let pause = if last.contains("slowly") {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        let body = futures_util::stream::iter(events).then(move |event| async move {
+            tokio::time::sleep(pause).await;
+            Ok::<_, std::convert::Infallible>(event)
+        });
+        return (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(body),
+        )
+            .into_response();
     }
     Json(json!({
         "id": "x", "object": "chat.completion", "model": body["model"],
@@ -419,6 +442,65 @@ async fn streamed_completions_pass_the_models_pieces_through(store: Arc<dyn Stor
     );
 }
 
+async fn a_streamed_answer_is_stored_whole_even_if_the_client_leaves(store: Arc<dyn Store>) {
+    let (_upstream, url) = recording_upstream().await;
+    let app = app_with(store, model(&url, "m", 20, Duration::from_secs(5)), false);
+    let id = app
+        .call(Method::POST, "/v1/conversations", None, Some(json!({})))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let request = axum::http::Request::post("/v1/responses")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"model": "chatbot-rules", "input": "answer slowly", "conversation": id, "stream": true}).to_string(),
+        ))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.router.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("response.created"));
+    // The client goes away after the first event, with most of the answer unwritten.
+    drop(body);
+    let history = format!("/chat/history/{id}");
+    let mut stored = Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let read = app.get(&history).await;
+        if read.status == StatusCode::OK {
+            stored = read.json();
+            break;
+        }
+    }
+    assert_eq!(
+        replies(&stored),
+        pairs(&[("answer slowly", "model says: answer slowly")]),
+        "stored whole"
+    );
+    // A model that breaks off mid-answer stores nothing and says so.
+    let broken = app
+        .call(Method::POST, "/v1/responses", None, Some(json!({"model": "chatbot-rules", "input": "this breaks", "conversation": id, "stream": true})))
+        .await;
+    assert_eq!(broken.status, StatusCode::OK);
+    assert!(
+        broken.text().contains("event: response.failed"),
+        "{}",
+        broken.text()
+    );
+    assert!(!broken.text().contains("response.completed"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        replies(&app.get(&history).await.json()).len(),
+        1,
+        "nothing stored"
+    );
+}
+
 /// Runs each behaviour on memory, SQLite and PostgreSQL.
 macro_rules! on_every_store {
     ($($behaviour:ident),* $(,)?) => {
@@ -457,6 +539,7 @@ on_every_store!(
     failures_are_502_or_504_and_store_nothing,
     a_slow_model_slows_nothing_else_and_concurrent_messages_see_the_history_before_both,
     streamed_completions_pass_the_models_pieces_through,
+    a_streamed_answer_is_stored_whole_even_if_the_client_leaves,
 );
 
 /// A second chatbot-api, over TCP, is the model: its `/v1/chat/completions`

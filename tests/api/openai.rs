@@ -307,6 +307,76 @@ async fn responses_answer_from_the_conversation_and_store_both(app: TestApp) {
     assert_eq!(app.get("/chat/sessions").await.text(), before);
 }
 
+/// The `data` of each event of a streamed response, with its `event` name checked.
+fn response_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|event| {
+            let (name, data) = event.split_once('\n').expect("event and data lines");
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(
+                name.strip_prefix("event: "),
+                data["type"].as_str(),
+                "{event}"
+            );
+            data
+        })
+        .collect()
+}
+
+async fn streamed_responses_are_stored_once_complete(app: TestApp) {
+    let id = conversation(&app).await;
+    let response = post(
+        &app,
+        "/v1/responses",
+        json!({"model": MODEL, "input": "what did I just say?", "conversation": id, "stream": true}),
+    )
+    .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    let events = response_events(response.text());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "You said: \"Bye\"");
+    let numbers: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+    let completed = &events.last().unwrap()["response"];
+    assert_eq!(
+        (
+            completed["status"].as_str(),
+            completed["output_text"].as_str()
+        ),
+        (Some("completed"), Some("You said: \"Bye\""))
+    );
+    let history = ok(&app.get(&format!("/chat/history/{id}")).await);
+    assert_eq!(history[2]["bot_reply"], "You said: \"Bye\"");
+}
+
 async fn chat_completions_answer_and_stream(app: TestApp) {
     let body = json!({"model": MODEL, "messages": [
         {"role": "system", "content": "You are helpful."},
@@ -571,7 +641,7 @@ async fn bad_input_gets_openai_errors_and_changes_nothing(app: TestApp) {
         (
             Method::POST,
             "/v1/responses".into(),
-            Some(json!({"model": MODEL, "input": "hi", "conversation": id, "stream": true})),
+            Some(json!({"model": MODEL, "input": "hi", "conversation": id, "stream": "yes"})),
             StatusCode::BAD_REQUEST,
             Some("stream"),
         ),
@@ -659,6 +729,7 @@ http_suite!(
     items_page_both_ways_and_delete_for_good,
     responses_answer_from_the_conversation_and_store_both,
     chat_completions_answer_and_stream,
+    streamed_responses_are_stored_once_complete,
     bad_input_gets_openai_errors_and_changes_nothing,
 );
 

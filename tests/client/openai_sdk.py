@@ -68,6 +68,16 @@ def main(base: str) -> None:
     assert response.output_text == 'You said: "Tell me about FastAPI"', response.output_text
     assert response.output[0].id == "msg_3a", response.output
 
+    # The same, streamed: OpenAI's response events, the answer stored once complete.
+    events = list(
+        client.responses.create(model=MODEL, input="who are you?", conversation=conversation.id, stream=True)
+    )
+    kinds = [event.type for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    streamed = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert streamed == "I'm FastAPI Bot, your friendly assistant built with FastAPI!", streamed
+    assert events[-1].response.output_text == streamed
+
     # Chat Completions, streamed in chunks.
     stream = client.chat.completions.create(
         model=MODEL,
@@ -109,6 +119,7 @@ def main(base: str) -> None:
         ("Hello!", "Hi! Ask me anything."),
         ("Tell me about FastAPI", ""),
         ("what did I just say?", 'You said: "Tell me about FastAPI"'),
+        ("who are you?", "I'm FastAPI Bot, your friendly assistant built with FastAPI!"),
     ], pairs
 
     deleted = client.conversations.delete(conversation.id)

@@ -9,10 +9,11 @@
 //! Errors are OpenAI's shape ([`error`]); keys, limits and scopes are the
 //! seed API's.
 
+pub mod completions;
 pub mod conversations;
 pub mod error;
 pub mod input;
-pub mod replies;
+pub mod responses;
 pub mod schema;
 
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::domain::models::ConversationEntry;
+use crate::domain::models::{ConversationEntry, now};
 use crate::domain::store::{Metadata, Numbered};
 use crate::http::AppState;
-use input::{Message, Role};
+use error::OpenAiError;
+use input::{Body, Message, Role};
 
 /// The reply engine's name as a model: `model` must name it.
 pub const MODEL: &str = "chatbot-rules";
@@ -31,7 +33,8 @@ pub const MODEL: &str = "chatbot-rules";
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(conversations::router())
-        .merge(replies::router())
+        .merge(responses::router())
+        .merge(completions::router())
 }
 
 /// A fresh id: `prefix` and 32 random hex digits (128 bits).
@@ -191,6 +194,48 @@ pub fn list_json(items: &[Item], has_more: bool) -> Value {
         "last_id": items.last().map(Item::id),
         "has_more": has_more,
     })
+}
+
+// What every reply route checks and reads.
+
+/// `model` must name the reply engine.
+pub fn check_model(body: &Body) -> Result<(), OpenAiError> {
+    match body.text("model")? {
+        None => Err(OpenAiError::missing("model")),
+        Some(MODEL) => Ok(()),
+        Some(other) => Err(model_not_found(other)),
+    }
+}
+
+pub fn model_not_found(name: &str) -> OpenAiError {
+    OpenAiError {
+        code: Some("model_not_found"),
+        ..OpenAiError::not_found(format!(
+            "The model '{name}' does not exist. This server's model is '{MODEL}'."
+        ))
+    }
+}
+
+/// The user message to answer: the last message, which must be the user's.
+pub fn last_user_message(messages: &[Message], param: &str) -> Result<usize, OpenAiError> {
+    match messages.iter().rposition(|m| m.role != Role::System) {
+        Some(at) if messages[at].role == Role::User => Ok(at),
+        _ => Err(OpenAiError::invalid(
+            param,
+            "invalid_value",
+            format!("Invalid '{param}': the last message must be a 'user' message."),
+        )),
+    }
+}
+
+/// The exchanges before `messages[at]`, as the reply engine reads them.
+pub fn context(messages: &[Message], at: usize) -> Vec<ConversationEntry> {
+    exchanges_of(&messages[..at], now())
+}
+
+/// Rough token counts for `usage`: words, as the rule engine has no tokenizer.
+pub fn words(text: &str) -> usize {
+    text.split_whitespace().count()
 }
 
 #[cfg(test)]

@@ -202,7 +202,7 @@ pub struct ResponseRequest {
     /// Accepted; the rule engine reads no instructions.
     pub instructions: Option<String>,
     pub metadata: Option<Metadata>,
-    /// `true` is refused (not supported here yet).
+    /// Answer as Server-Sent Events (OpenAI's response events).
     pub stream: Option<bool>,
 }
 
