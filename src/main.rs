@@ -35,6 +35,16 @@ async fn main() -> ExitCode {
             }
         },
     };
+    let model = match config
+        .model()
+        .and_then(|m| m.map(ModelClient::new).transpose())
+    {
+        Ok(model) => model,
+        Err(err) => {
+            eprintln!("chatbot-api: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut origins = Vec::with_capacity(config.cors_origins.len());
     for origin in &config.cors_origins {
         match HeaderValue::from_str(origin) {
@@ -78,16 +88,6 @@ async fn main() -> ExitCode {
         spawn_expiry(store.clone(), std::time::Duration::from_secs(ttl));
     }
 
-    let model = match config
-        .model()
-        .and_then(|m| m.map(ModelClient::new).transpose())
-    {
-        Ok(model) => model,
-        Err(err) => {
-            eprintln!("chatbot-api: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
     let keys = ApiKeys::new(config.api_keys.iter().filter(|k| !k.is_empty()));
     let mut state = AppState::new(store.clone(), chatbot, config.limits())
         .with_debug_endpoints(config.debug_endpoints)

@@ -603,3 +603,70 @@ async fn another_chatbot_api_is_a_model_server() {
         StatusCode::BAD_GATEWAY
     );
 }
+
+/// Two chatbot-api processes: one answers the other's messages through its
+/// `/v1/chat/completions`, configured by flags only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_answers_through_the_flags() {
+    let upstream = crate::helpers::Server::start(&["--store", "memory"]);
+    let url = upstream.url("/v1");
+    let server = crate::helpers::Server::start(&[
+        "--store",
+        "memory",
+        "--llm-url",
+        &url,
+        "--llm-model",
+        "chatbot-rules",
+        "--llm-system-prompt",
+        "Be brief.",
+        "--llm-timeout",
+        "5",
+    ]);
+    let client = reqwest::Client::new();
+    let mut said = Vec::new();
+    for message in ["hello", "what did I just say?"] {
+        let answer: Value = client
+            .post(server.url("/chat"))
+            .json(&json!({"user_message": message, "session_id": "s"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        said.push(answer["bot_reply"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        said,
+        ["Hi there! How can I help you today?", "You said: \"hello\""]
+    );
+    // The upstream stored nothing: its chat completions are stateless.
+    let sessions: Value = client
+        .get(upstream.url("/chat/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions, json!([]));
+}
+
+#[test]
+fn a_model_url_without_a_model_name_stops_the_server_with_one_line() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .args([
+            "--store",
+            "memory",
+            "--port",
+            "0",
+            "--llm-url",
+            "http://127.0.0.1:9/v1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--llm-model"), "{stderr}");
+}

@@ -190,6 +190,12 @@ fn help_explains_every_flag_and_its_env_var() {
         ("--cors-origin", "CHATBOT_CORS_ORIGINS"),
         ("--cache-mb", "CHATBOT_CACHE_MB"),
         ("--sync", "CHATBOT_SYNC"),
+        ("--llm-url", "CHATBOT_LLM_URL"),
+        ("--llm-model", "CHATBOT_LLM_MODEL"),
+        ("--llm-api-key", "CHATBOT_LLM_API_KEY"),
+        ("--llm-system-prompt", "CHATBOT_LLM_SYSTEM_PROMPT"),
+        ("--llm-context", "CHATBOT_LLM_CONTEXT"),
+        ("--llm-timeout", "CHATBOT_LLM_TIMEOUT"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),
