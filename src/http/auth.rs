@@ -166,30 +166,35 @@ where
 /// owner (401 otherwise) and hands it to the handler.
 pub async fn require_key(
     State(keys): State<Arc<ApiKeys>>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
-    match keys.identify(request.headers()) {
-        Ok(owner) => {
-            request.extensions_mut().insert(owner);
-            next.run(request).await
-        }
-        Err(err) => err.into_response(),
-    }
+    admit(&keys, request, next, IntoResponse::into_response).await
 }
 
 /// [`require_key`] for `/v1`: the same check, OpenAI-shaped 401s.
 pub async fn require_key_openai(
     State(keys): State<Arc<ApiKeys>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let refuse = |err| crate::http::v1::error::OpenAiError::from(err).into_response();
+    admit(&keys, request, next, refuse).await
+}
+
+/// Runs the request as its owner, or answers `refuse` of why not.
+async fn admit(
+    keys: &ApiKeys,
     mut request: Request,
     next: Next,
+    refuse: impl FnOnce(ApiError) -> Response,
 ) -> Response {
     match keys.identify(request.headers()) {
         Ok(owner) => {
             request.extensions_mut().insert(owner);
             next.run(request).await
         }
-        Err(err) => crate::http::v1::error::OpenAiError::from(err).into_response(),
+        Err(err) => refuse(err),
     }
 }
 

@@ -198,6 +198,23 @@ fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ValidationIssue {
     .with_ctx(json!({ "error": message }))
 }
 
+/// Path parameter `name`, percent-decoded as Starlette decodes it (invalid
+/// UTF-8 becomes U+FFFD); a route without it is a 404.
+pub async fn path_param<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    name: &str,
+) -> Result<String, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::NotFound)?;
+    let raw = params
+        .iter()
+        .find_map(|(key, value)| (key == name).then_some(value))
+        .ok_or(ApiError::NotFound)?;
+    Ok(percent_decode_str(raw).decode_utf8_lossy().into_owned())
+}
+
 /// The `{session_id}` path segment, percent-decoded as Starlette decodes it
 /// (invalid UTF-8 becomes U+FFFD).
 #[derive(Debug)]
@@ -207,14 +224,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound)?;
-        let raw = params
-            .iter()
-            .find_map(|(name, value)| (name == "session_id").then_some(value))
-            .ok_or(ApiError::NotFound)?;
-        let decoded = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        let decoded = path_param(parts, state, "session_id").await?;
         // Starlette decodes the path before routing, so `%2F` splits the
         // segment and no route matches.
         if decoded.contains('/') {
@@ -237,14 +247,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PositionPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound)?;
-        let raw = params
-            .iter()
-            .find_map(|(name, value)| (name == "n").then_some(value))
-            .ok_or(ApiError::NotFound)?;
-        let decoded = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        let decoded = path_param(parts, state, "n").await?;
         let loc = || vec![Loc::from("path"), Loc::from("n")];
         let input = Value::String(decoded.clone());
         match decoded.trim().parse::<i64>() {

@@ -52,21 +52,25 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "character" } else { "characters" }
 }
 
+/// A body that is a JSON object, or pydantic's error for a missing body or
+/// another value.
+fn body_object(body: Option<Value>) -> Result<Map<String, Value>, Vec<ValidationIssue>> {
+    match body {
+        None => Err(vec![ValidationIssue::new(
+            "missing",
+            vec![Loc::from("body")],
+            "Field required",
+            Value::Null,
+        )]),
+        Some(Value::Object(object)) => Ok(object),
+        Some(other) => Err(vec![not_an_object(other)]),
+    }
+}
+
 impl ChatRequest {
     /// Validates a decoded JSON body (`None` when the body was empty).
     pub fn parse(body: Option<Value>, limits: &Limits) -> Result<Self, Vec<ValidationIssue>> {
-        let object = match body {
-            None => {
-                return Err(vec![ValidationIssue::new(
-                    "missing",
-                    vec![Loc::from("body")],
-                    "Field required",
-                    Value::Null,
-                )]);
-            }
-            Some(Value::Object(object)) => object,
-            Some(other) => return Err(vec![not_an_object(other)]),
-        };
+        let object = body_object(body)?;
         let rules = [
             FieldRule {
                 name: "user_message",
@@ -124,18 +128,7 @@ impl MessageEdit {
     /// Validates a decoded JSON body: each field given is held to the rules
     /// of `POST /chat`'s `user_message`.
     pub fn parse(body: Option<Value>, limits: &Limits) -> Result<Self, Vec<ValidationIssue>> {
-        let object = match body {
-            None => {
-                return Err(vec![ValidationIssue::new(
-                    "missing",
-                    vec![Loc::from("body")],
-                    "Field required",
-                    Value::Null,
-                )]);
-            }
-            Some(Value::Object(object)) => object,
-            Some(other) => return Err(vec![not_an_object(other)]),
-        };
+        let object = body_object(body)?;
         let mut issues = Vec::new();
         // A field left out or `null` stays as it is (pydantic's `Optional[str] = None`).
         let mut field = |name: &'static str| {

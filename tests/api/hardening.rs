@@ -34,18 +34,7 @@ async fn send(
     auth: Option<(&str, &str)>,
     body: Option<Value>,
 ) -> TestResponse {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some((name, value)) = auth {
-        request = request.header(name, value);
-    }
-    let body = match body {
-        Some(body) => {
-            request = request.header("content-type", "application/json");
-            Body::from(body.to_string())
-        }
-        None => Body::empty(),
-    };
-    app.send(request.body(body).unwrap()).await
+    app.call(method, uri, auth, body).await
 }
 
 const ALPHA: Option<(&str, &str)> = Some(("authorization", "Bearer alpha-key"));

@@ -131,6 +131,16 @@ impl TestApp {
     }
 }
 
+/// The user messages of a history, in order.
+pub fn said(history: &Value) -> Vec<&str> {
+    history
+        .as_array()
+        .expect("a history is an array")
+        .iter()
+        .map(|e| e["user_message"].as_str().expect("a message"))
+        .collect()
+}
+
 /// An object's field names, in the order they were written.
 pub fn field_names(value: &Value) -> Vec<&str> {
     value

@@ -5,16 +5,7 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, field_names};
-
-fn messages(history: &Value) -> Vec<&str> {
-    history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["user_message"].as_str().unwrap())
-        .collect()
-}
+use crate::helpers::{TestApp, field_names, said};
 
 fn ids(list: &Value) -> Vec<&str> {
     list.as_array()
@@ -120,14 +111,14 @@ async fn history_pages_with_total_and_next_links(app: TestApp) {
         None,
         "without parameters: everything, as the seed"
     );
-    assert_eq!(messages(&whole.json()), ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(said(&whole.json()), ["m0", "m1", "m2", "m3", "m4"]);
 
     let pages = follow(&app, "/chat/history/paged?limit=2").await;
-    let seen: Vec<Vec<&str>> = pages.iter().map(messages).collect();
+    let seen: Vec<Vec<&str>> = pages.iter().map(said).collect();
     assert_eq!(seen, vec![vec!["m0", "m1"], vec!["m2", "m3"], vec!["m4"]]);
 
     let middle = app.get("/chat/history/paged?offset=1&limit=3").await;
-    assert_eq!(messages(&middle.json()), ["m1", "m2", "m3"]);
+    assert_eq!(said(&middle.json()), ["m1", "m2", "m3"]);
     assert_eq!(middle.header("x-total-count"), Some("5"));
     assert!(middle.header("link").unwrap().contains("offset=4&limit=3"));
     let past = app.get("/chat/history/paged?offset=9").await;
@@ -231,13 +222,10 @@ async fn delete_then_reuse_starts_a_fresh_conversation(app: TestApp) {
         "You haven't said anything yet in this conversation."
     );
     assert_eq!(
-        messages(&app.get("/chat/history/gone").await.json()),
+        said(&app.get("/chat/history/gone").await.json()),
         ["What did I just say?"]
     );
-    assert_eq!(
-        messages(&app.get("/chat/history/kept").await.json()),
-        ["stay"]
-    );
+    assert_eq!(said(&app.get("/chat/history/kept").await.json()), ["stay"]);
 }
 
 async fn search_is_case_insensitive_unicode_aware_and_newest_first(app: TestApp) {
@@ -250,7 +238,7 @@ async fn search_is_case_insensitive_unicode_aware_and_newest_first(app: TestApp)
     assert_eq!(found.status, StatusCode::OK);
     let hits = found.json();
     assert_eq!(
-        messages(&hits),
+        said(&hits),
         ["Straße im Sommer: été?", "Un bel ÉTÉ à Paris"],
         "newest first"
     );
@@ -269,7 +257,7 @@ async fn search_is_case_insensitive_unicode_aware_and_newest_first(app: TestApp)
 
     // Without session_id, every session is searched.
     let everywhere = app.get("/chat/search?q=%C3%89T%C3%89").await.json();
-    let mut found: Vec<&str> = messages(&everywhere);
+    let mut found: Vec<&str> = said(&everywhere);
     found.sort_unstable();
     assert_eq!(
         found,
@@ -286,7 +274,7 @@ async fn search_is_case_insensitive_unicode_aware_and_newest_first(app: TestApp)
         .json();
     assert_eq!(in_replies.as_array().unwrap().len(), 1);
     assert_eq!(
-        messages(&app.get("/chat/search?q=0%25%20s").await.json()),
+        said(&app.get("/chat/search?q=0%25%20s").await.json()),
         ["100% sure_thing"]
     );
     assert_eq!(

@@ -4,16 +4,7 @@
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, field_names};
-
-fn said(history: &Value) -> Vec<&str> {
-    history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["user_message"].as_str().unwrap())
-        .collect()
-}
+use crate::helpers::{TestApp, field_names, said};
 
 async fn one_exchange_is_read_corrected_and_removed(app: TestApp) {
     for message in ["Hello!", "tell me about fastapi", "bye"] {

@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::Body as HttpBody;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -14,7 +13,9 @@ use utoipa_axum::routes;
 
 use super::error::OpenAiError;
 use super::input::{Body, messages};
-use super::schema::{ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList, ModelObject};
+use super::schema::{
+    BodyErrors, ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList, ModelObject,
+};
 use super::{MODEL, check_model, context, last_user_message, model_not_found, new_id, words};
 use crate::domain::models::now;
 use crate::http::AppState;
@@ -40,8 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such model", body = ErrorBody),
         (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        BodyErrors,
         (status = 429, description = "Rate limit exceeded", body = ErrorBody),
         (status = 502, description = "The model server failed", body = ErrorBody),
         (status = 504, description = "The model server timed out", body = ErrorBody),
@@ -120,17 +120,7 @@ async fn chat_completions(
         },
     );
     let body = HttpBody::from_stream(events);
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(super::event_stream(body))
 }
 
 /// Where a streamed completion is.

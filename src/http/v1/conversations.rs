@@ -11,8 +11,8 @@ use utoipa_axum::routes;
 use super::error::OpenAiError;
 use super::input::{Body, Ids, MAX_ITEMS, Message, Role, messages};
 use super::schema::{
-    ConversationCreate, ConversationDeleted, ConversationObject, ConversationUpdate, ErrorBody,
-    ItemList, ItemObject, ItemsCreate, Order,
+    BodyErrors, ConversationCreate, ConversationDeleted, ConversationObject, ConversationUpdate,
+    ErrorBody, ItemList, ItemObject, ItemsCreate, OpenAiErrors, Order,
 };
 use super::{Half, Item, conversation_json, exchanges_of, list_json, new_id, parse_item_id};
 use crate::domain::models::{SessionId, now};
@@ -78,11 +78,8 @@ fn stored_messages(
     responses(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
+        BodyErrors,
         (status = 507, description = "A session or message cap was reached; nothing stored", body = ErrorBody),
     ))]
 async fn create(
@@ -122,9 +119,7 @@ async fn create(
     responses(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
     ))]
 async fn retrieve(
     State(state): State<AppState>,
@@ -151,11 +146,8 @@ async fn retrieve(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
+        BodyErrors,
     ))]
 async fn update(
     State(state): State<AppState>,
@@ -180,9 +172,7 @@ async fn update(
     responses(
         (status = 200, description = "Deleted", body = ConversationDeleted),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
     ))]
 async fn delete(
     State(state): State<AppState>,
@@ -212,11 +202,8 @@ async fn delete(
         (status = 200, description = "The items added", body = ItemList),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
+        BodyErrors,
         (status = 507, description = "A message cap was reached; nothing stored", body = ErrorBody),
     ))]
 async fn add_items(
@@ -284,9 +271,7 @@ async fn add_items(
         (status = 200, description = "A page of items", body = ItemList),
         (status = 400, description = "Invalid query parameters", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
     ))]
 async fn list_items(
     State(state): State<AppState>,
@@ -368,9 +353,7 @@ async fn find_item(
     responses(
         (status = 200, description = "The item", body = ItemObject),
         (status = 404, description = "No such conversation or item", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
     ))]
 async fn retrieve_item(
     State(state): State<AppState>,
@@ -391,9 +374,7 @@ async fn retrieve_item(
     responses(
         (status = 200, description = "The conversation the item was in", body = ConversationObject),
         (status = 404, description = "No such conversation or item", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        OpenAiErrors,
     ))]
 async fn delete_item(
     State(state): State<AppState>,

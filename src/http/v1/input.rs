@@ -1,15 +1,14 @@
 //! What `/v1` requests carry, checked once at the edge: JSON bodies, path
 //! ids, metadata and messages, each refusal a 400 naming the field.
 
-use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 
 use super::error::OpenAiError;
 use crate::domain::models::{MAX_SESSION_ID_CHARS, could_be_session_id, text_allowed};
 use crate::domain::store::Metadata;
-use crate::http::extract::json_body;
+use crate::http::extract::{json_body, path_param};
 use crate::http::validate::Limits;
 
 /// The most metadata pairs, and their keys' and values' lengths (OpenAI's).
@@ -82,21 +81,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Ids {
     type Rejection = OpenAiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, OpenAiError> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| OpenAiError::not_found("Not found."))?;
-        let mut ids = Self {
-            conversation: String::new(),
-            item: None,
+        let ids = Self {
+            conversation: path_param(parts, state, "conversation_id").await?,
+            item: path_param(parts, state, "item_id").await.ok(),
         };
-        for (name, raw) in &params {
-            let decoded = percent_decode_str(raw).decode_utf8_lossy().into_owned();
-            match name {
-                "conversation_id" => ids.conversation = decoded,
-                "item_id" => ids.item = Some(decoded),
-                _ => {}
-            }
-        }
         if !could_be_conversation(&ids.conversation) {
             return Err(OpenAiError::no_conversation(&ids.conversation));
         }

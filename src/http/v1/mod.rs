@@ -18,6 +18,8 @@ pub mod schema;
 
 use std::sync::Arc;
 
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -196,7 +198,22 @@ pub fn list_json(items: &[Item], has_more: bool) -> Value {
     })
 }
 
-// What every reply route checks and reads.
+// What every reply route checks, reads and writes.
+
+/// A streamed answer: Server-Sent Events, not to be cached.
+pub fn event_stream(body: axum::body::Body) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
 
 /// `model` must name the reply engine.
 pub fn check_model(body: &Body) -> Result<(), OpenAiError> {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body as HttpBody;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
@@ -17,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::error::OpenAiError;
 use super::input::{Body, Message, Role, could_be_conversation, messages};
-use super::schema::{ErrorBody, ResponseObject, ResponseRequest};
+use super::schema::{BodyErrors, ErrorBody, OpenAiErrors, ResponseObject, ResponseRequest};
 use super::{
     Half, MODEL, check_model, context, exchanges_of, item_id, last_user_message, message_json,
     new_id, words,
@@ -188,12 +187,9 @@ impl Request {
         )),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such conversation or model", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
+        OpenAiErrors,
+        BodyErrors,
         (status = 502, description = "The model server failed; nothing stored", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
         (status = 504, description = "The model server timed out; nothing stored", body = ErrorBody),
         (status = 507, description = "A session or message cap was reached; nothing stored", body = ErrorBody),
     ))]
@@ -300,17 +296,7 @@ async fn stream(
             Some((Ok::<_, Infallible>(chunk), (pieces, events, next)))
         },
     );
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        HttpBody::from_stream(body),
-    )
-        .into_response())
+    Ok(super::event_stream(HttpBody::from_stream(body)))
 }
 
 enum Stage {

@@ -29,6 +29,29 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
+/// The errors every `/v1` route touching conversations can answer.
+#[derive(utoipa::IntoResponses)]
+pub enum OpenAiErrors {
+    #[response(
+        status = 401,
+        description = "API key missing or wrong (when the server has keys)"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(status = 429, description = "Rate limit exceeded")]
+    TooManyRequests(ErrorBody),
+    #[response(status = 503, description = "Storage unavailable")]
+    Unavailable(ErrorBody),
+}
+
+/// The errors of reading a request body.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyErrors {
+    #[response(status = 408, description = "The body arrived too slowly")]
+    TooSlow(ErrorBody),
+    #[response(status = 413, description = "Body larger than the limit")]
+    TooLarge(ErrorBody),
+}
+
 /// Up to 16 pairs; keys of at most 64 characters, values of at most 512.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"topic": "billing"}))]
