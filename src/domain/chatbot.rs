@@ -25,6 +25,24 @@ pub trait Replier: Send + Sync + 'static {
     fn known_reply(&self, message: &str, history: &dyn History) -> Option<Arc<str>> {
         Some(self.reply(message, history))
     }
+
+    /// The reply and where it came from, for counting.
+    fn reply_kind(&self, message: &str, history: &dyn History) -> (Arc<str>, ReplyKind) {
+        (self.reply(message, history), ReplyKind::Other)
+    }
+}
+
+/// Where a reply came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// A keyword rule, named by its first keyword.
+    Rule(Arc<str>),
+    /// An answer about the conversation ("what did I just say?").
+    Conversation,
+    /// The fallback line: no rule matched.
+    Fallback,
+    /// A reply engine that does not say.
+    Other,
 }
 
 /// The earlier exchanges a reply may look at, oldest first, read in place:
@@ -75,6 +93,8 @@ impl<H: History + ?Sized> History for &H {
 pub struct Rule {
     keywords: Vec<String>,
     reply: Arc<str>,
+    /// Its first keyword, as counted in metrics.
+    name: Arc<str>,
 }
 
 impl Rule {
@@ -86,7 +106,14 @@ impl Rule {
                 .map(|k| k.as_ref().to_lowercase())
                 .collect(),
             reply: Arc::from(reply),
+            name: Arc::from(""),
         }
+        .named()
+    }
+
+    fn named(mut self) -> Self {
+        self.name = Arc::from(self.keywords.first().map_or("", String::as_str));
+        self
     }
 
     fn matches(&self, lowered_message: &str) -> bool {
@@ -173,12 +200,18 @@ impl Chatbot {
     }
 
     fn answer(&self, message: &str, history: &dyn History) -> Arc<str> {
-        self.answer_known(message, history)
-            .unwrap_or_else(|fallback| fallback)
+        self.answer_with_kind(message, history).0
     }
 
     /// The reply: `Ok` from a rule or the conversation, `Err` the fallback.
     fn answer_known(&self, message: &str, history: &dyn History) -> Result<Arc<str>, Arc<str>> {
+        match self.answer_with_kind(message, history) {
+            (answer, ReplyKind::Fallback) => Err(answer),
+            (answer, _) => Ok(answer),
+        }
+    }
+
+    fn answer_with_kind(&self, message: &str, history: &dyn History) -> (Arc<str>, ReplyKind) {
         let lowered = message.to_lowercase();
         // Most messages are answered without normalizing them.
         let may_ask = lowered.contains(['\'', '\u{2019}'])
@@ -187,7 +220,7 @@ impl Chatbot {
         if let Some(normalized) = normalized.as_deref().filter(|_| may_ask)
             && let Some(answer) = about_the_conversation(normalized, history)
         {
-            return Ok(answer);
+            return (answer, ReplyKind::Conversation);
         }
         let rule = self.rules.iter().find(|rule| rule.matches(&lowered));
         let answer = rule.map_or_else(|| self.fallback.clone(), |rule| rule.reply.clone());
@@ -204,11 +237,11 @@ impl Chatbot {
         } else {
             answer
         };
-        if rule.is_some() {
-            Ok(answer)
-        } else {
-            Err(answer)
-        }
+        let kind = match rule {
+            Some(rule) => ReplyKind::Rule(rule.name.clone()),
+            None => ReplyKind::Fallback,
+        };
+        (answer, kind)
     }
 }
 
@@ -319,6 +352,10 @@ impl Replier for Chatbot {
 
     fn known_reply(&self, message: &str, history: &dyn History) -> Option<Arc<str>> {
         self.answer_known(message, history).ok()
+    }
+
+    fn reply_kind(&self, message: &str, history: &dyn History) -> (Arc<str>, ReplyKind) {
+        self.answer_with_kind(message, history)
     }
 }
 

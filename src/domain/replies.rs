@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::domain::chatbot::{CONTEXT_EXCHANGES, History, Replier};
+use crate::domain::chatbot::{CONTEXT_EXCHANGES, History, Replier, ReplyKind};
 use crate::domain::model::{ModelClient, ModelError, Pieces};
 use crate::domain::models::{ConversationEntry, SessionId};
 use crate::domain::store::{NewExchange, Numbered, Page, Store, StoreError};
@@ -38,6 +38,44 @@ impl Replier for Given {
     }
 }
 
+/// The rules, counting each reply by where it came from
+/// (`chatbot_replies_total{source, rule}`).
+struct Counted(Arc<dyn Replier>);
+
+impl Replier for Counted {
+    fn reply(&self, message: &str, history: &dyn History) -> Arc<str> {
+        let (reply, kind) = self.0.reply_kind(message, history);
+        count(&kind);
+        reply
+    }
+
+    fn known_reply(&self, message: &str, history: &dyn History) -> Option<Arc<str>> {
+        self.0.known_reply(message, history)
+    }
+
+    fn reply_kind(&self, message: &str, history: &dyn History) -> (Arc<str>, ReplyKind) {
+        let (reply, kind) = self.0.reply_kind(message, history);
+        count(&kind);
+        (reply, kind)
+    }
+}
+
+/// Counts one reply; the fallback ("questions the bot could not answer")
+/// apart from the rules.
+fn count(kind: &ReplyKind) {
+    let (source, rule) = match kind {
+        ReplyKind::Rule(name) => ("rule", name.to_string()),
+        ReplyKind::Conversation => ("conversation", String::new()),
+        ReplyKind::Fallback => ("fallback", String::new()),
+        ReplyKind::Other => ("other", String::new()),
+    };
+    metrics::counter!("chatbot_replies_total", "source" => source, "rule" => rule).increment(1);
+}
+
+fn count_model() {
+    metrics::counter!("chatbot_replies_total", "source" => "model", "rule" => "").increment(1);
+}
+
 /// The reply engine as configured.
 #[derive(Clone)]
 pub struct Replies {
@@ -51,7 +89,7 @@ impl Replies {
     /// Rules only.
     pub fn rules(rules: Arc<dyn Replier>) -> Self {
         Self {
-            rules,
+            rules: Arc::new(Counted(rules)),
             model: None,
             rules_first: false,
         }
@@ -87,6 +125,7 @@ impl Replies {
         }
         let turns = model.turns(&history, &exchange.user_message);
         let reply = model.complete(&turns).await?;
+        count_model();
         Ok(store
             .append(session, exchange, Arc::new(Given(reply)))
             .await?)
@@ -101,7 +140,11 @@ impl Replies {
     ) -> Result<Arc<str>, ModelError> {
         match self.model_for(message, &history) {
             None => Ok(self.rules.reply(message, &rules_window(history))),
-            Some(model) => Ok(model.complete(&model.turns(history, message)).await?.into()),
+            Some(model) => {
+                let reply = model.complete(&model.turns(history, message)).await?;
+                count_model();
+                Ok(reply.into())
+            }
         }
     }
 
@@ -121,7 +164,11 @@ impl Replies {
                     .collect();
                 Ok(Box::pin(futures_util::stream::iter(words)))
             }
-            Some(model) => model.stream(&model.turns(history, message)).await,
+            Some(model) => {
+                let pieces = model.stream(&model.turns(history, message)).await?;
+                count_model();
+                Ok(pieces)
+            }
         }
     }
 }
@@ -186,6 +233,7 @@ impl Replies {
                     }
                 }
             }
+            count_model();
             if reply.is_empty() {
                 let empty = ModelError::Malformed("the stream had no text".into());
                 let _ = sender.send(Streamed::Failed(empty.into())).await;

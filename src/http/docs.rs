@@ -181,7 +181,8 @@ pub fn require_api_key(doc: &mut utoipa::openapi::OpenApi) {
         SecurityRequirement::new("api_key", Vec::<String>::new()),
     ];
     for (path, item) in doc.paths.paths.iter_mut() {
-        if path.starts_with("/chat") || path.starts_with("/debug") || path.starts_with("/v1") {
+        let keyed = ["/chat", "/debug", "/v1", "/metrics"];
+        if keyed.iter().any(|prefix| path.starts_with(prefix)) {
             for operation in [
                 &mut item.get,
                 &mut item.post,

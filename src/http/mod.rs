@@ -11,6 +11,7 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
@@ -156,8 +157,12 @@ pub fn app(state: AppState) -> App {
             ])
     });
     let body_timeout = state.limits.request_timeout;
+    // The recorder exists before the first request counts.
+    metrics::handle();
     let router = router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        // Around every route, so the key check's 401s and the limit's 429s count too.
+        .layer(middleware::from_fn(metrics::track))
         // Applies to the routes above, so it comes after them.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
@@ -178,6 +183,7 @@ pub fn app(state: AppState) -> App {
 /// `utoipa_axum::routes!` is what documents it.
 pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
     let mut conversations = OpenApiRouter::new()
+        .merge(metrics::router())
         .merge(routes::chat::router())
         .merge(routes::history::router())
         .merge(routes::messages::router())

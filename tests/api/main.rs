@@ -10,6 +10,7 @@ mod errors;
 mod hardening;
 mod manage;
 mod messages;
+mod metrics;
 mod model;
 mod openai;
 mod openapi;

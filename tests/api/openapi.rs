@@ -302,6 +302,7 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
         ("GET", "/chat/sessions", "list_sessions"),
         ("GET", "/debug/sessions", "debug_list_sessions"),
         ("GET", "/health", "health"),
+        ("GET", "/metrics", "metrics"),
         (
             "GET",
             "/v1/conversations/{conversation_id}",

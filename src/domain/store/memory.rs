@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::compact::{Meta, Replies, Session};
 use super::{
     Caps, Change, Changed, Conversation, Edited, Found, HistoryPage, JsonPage, NewExchange,
-    Numbered, Page, Search, SessionSummary, Store, StoreError,
+    Numbered, Page, Search, SessionSummary, Store, StoreError, Totals,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::SessionId;
@@ -295,6 +295,15 @@ impl Store for MemoryStore {
                 entry: inner.sessions[id].entry(seq, inner.replies.list()),
             })
             .collect())
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        let inner = self.read();
+        let with_history = inner.sessions.values().filter(|s| !s.is_empty());
+        Ok(Totals {
+            sessions: with_history.clone().count() as u64,
+            exchanges: with_history.map(|s| s.len() as u64).sum(),
+        })
     }
 
     async fn clear(&self) -> Result<(), StoreError> {

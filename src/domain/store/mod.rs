@@ -187,6 +187,21 @@ pub enum StoreError {
     Full(String),
 }
 
+/// What a store holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub sessions: u64,
+    pub exchanges: u64,
+}
+
+/// Counts a group commit of `exchanges` that took `seconds`
+/// (`chatbot_group_commit_exchanges`, `chatbot_group_commit_duration_seconds`).
+pub(crate) fn record_commit(exchanges: usize, started: std::time::Instant) {
+    metrics::histogram!("chatbot_group_commit_exchanges").record(exchanges as f64);
+    metrics::histogram!("chatbot_group_commit_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+}
+
 /// Which part of a history to return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Page {
@@ -342,6 +357,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Exchanges whose message or reply contains the text, newest first.
     async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError>;
+
+    /// How many sessions have history, and how many exchanges they hold.
+    async fn totals(&self) -> Result<Totals, StoreError>;
 
     /// Removes every session.
     async fn clear(&self) -> Result<(), StoreError>;

@@ -55,6 +55,7 @@ async fn index(headers: HeaderMap) -> Response {
             "GET /chat/sessions",
             "GET /chat/search",
             "GET /health",
+            "GET /metrics",
             "/v1: the OpenAI API (conversations, items, responses, chat/completions, models)",
         ],
     })

@@ -22,7 +22,7 @@ use writer::commit_loop;
 use super::queue::{CommitStats, Writes};
 use super::{
     Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered, Page,
-    Search, SessionSummary, Store, StoreError, contains_pattern, prefix_end,
+    Search, SessionSummary, Store, StoreError, Totals, contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -324,6 +324,21 @@ impl Store for PostgresStore {
                 entry: row.exchange.into(),
             })
             .collect())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        let (sessions, exchanges): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(message_count), 0)::BIGINT FROM sessions \
+             WHERE message_count > 0",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(Totals {
+            sessions: sessions as u64,
+            exchanges: exchanges as u64,
+        })
     }
 
     async fn clear(&self) -> Result<(), StoreError> {

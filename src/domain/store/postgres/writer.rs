@@ -81,10 +81,12 @@ async fn commit_group(pool: &PgPool, batch: &mut Vec<Pending>, stats: &CommitSta
     if batch.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     match write_batch(pool, batch, caps).await {
         Ok(outcomes) => {
             let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
             stats.committed(stored);
+            crate::domain::store::record_commit(stored as usize, started);
             for (pending, outcome) in batch.drain(..).zip(outcomes) {
                 let _ = pending.done.send(outcome);
             }

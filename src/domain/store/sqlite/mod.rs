@@ -31,7 +31,7 @@ use super::compact::{Replies, Session};
 use super::queue::{CommitStats, Writes};
 use super::{
     Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered, Page,
-    Search, SessionSummary, Store, StoreError, contains_pattern, prefix_end,
+    Search, SessionSummary, Store, StoreError, Totals, contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -236,6 +236,9 @@ const SELECT_SESSIONS: &str = "\
     SELECT session_id, message_count, first_at, last_at FROM sessions \
     WHERE session_id > ?1 AND (?2 = '' OR session_id < ?2) AND message_count > 0 \
     ORDER BY session_id LIMIT ?3";
+
+const TOTALS: &str = "\
+    SELECT count(*), coalesce(sum(message_count), 0) FROM sessions WHERE message_count > 0";
 
 const SEARCH: &str = "\
     SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
@@ -452,6 +455,19 @@ impl Store for SqliteStore {
                     })?
                     .collect::<Result<_, _>>()?;
                 Ok(found)
+            })
+            .await
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        self.readers
+            .run(|conn| {
+                Ok(conn.prepare_cached(TOTALS)?.query_row([], |row| {
+                    Ok(Totals {
+                        sessions: row.get::<_, i64>(0)? as u64,
+                        exchanges: row.get::<_, i64>(1)? as u64,
+                    })
+                })?)
             })
             .await
     }

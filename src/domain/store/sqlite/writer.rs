@@ -308,9 +308,11 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
         match self.write_batch(batch) {
             Ok((answers, stored)) => {
                 self.stats.committed(stored.len() as u64);
+                crate::domain::store::record_commit(stored.len(), started);
                 let answers = batch.drain(..).map(|p| p.done).zip(answers).collect();
                 self.hand_off(Committed::Appends { answers, stored });
             }
