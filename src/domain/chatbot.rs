@@ -30,6 +30,20 @@ pub trait Replier: Send + Sync + 'static {
     fn reply_kind(&self, message: &str, history: &dyn History) -> (Arc<str>, ReplyKind) {
         (self.reply(message, history), ReplyKind::Other)
     }
+
+    /// The rules' names and replies, and the fallback line, for analytics
+    /// (empty for an engine without rules).
+    fn catalog(&self) -> Catalog {
+        Catalog::default()
+    }
+}
+
+/// What a rule engine can answer: each rule's name (its first keyword) and
+/// reply, and the fallback line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub rules: Vec<(Arc<str>, Arc<str>)>,
+    pub fallback: Option<Arc<str>>,
 }
 
 /// Where a reply came from.
@@ -356,6 +370,17 @@ impl Replier for Chatbot {
 
     fn reply_kind(&self, message: &str, history: &dyn History) -> (Arc<str>, ReplyKind) {
         self.answer_with_kind(message, history)
+    }
+
+    fn catalog(&self) -> Catalog {
+        Catalog {
+            rules: self
+                .rules
+                .iter()
+                .map(|rule| (rule.name.clone(), rule.reply.clone()))
+                .collect(),
+            fallback: Some(self.fallback.clone()),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::domain::chatbot::{CONTEXT_EXCHANGES, History, Replier, ReplyKind};
+use crate::domain::chatbot::{CONTEXT_EXCHANGES, Catalog, History, Replier, ReplyKind};
 use crate::domain::model::{ModelClient, ModelError, Pieces};
 use crate::domain::models::{ConversationEntry, SessionId};
 use crate::domain::store::{NewExchange, Numbered, Page, Store, StoreError};
@@ -57,6 +57,10 @@ impl Replier for Counted {
         let (reply, kind) = self.0.reply_kind(message, history);
         count(&kind);
         (reply, kind)
+    }
+
+    fn catalog(&self) -> Catalog {
+        self.0.catalog()
     }
 }
 

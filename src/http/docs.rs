@@ -146,6 +146,53 @@ pub struct ValidationBody {
     pub detail: Vec<ValidationItem>,
 }
 
+/// One bucket of `GET /chat/analytics`.
+#[derive(Serialize, ToSchema)]
+pub struct AnalyticsBucket {
+    /// Its start, RFC 3339 UTC.
+    pub start: String,
+    pub exchanges: u64,
+    /// Sessions with an exchange in the bucket.
+    pub active_sessions: u64,
+    /// Sessions whose first exchange is in the bucket.
+    pub new_sessions: u64,
+}
+
+/// How often a rule answered.
+#[derive(Serialize, ToSchema)]
+pub struct RuleCount {
+    /// The rule's first keyword.
+    pub rule: String,
+    pub reply: String,
+    pub exchanges: u64,
+}
+
+/// A message the bot answered with its fallback, and how often.
+#[derive(Serialize, ToSchema)]
+pub struct UnansweredCount {
+    pub message: String,
+    pub count: u64,
+}
+
+/// `GET /chat/analytics`.
+#[derive(Serialize, ToSchema)]
+pub struct AnalyticsBody {
+    pub from: String,
+    pub to: String,
+    /// `day` or `hour`.
+    pub bucket: String,
+    pub buckets: Vec<AnalyticsBucket>,
+    pub exchanges: u64,
+    pub new_sessions: u64,
+    pub fallback_exchanges: u64,
+    /// `fallback_exchanges / exchanges`, 0 without exchanges.
+    pub fallback_share: f64,
+    /// Every rule, most used first.
+    pub rules: Vec<RuleCount>,
+    /// The messages most often answered with the fallback: what to write rules for.
+    pub unanswered: Vec<UnansweredCount>,
+}
+
 /// `GET /health`.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]

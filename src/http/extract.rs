@@ -442,6 +442,49 @@ impl QueryParams {
         }
     }
 
+    /// An optional point in time: RFC 3339 (`2026-11-28T09:00:00Z`), a
+    /// date (`2026-11-28`, midnight UTC) or Unix seconds.
+    pub fn time(&mut self, name: &'static str) -> Option<i64> {
+        let raw = self.raw(name)?.to_owned();
+        let parsed = raw
+            .parse::<i64>()
+            .ok()
+            .or_else(|| {
+                chrono::DateTime::parse_from_rfc3339(&raw)
+                    .ok()
+                    .map(|t| t.timestamp())
+            })
+            .or_else(|| {
+                chrono::NaiveDate::parse_from_str(&raw, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|t| t.and_utc().timestamp())
+            });
+        if parsed.is_none() {
+            self.reject(ValidationIssue::new(
+                "datetime_parsing",
+                Self::loc(name),
+                "Input should be a valid datetime (RFC 3339), a date (YYYY-MM-DD) or Unix seconds",
+                Value::String(raw),
+            ));
+        }
+        parsed
+    }
+
+    /// Adds a problem found after reading the parameters (`loc` the
+    /// parameter, `input` its raw value).
+    pub fn refuse(&mut self, name: &'static str, message: &str) {
+        let input = self
+            .raw(name)
+            .map_or(Value::Null, |raw| Value::String(raw.to_owned()));
+        self.reject(ValidationIssue::new(
+            "value_error",
+            Self::loc(name),
+            format!("Value error, {message}"),
+            input,
+        ));
+    }
+
     /// One of `choices`, or `default` when absent.
     pub fn choice(
         &mut self,

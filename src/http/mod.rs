@@ -187,7 +187,8 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(routes::chat::router())
         .merge(routes::history::router())
         .merge(routes::messages::router())
-        .merge(routes::sessions::router());
+        .merge(routes::sessions::router())
+        .merge(routes::analytics::router());
     if state.debug_endpoints {
         conversations = conversations.merge(routes::debug::router());
     }

@@ -414,3 +414,36 @@ macro_rules! http_suite {
         }
     };
 }
+
+/// Runs each behaviour (`async fn(Arc<dyn Store>)`) on memory, SQLite and
+/// PostgreSQL (skipped with a notice when no server answers).
+macro_rules! on_every_store {
+    ($($behaviour:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour(crate::helpers::memory().store.clone()).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let backend = crate::helpers::sqlite().await;
+                    super::$behaviour(backend.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let Some(backend) = crate::helpers::postgres().await else { return };
+                    super::$behaviour(backend.store.clone()).await;
+                }
+            )*
+        }
+    };
+}

@@ -3,6 +3,7 @@
 #[macro_use]
 mod helpers;
 
+mod analytics;
 mod cache;
 mod concurrency;
 mod durability;

@@ -501,38 +501,6 @@ async fn a_streamed_answer_is_stored_whole_even_if_the_client_leaves(store: Arc<
     );
 }
 
-/// Runs each behaviour on memory, SQLite and PostgreSQL.
-macro_rules! on_every_store {
-    ($($behaviour:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    super::$behaviour(crate::helpers::memory().store.clone()).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let backend = crate::helpers::sqlite().await;
-                    super::$behaviour(backend.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let Some(backend) = crate::helpers::postgres().await else { return };
-                    super::$behaviour(backend.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_store!(
     the_model_answers_with_the_prompt_and_the_latest_exchanges,
     rules_answer_first_and_the_model_the_rest,

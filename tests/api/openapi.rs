@@ -282,6 +282,7 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
             "delete_item",
         ),
         ("GET", "/", "index"),
+        ("GET", "/chat/analytics", "get_analytics"),
         ("GET", "/chat/history/{session_id}", "get_history"),
         (
             "GET",

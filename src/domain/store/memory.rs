@@ -3,15 +3,16 @@
 //! Sessions are kept in the compact form of [`super::compact`], because
 //! memory is what this store spends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
 use super::compact::{Meta, Replies, Session};
 use super::{
-    Caps, Change, Changed, Conversation, Edited, Found, HistoryPage, JsonPage, NewExchange,
-    Numbered, Page, Search, SessionSummary, Store, StoreError, Totals,
+    AnalyticsCounts, AnalyticsQuery, Caps, Change, Changed, Conversation, Edited, Found,
+    HistoryPage, JsonPage, NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError,
+    Totals,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::SessionId;
@@ -295,6 +296,60 @@ impl Store for MemoryStore {
                 entry: inner.sessions[id].entry(seq, inner.replies.list()),
             })
             .collect())
+    }
+
+    async fn analytics(&self, query: &AnalyticsQuery) -> Result<AnalyticsCounts, StoreError> {
+        let inner = self.read();
+        let replies = inner.replies.list();
+        let in_range = |at: i64| (query.from..query.to).contains(&at);
+        let mut activity: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+        let mut new_sessions: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut counts = AnalyticsCounts {
+            rule_exchanges: vec![0; query.rules.len()],
+            ..AnalyticsCounts::default()
+        };
+        let mut unanswered: HashMap<String, u64> = HashMap::new();
+        for (id, stored) in &inner.sessions {
+            if !id.starts_with(&query.prefix) || stored.is_empty() {
+                continue;
+            }
+            let first = (0..stored.len())
+                .map(|i| stored.timestamp(i))
+                .min()
+                .unwrap_or(0);
+            if in_range(first) {
+                *new_sessions.entry(query.bucket_of(first)).or_default() += 1;
+            }
+            let mut buckets_seen = std::collections::HashSet::new();
+            for i in (0..stored.len()).filter(|i| in_range(stored.timestamp(*i))) {
+                let bucket = query.bucket_of(stored.timestamp(i));
+                let slot = activity.entry(bucket).or_default();
+                slot.0 += 1;
+                if buckets_seen.insert(bucket) {
+                    slot.1 += 1;
+                }
+                counts.exchanges += 1;
+                let entry = stored.entry(i, replies);
+                if *entry.bot_reply == *query.fallback {
+                    counts.fallback_exchanges += 1;
+                    if !entry.user_message.is_empty() {
+                        *unanswered
+                            .entry(entry.user_message.to_string())
+                            .or_default() += 1;
+                    }
+                }
+                if let Some(at) = query.rules.iter().position(|r| **r == *entry.bot_reply) {
+                    counts.rule_exchanges[at] += 1;
+                }
+            }
+        }
+        counts.activity = activity.into_iter().map(|(b, (e, s))| (b, e, s)).collect();
+        counts.new_sessions = new_sessions.into_iter().collect();
+        let mut unanswered: Vec<(String, u64)> = unanswered.into_iter().collect();
+        unanswered.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        unanswered.truncate(query.top);
+        counts.unanswered = unanswered;
+        Ok(counts)
     }
 
     async fn totals(&self) -> Result<Totals, StoreError> {

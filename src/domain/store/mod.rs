@@ -187,6 +187,48 @@ pub enum StoreError {
     Full(String),
 }
 
+/// What `/chat/analytics` asks a store: exchanges stored in `[from, to)`
+/// (Unix seconds) of sessions whose keys start with `prefix`, counted in
+/// buckets of `bucket` seconds (aligned to the Unix epoch, so days are UTC
+/// days), with the replies classified by `rules` (reply texts) and
+/// `fallback`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyticsQuery {
+    pub prefix: String,
+    pub from: i64,
+    pub to: i64,
+    pub bucket: i64,
+    /// The rule replies to count (one row each in the answer).
+    pub rules: Vec<String>,
+    pub fallback: String,
+    /// How many unanswered messages to list.
+    pub top: usize,
+}
+
+impl AnalyticsQuery {
+    /// The start of the bucket `at` falls in.
+    pub fn bucket_of(&self, at: i64) -> i64 {
+        at - at.rem_euclid(self.bucket)
+    }
+}
+
+/// What a store counted for an [`AnalyticsQuery`]; buckets with nothing
+/// are left out (the caller fills them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnalyticsCounts {
+    /// Bucket start → (exchanges, active sessions).
+    pub activity: Vec<(i64, u64, u64)>,
+    /// Bucket start → sessions whose first exchange is in it.
+    pub new_sessions: Vec<(i64, u64)>,
+    pub exchanges: u64,
+    pub fallback_exchanges: u64,
+    /// Per rule reply of the query, in its order: how many exchanges got it.
+    pub rule_exchanges: Vec<u64>,
+    /// The most frequent messages answered with the fallback, most first
+    /// (ties by text).
+    pub unanswered: Vec<(String, u64)>,
+}
+
 /// What a store holds, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -360,6 +402,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many sessions have history, and how many exchanges they hold.
     async fn totals(&self) -> Result<Totals, StoreError>;
+
+    /// Activity and replies in a time range (see [`AnalyticsQuery`]).
+    async fn analytics(&self, query: &AnalyticsQuery) -> Result<AnalyticsCounts, StoreError>;
 
     /// Removes every session.
     async fn clear(&self) -> Result<(), StoreError>;

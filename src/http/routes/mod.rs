@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource, each exporting its `router()`.
 
+pub mod analytics;
 pub mod chat;
 pub mod debug;
 pub mod health;

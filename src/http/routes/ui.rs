@@ -54,6 +54,7 @@ async fn index(headers: HeaderMap) -> Response {
             "GET|PATCH|DELETE /chat/history/{session_id}/messages/{n}",
             "GET /chat/sessions",
             "GET /chat/search",
+            "GET /chat/analytics",
             "GET /health",
             "GET /metrics",
             "/v1: the OpenAI API (conversations, items, responses, chat/completions, models)",

@@ -6,6 +6,7 @@
 //! the commit task in [`writer`], which groups appends into one transaction
 //! and answers them only once it has committed.
 
+mod analytics;
 mod change;
 mod writer;
 
@@ -21,8 +22,9 @@ use writer::commit_loop;
 
 use super::queue::{CommitStats, Writes};
 use super::{
-    Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered, Page,
-    Search, SessionSummary, Store, StoreError, Totals, contains_pattern, prefix_end,
+    AnalyticsCounts, AnalyticsQuery, Caps, Change, Changed, Conversation, Found, HistoryPage,
+    JsonPage, NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError, Totals,
+    contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -324,6 +326,11 @@ impl Store for PostgresStore {
                 entry: row.exchange.into(),
             })
             .collect())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn analytics(&self, query: &AnalyticsQuery) -> Result<AnalyticsCounts, StoreError> {
+        analytics::read(&self.pool, query).await
     }
 
     #[tracing::instrument(skip_all)]

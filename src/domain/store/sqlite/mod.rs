@@ -9,6 +9,7 @@
 //! session list and search cover sessions not in RAM too, so they are
 //! indexed queries on reader connections.
 
+mod analytics;
 mod cache;
 mod change;
 mod writer;
@@ -30,8 +31,9 @@ pub use self::writer::SyncMode;
 use super::compact::{Replies, Session};
 use super::queue::{CommitStats, Writes};
 use super::{
-    Caps, Change, Changed, Conversation, Found, HistoryPage, JsonPage, NewExchange, Numbered, Page,
-    Search, SessionSummary, Store, StoreError, Totals, contains_pattern, prefix_end,
+    AnalyticsCounts, AnalyticsQuery, Caps, Change, Changed, Conversation, Found, HistoryPage,
+    JsonPage, NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError, Totals,
+    contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -456,6 +458,13 @@ impl Store for SqliteStore {
                     .collect::<Result<_, _>>()?;
                 Ok(found)
             })
+            .await
+    }
+
+    async fn analytics(&self, query: &AnalyticsQuery) -> Result<AnalyticsCounts, StoreError> {
+        let query = query.clone();
+        self.readers
+            .run(move |conn| analytics::read(conn, &query))
             .await
     }
 

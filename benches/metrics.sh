@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# What recording metrics costs (#16's target: POST /chat at most 5% slower):
+# the server as it is against the same server built from BASE_REV (default:
+# the commit before /metrics arrived), in one run, alternating A B A B A B,
+# on the memory store and on the default (SQLite) store, 32 connections.
+#
+#   benches/metrics.sh                  # ~5 minutes plus one release build of BASE_REV
+#   BASE_REV=<commit> DURATION=10s benches/metrics.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5s}
+PORT=${PORT:-18093}
+PG_URL=${CHATBOT_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+BASE_REV=${BASE_REV:-$(git log --format=%H -1 --grep='^GET /metrics (#16)')~1}
+ROUNDS=${ROUNDS:-3}
+source benches/lib.sh
+
+BASE_TREE=${BASE_TREE:-$PWD/target/metrics-base}
+if [ ! -x "$BASE_TREE/target/release/chatbot-api" ] || [ "$(git -C "$BASE_TREE" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$BASE_REV")" ]; then
+    rm -rf "$BASE_TREE"
+    git worktree prune
+    git worktree add --detach "$BASE_TREE" "$BASE_REV" >/dev/null
+    (cd "$BASE_TREE" && cargo build --release --quiet --bin chatbot-api)
+fi
+declare -A R
+for store in memory sqlite; do
+    for round in $(seq "$ROUNDS"); do
+        for which in base metrics; do
+            binary=target/release/chatbot-api
+            [ "$which" = base ] && binary=$BASE_TREE/target/release/chatbot-api
+            arg=memory
+            [ "$store" = sqlite ] && { rm -f "$WORK"/m.db*; arg="sqlite:$WORK/m.db"; }
+            echo "== $store, round $round, $which" >&2
+            start "$which" "$binary" --store "$arg" --port "$PORT"
+            R[$store/$which/$round]=$(load 32 benches/post.lua /)
+            stop
+        done
+    done
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+echo
+echo "### What recording metrics costs: POST /chat, 32 connections, $ROUNDS rounds of A/B"
+echo
+echo "| store | without metrics (median req/s) | with metrics (median req/s) | with / without | rounds (with / without) |"
+echo "|---|---|---|---|---|"
+for store in memory sqlite; do
+    base=$(for r in $(seq "$ROUNDS"); do cut -d' ' -f1 <<<"${R[$store/base/$r]}"; done | median)
+    with=$(for r in $(seq "$ROUNDS"); do cut -d' ' -f1 <<<"${R[$store/metrics/$r]}"; done | median)
+    rounds=$(for r in $(seq "$ROUNDS"); do
+        ratio "$(cut -d' ' -f1 <<<"${R[$store/metrics/$r]}")" "$(cut -d' ' -f1 <<<"${R[$store/base/$r]}")"; echo -n " "; done)
+    echo "| $store | $base | $with | $(ratio "$with" "$base") | $rounds|"
+done
+echo
+echo "base: $(git rev-parse --short "$BASE_REV"); machine: $(nproc) cores; duration per run: $DURATION"
