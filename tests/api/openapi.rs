@@ -301,6 +301,7 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
         ),
         ("GET", "/chat/search", "search_messages"),
         ("GET", "/chat/sessions", "list_sessions"),
+        ("GET", "/dashboard", "dashboard"),
         ("GET", "/debug/sessions", "debug_list_sessions"),
         ("GET", "/health", "health"),
         ("GET", "/metrics", "metrics"),

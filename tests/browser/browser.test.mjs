@@ -79,6 +79,48 @@ test("docs: Swagger UI lists the operations, served from this server", async () 
   await p.context().close();
 });
 
+test("dashboard: charts of seeded traffic, search, open and delete a conversation", async () => {
+  // Seed: a fresh session with a rule's answer and a question asked twice that no rule answers.
+  const session = "dashboard-" + Date.now();
+  for (const message of ["Hello!", "zqx unanswerable", "zqx unanswerable"]) {
+    const sent = await fetch(base + "/chat", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_message: message, session_id: session }),
+    });
+    assert.equal(sent.status, 200);
+  }
+  const analytics = await (await fetch(base + "/chat/analytics")).json();
+  assert.ok(analytics.exchanges >= 3);
+
+  const p = await page({ width: 390, height: 844 }); // a phone-width screen
+  await p.goto(base + "/dashboard");
+  await p.locator("#total-exchanges", { hasText: new RegExp(`^${analytics.exchanges}$`) }).waitFor();
+  const bars = await p.locator("#chart rect.bar").evaluateAll((rects) => rects.map((r) => Number(r.dataset.exchanges)));
+  assert.equal(bars.length, analytics.buckets.length, "one bar per bucket");
+  assert.equal(bars.reduce((a, b) => a + b, 0), analytics.exchanges, "the bars add up to the seeded traffic");
+  assert.equal(await p.innerText("#fallback-share"), Math.round(analytics.fallback_share * 100) + " %");
+  await p.getByText("zqx unanswerable (2×)").waitFor();
+  await p.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
+
+  // Search with the keyboard alone: type, Enter.
+  await p.focus("#search");
+  await p.keyboard.type("zqx");
+  await p.keyboard.press("Enter");
+  await p.locator("#sessions td", { hasText: session }).waitFor();
+  assert.equal(await p.locator("#sessions tr").count(), 1, "only the seeded conversation matches");
+
+  // Open it, then delete it (confirming the dialog).
+  await p.getByRole("button", { name: "Open conversation " + session }).click();
+  await p.locator("#conversation .msg.user", { hasText: "Hello!" }).waitFor();
+  await p.locator("#conversation .msg.bot", { hasText: "Hi there! How can I help you today?" }).waitFor();
+  p.once("dialog", (dialog) => dialog.accept());
+  await p.getByRole("button", { name: "Delete conversation" }).click();
+  await p.getByText("Deleted " + session + ".").waitFor();
+  assert.equal((await fetch(base + "/chat/history/" + session)).status, 404);
+  await p.context().close();
+});
+
 test("no request left the server's origin", () => {
   assert.deepEqual(outside, []);
 });

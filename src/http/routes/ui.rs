@@ -1,4 +1,5 @@
-//! `/`: the chat page for a browser, a small JSON index for everyone else.
+//! `/`: the chat page for a browser, a small JSON index for everyone else;
+//! `/dashboard`: charts of what the bot did and a conversations browser.
 
 use axum::Json;
 use axum::http::{HeaderMap, header};
@@ -13,9 +14,22 @@ use crate::http::AppState;
 /// The page, HTML, CSS and script in one file, built into the binary: it
 /// loads nothing from anywhere else.
 const PAGE: &str = include_str!("../ui/index.html");
+/// The dashboard, likewise one file; its charts are SVG it draws itself.
+const DASHBOARD: &str = include_str!("../ui/dashboard.html");
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(index))
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(dashboard))
+}
+
+/// The dashboard page. It takes an API key like the chat page; the data
+/// it shows comes from `/chat/analytics`, `/chat/sessions`, `/chat/search`
+/// and `/chat/history/…`, within that key's scope.
+#[utoipa::path(get, path = "/dashboard", operation_id = "dashboard", tag = "service", summary = "Dashboard page",
+    responses((status = 200, description = "The dashboard, HTML", content_type = "text/html; charset=utf-8", body = String)))]
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
 }
 
 /// What `/` answers a client that does not ask for HTML.
@@ -57,6 +71,7 @@ async fn index(headers: HeaderMap) -> Response {
             "GET /chat/analytics",
             "GET /health",
             "GET /metrics",
+            "GET /dashboard",
             "/v1: the OpenAI API (conversations, items, responses, chat/completions, models)",
         ],
     })
