@@ -8,6 +8,8 @@
 //! messages to one session at once are then both answered from the history
 //! before either, and stored in the order their answers come back.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -64,16 +66,32 @@ impl Replier for Counted {
     }
 }
 
+thread_local! {
+    /// Reply counters already registered, by source and rule name (no
+    /// allocation and no registry lookup once a rule has been counted here).
+    static REPLY_COUNTERS: RefCell<HashMap<(&'static str, Option<Arc<str>>), metrics::Counter>> =
+        RefCell::new(HashMap::new());
+}
+
 /// Counts one reply; the fallback ("questions the bot could not answer")
 /// apart from the rules.
 fn count(kind: &ReplyKind) {
-    let (source, rule) = match kind {
-        ReplyKind::Rule(name) => ("rule", name.to_string()),
-        ReplyKind::Conversation => ("conversation", String::new()),
-        ReplyKind::Fallback => ("fallback", String::new()),
-        ReplyKind::Other => ("other", String::new()),
+    let (source, rule): (&'static str, Option<Arc<str>>) = match kind {
+        ReplyKind::Rule(name) => ("rule", Some(name.clone())),
+        ReplyKind::Conversation => ("conversation", None),
+        ReplyKind::Fallback => ("fallback", None),
+        ReplyKind::Other => ("other", None),
     };
-    metrics::counter!("chatbot_replies_total", "source" => source, "rule" => rule).increment(1);
+    REPLY_COUNTERS.with(|counters| {
+        counters
+            .borrow_mut()
+            .entry((source, rule))
+            .or_insert_with_key(|(source, rule)| {
+                let rule = rule.as_deref().unwrap_or("").to_owned();
+                metrics::counter!("chatbot_replies_total", "source" => *source, "rule" => rule)
+            })
+            .increment(1);
+    });
 }
 
 fn count_model() {

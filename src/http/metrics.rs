@@ -6,13 +6,16 @@
 //! (`domain::replies`), `chatbot_group_commit_exchanges` and
 //! `chatbot_group_commit_duration_seconds` (the durable stores' writers).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,25 +52,72 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// The request counter and duration histogram of one method, route and
+/// status.
+type Handles = (&'static str, u16, Counter, Histogram);
+
+thread_local! {
+    /// Handles already registered, by route: finding them again costs a
+    /// hash of the route and a short scan, no allocation and no lookup in
+    /// the recorder's registry (which builds a key from owned labels).
+    static HANDLES: RefCell<HashMap<Box<str>, Vec<Handles>>> = RefCell::new(HashMap::new());
+}
+
 /// Counts the request (`http_requests_total`) and times it
 /// (`http_request_duration_seconds`) by method, matched route and status.
 pub async fn track(request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = method_label(request.method());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_str().to_owned()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status().as_u16();
+    let (requests, duration) = handles(route, method, status);
+    requests.increment(1);
+    duration.record(elapsed);
     response
+}
+
+/// The method as a label; any method but the usual ones is `OTHER`, so a
+/// client cannot grow the number of series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn handles(route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
+    HANDLES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(found) = cache
+            .get(route)
+            .and_then(|list| list.iter().find(|h| h.0 == method && h.1 == status))
+        {
+            return (found.2.clone(), found.3.clone());
+        }
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let counter = metrics::counter!("http_requests_total", &labels);
+        let histogram = metrics::histogram!("http_request_duration_seconds", &labels);
+        cache.entry(route.into()).or_default().push((
+            method,
+            status,
+            counter.clone(),
+            histogram.clone(),
+        ));
+        (counter, histogram)
+    })
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
