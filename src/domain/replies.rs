@@ -66,17 +66,20 @@ impl Replier for Counted {
     }
 }
 
+/// A reply's source, and its rule's name when a rule gave it.
+type ReplySeries = (&'static str, Option<Arc<str>>);
+
 thread_local! {
     /// Reply counters already registered, by source and rule name (no
     /// allocation and no registry lookup once a rule has been counted here).
-    static REPLY_COUNTERS: RefCell<HashMap<(&'static str, Option<Arc<str>>), metrics::Counter>> =
+    static REPLY_COUNTERS: RefCell<HashMap<ReplySeries, metrics::Counter>> =
         RefCell::new(HashMap::new());
 }
 
 /// Counts one reply; the fallback ("questions the bot could not answer")
 /// apart from the rules.
 fn count(kind: &ReplyKind) {
-    let (source, rule): (&'static str, Option<Arc<str>>) = match kind {
+    let (source, rule): ReplySeries = match kind {
         ReplyKind::Rule(name) => ("rule", Some(name.clone())),
         ReplyKind::Conversation => ("conversation", None),
         ReplyKind::Fallback => ("fallback", None),
