@@ -397,39 +397,7 @@ async fn a_seed_session_is_a_conversation_until_its_last_exchange_goes(store: Ar
     );
 }
 
-macro_rules! store_suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let backend = crate::helpers::memory();
-                    super::$behaviour(backend.store.clone()).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let backend = crate::helpers::sqlite().await;
-                    super::$behaviour(backend.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let Some(backend) = crate::helpers::postgres().await else { return };
-                    super::$behaviour(backend.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-store_suite!(
+on_every_store!(
     exchange_ids_survive_edits_and_are_never_given_twice,
     conversations_exist_empty_and_carry_metadata,
     a_seed_session_is_a_conversation_until_its_last_exchange_goes,

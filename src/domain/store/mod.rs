@@ -229,6 +229,26 @@ pub struct AnalyticsCounts {
     pub unanswered: Vec<(String, u64)>,
 }
 
+impl AnalyticsCounts {
+    /// Sorts exchanges counted by reply text into the fallback's count and
+    /// each rule's.
+    pub(crate) fn count_replies(
+        &mut self,
+        query: &AnalyticsQuery,
+        replies: impl IntoIterator<Item = (String, u64)>,
+    ) {
+        self.rule_exchanges = vec![0; query.rules.len()];
+        for (reply, n) in replies {
+            if reply == query.fallback {
+                self.fallback_exchanges = n;
+            }
+            if let Some(at) = query.rules.iter().position(|r| *r == reply) {
+                self.rule_exchanges[at] = n;
+            }
+        }
+    }
+}
+
 /// What a store holds, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {

@@ -1,7 +1,7 @@
 //! `/chat/analytics` on SQLite: a few grouped queries on a reader
 //! connection (the sessions the RAM cache does not hold count too).
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params_from_iter};
 
 use crate::domain::store::{AnalyticsCounts, AnalyticsQuery, StoreError, prefix_end};
 
@@ -10,6 +10,17 @@ use crate::domain::store::{AnalyticsCounts, AnalyticsQuery, StoreError, prefix_e
 const SCOPE: &str = "FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
     WHERE e.created_at >= ?1 AND e.created_at < ?2 \
     AND s.session_id >= ?3 AND (?4 = '' OR s.session_id < ?4)";
+
+/// `?1`–`?4` (the range and the owner's key range), then `more`.
+fn scoped<'a>(
+    query: &'a AnalyticsQuery,
+    end: &'a String,
+    more: &[&'a dyn ToSql],
+) -> Vec<&'a dyn ToSql> {
+    let mut all: Vec<&dyn ToSql> = vec![&query.from, &query.to, &query.prefix, end];
+    all.extend_from_slice(more);
+    all
+}
 
 pub(super) fn read(
     conn: &Connection,
@@ -23,7 +34,7 @@ pub(super) fn read(
     ))?;
     counts.activity = activity
         .query_map(
-            params![query.from, query.to, query.prefix, end, query.bucket],
+            params_from_iter(scoped(query, &end, &[&query.bucket])),
             |row| {
                 Ok((
                     row.get(0)?,
@@ -41,7 +52,7 @@ pub(super) fn read(
     )?;
     counts.new_sessions = new_sessions
         .query_map(
-            params![query.from, query.to, query.prefix, end, query.bucket],
+            params_from_iter(scoped(query, &end, &[&query.bucket])),
             |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
         )?
         .collect::<Result<_, _>>()?;
@@ -51,40 +62,17 @@ pub(super) fn read(
          AND (e.bot_reply = ?5 OR e.bot_reply IN (SELECT value FROM json_each(?6))) GROUP BY 1"
     ))?;
     let replies = by_reply.query_map(
-        params![
-            query.from,
-            query.to,
-            query.prefix,
-            end,
-            query.fallback,
-            wanted
-        ],
+        params_from_iter(scoped(query, &end, &[&query.fallback, &wanted])),
         |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64)),
     )?;
-    counts.rule_exchanges = vec![0; query.rules.len()];
-    for row in replies {
-        let (reply, n) = row?;
-        if reply == query.fallback {
-            counts.fallback_exchanges = n;
-        }
-        if let Some(at) = query.rules.iter().position(|r| *r == reply) {
-            counts.rule_exchanges[at] = n;
-        }
-    }
+    counts.count_replies(query, replies.collect::<Result<Vec<_>, _>>()?);
     let mut unanswered = conn.prepare_cached(&format!(
         "SELECT e.user_message, count(*) {SCOPE} AND e.bot_reply = ?5 AND e.user_message <> '' \
          GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?6"
     ))?;
     counts.unanswered = unanswered
         .query_map(
-            params![
-                query.from,
-                query.to,
-                query.prefix,
-                end,
-                query.fallback,
-                query.top as i64
-            ],
+            params_from_iter(scoped(query, &end, &[&query.fallback, &(query.top as i64)])),
             |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
         )?
         .collect::<Result<_, _>>()?;
