@@ -14,7 +14,7 @@ const SCOPE: &str = "FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
 /// `?1`–`?4` (the range and the owner's key range), then `more`.
 fn scoped<'a>(
     query: &'a AnalyticsQuery,
-    end: &'a String,
+    end: &'a dyn ToSql,
     more: &[&'a dyn ToSql],
 ) -> Vec<&'a dyn ToSql> {
     let mut all: Vec<&dyn ToSql> = vec![&query.from, &query.to, &query.prefix, end];
