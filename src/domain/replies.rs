@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::domain::chatbot::{CONTEXT_EXCHANGES, Catalog, History, Replier, ReplyKind};
-use crate::domain::model::{ModelClient, ModelError, Pieces};
+use crate::domain::model::{ModelClient, ModelError, Pieces, Turn};
 use crate::domain::models::{ConversationEntry, SessionId};
 use crate::domain::store::{NewExchange, Numbered, Page, Store, StoreError};
 
@@ -130,6 +130,25 @@ impl Replies {
         Some(model)
     }
 
+    /// The model to ask about `message` in `session`, and what to send
+    /// it (the session's latest exchanges read now); `None` when the rules
+    /// answer, inside the store's append.
+    async fn model_turns(
+        &self,
+        store: &dyn Store,
+        session: &SessionId,
+        message: &str,
+    ) -> Result<Option<(&ModelClient, Vec<Turn>)>, StoreError> {
+        let Some(model) = self.model.as_deref() else {
+            return Ok(None);
+        };
+        let wanted = model.config().context.max(CONTEXT_EXCHANGES);
+        let history = latest(store, session.as_str(), wanted).await?;
+        Ok(self
+            .model_for(message, &&history[..])
+            .map(|model| (model, model.turns(&history, message))))
+    }
+
     /// Answers `exchange` and stores the answered exchange.
     pub async fn answer(
         &self,
@@ -137,18 +156,12 @@ impl Replies {
         session: &SessionId,
         exchange: NewExchange,
     ) -> Result<Numbered, ReplyError> {
-        let Some(model) = self.model.as_deref() else {
+        let asked = self
+            .model_turns(store, session, &exchange.user_message)
+            .await?;
+        let Some((model, turns)) = asked else {
             return Ok(store.append(session, exchange, self.rules.clone()).await?);
         };
-        let wanted = model.config().context.max(CONTEXT_EXCHANGES);
-        let history = latest(store, session.as_str(), wanted).await?;
-        if self
-            .model_for(&exchange.user_message, &&history[..])
-            .is_none()
-        {
-            return Ok(store.append(session, exchange, self.rules.clone()).await?);
-        }
-        let turns = model.turns(&history, &exchange.user_message);
         let reply = model.complete(&turns).await?;
         count_model();
         Ok(store
@@ -183,10 +196,7 @@ impl Replies {
         match self.model_for(message, &history) {
             None => {
                 let reply = self.rules.reply(message, &rules_window(history));
-                let words: Vec<Result<String, ModelError>> = reply
-                    .split_inclusive(' ')
-                    .map(|word| Ok(word.to_owned()))
-                    .collect();
+                let words: Vec<Result<String, ModelError>> = words(&reply).map(Ok).collect();
                 Ok(Box::pin(futures_util::stream::iter(words)))
             }
             Some(model) => {
@@ -221,22 +231,15 @@ impl Replies {
         exchange: NewExchange,
     ) -> Result<mpsc::Receiver<Streamed>, ReplyError> {
         let (sender, receiver) = mpsc::channel(64);
-        let model = match self.model.as_deref() {
-            None => None,
-            Some(model) => {
-                let wanted = model.config().context.max(CONTEXT_EXCHANGES);
-                let history = latest(&*store, session.as_str(), wanted).await?;
-                self.model_for(&exchange.user_message, &&history[..])
-                    .map(|model| model.turns(&history, &exchange.user_message))
-                    .map(|turns| (model, turns))
-            }
-        };
-        let Some((model, turns)) = model else {
+        let asked = self
+            .model_turns(&*store, &session, &exchange.user_message)
+            .await?;
+        let Some((model, turns)) = asked else {
             // The rules answer inside the append: store, then send.
             let stored = store.append(&session, exchange, self.rules.clone()).await?;
             tokio::spawn(async move {
-                for word in stored.bot_reply.split_inclusive(' ') {
-                    let _ = sender.send(Streamed::Piece(word.to_owned())).await;
+                for word in words(&stored.bot_reply) {
+                    let _ = sender.send(Streamed::Piece(word)).await;
                 }
                 let _ = sender.send(Streamed::Stored(stored)).await;
             });
@@ -275,6 +278,11 @@ impl Replies {
         });
         Ok(receiver)
     }
+}
+
+/// A reply made at once, a word at a time, as a model streams.
+fn words(reply: &str) -> impl Iterator<Item = String> + '_ {
+    reply.split_inclusive(' ').map(str::to_owned)
 }
 
 /// The exchanges the rules are shown: the latest [`CONTEXT_EXCHANGES`].
