@@ -53,14 +53,6 @@ impl MemoryStore {
         }
     }
 
-    /// Refuses `adding` exchanges to a session of `has` past the cap.
-    fn check_room(&self, has: usize, adding: usize) -> Result<(), StoreError> {
-        match self.caps.max_messages_per_session {
-            Some(max) if has + adding > max => Err(Caps::session_full(max)),
-            _ => Ok(()),
-        }
-    }
-
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // A panic elsewhere cannot leave the map half-updated: every write
         // checks first, then pushes.
@@ -82,11 +74,8 @@ impl Store for MemoryStore {
     ) -> Result<Numbered, StoreError> {
         let mut guard = self.write();
         let inner = &mut *guard;
-        if let Some(max) = self.caps.max_sessions
-            && inner.sessions.len() >= max
-            && !inner.sessions.contains_key(session.as_str())
-        {
-            return Err(Caps::sessions_full(max));
+        if !inner.sessions.contains_key(session.as_str()) {
+            self.caps.check_new_session(inner.sessions.len())?;
         }
         let stored = match inner.sessions.get_mut(session.as_str()) {
             Some(stored) => stored,
@@ -95,11 +84,7 @@ impl Store for MemoryStore {
                 .entry(session.as_str().to_owned())
                 .or_default(),
         };
-        if let Some(max) = self.caps.max_messages_per_session
-            && stored.len() >= max
-        {
-            return Err(Caps::session_full(max));
-        }
+        self.caps.check_room(stored.len(), 1)?;
         // The engine reads the history in place: no copy, and no exchange can
         // slip in between what it saw and where this one lands.
         let bot_reply = replier.reply(&exchange.user_message, &stored.recent());
@@ -130,12 +115,8 @@ impl Store for MemoryStore {
                 if inner.sessions.contains_key(key) {
                     return Ok(Changed::Created(false));
                 }
-                if let Some(max) = self.caps.max_sessions
-                    && inner.sessions.len() >= max
-                {
-                    return Err(Caps::sessions_full(max));
-                }
-                self.check_room(0, exchanges.len())?;
+                self.caps.check_new_session(inner.sessions.len())?;
+                self.caps.check_room(0, exchanges.len())?;
                 let mut created = Session::created(Meta {
                     created_at,
                     metadata,
@@ -159,7 +140,7 @@ impl Store for MemoryStore {
                 let Some(stored) = inner.sessions.get_mut(key) else {
                     return Ok(Changed::Imported(None));
                 };
-                self.check_room(stored.len(), exchanges.len())?;
+                self.caps.check_room(stored.len(), exchanges.len())?;
                 let mut ids = Vec::with_capacity(exchanges.len());
                 for entry in &exchanges {
                     stored.push_entry(entry, &mut inner.replies)?;

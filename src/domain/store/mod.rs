@@ -312,6 +312,22 @@ impl Caps {
             "Message limit reached: a session holds at most {max} messages"
         ))
     }
+
+    /// Refuses one more session when `sessions` exist already.
+    pub fn check_new_session(&self, sessions: usize) -> Result<(), StoreError> {
+        match self.max_sessions {
+            Some(max) if sessions >= max => Err(Self::sessions_full(max)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses `adding` exchanges to a session that holds `has`, past the cap.
+    pub fn check_room(&self, has: usize, adding: usize) -> Result<(), StoreError> {
+        match self.max_messages_per_session {
+            Some(max) if has + adding > max => Err(Self::session_full(max)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The first key after every key that starts with `prefix`, for range scans

@@ -63,16 +63,14 @@ async fn apply_in(
             },
             None,
         ) => {
-            if let Some(max) = caps.max_sessions {
+            if caps.max_sessions.is_some() {
                 let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
                     .fetch_one(&mut **tx)
                     .await
                     .map_err(unavailable)?;
-                if total as usize >= max {
-                    return Err(Caps::sessions_full(max));
-                }
+                caps.check_new_session(total as usize)?;
             }
-            check_room(caps, 0, exchanges.len())?;
+            caps.check_room(0, exchanges.len())?;
             let id: Option<(i64,)> = sqlx::query_as(
                 "INSERT INTO sessions \
                  (session_id, message_count, first_at, last_at, next_seq, created_at, metadata) \
@@ -109,7 +107,7 @@ async fn apply_in(
         }
         (Change::Import(_), None) => Changed::Imported(None),
         (Change::Import(exchanges), Some((id, count))) => {
-            check_room(caps, count as usize, exchanges.len())?;
+            caps.check_room(count as usize, exchanges.len())?;
             Changed::Imported(Some(insert(tx, id, &exchanges).await?))
         }
         (Change::Edit { .. }, None) => Changed::Edited(None),
@@ -163,13 +161,6 @@ async fn apply_in(
             }))
         }
     })
-}
-
-fn check_room(caps: Caps, has: usize, adding: usize) -> Result<(), StoreError> {
-    match caps.max_messages_per_session {
-        Some(max) if has + adding > max => Err(Caps::session_full(max)),
-        _ => Ok(()),
-    }
 }
 
 /// Appends `exchanges` as given; returns their ids.

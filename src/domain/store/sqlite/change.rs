@@ -44,13 +44,11 @@ pub(super) fn apply(
             },
             None,
         ) => {
-            if let Some(max) = caps.max_sessions {
+            if caps.max_sessions.is_some() {
                 let total: i64 = tx.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))?;
-                if total as usize >= max {
-                    return Err(Caps::sessions_full(max));
-                }
+                caps.check_new_session(total as usize)?;
             }
-            check_room(caps, 0, exchanges.len())?;
+            caps.check_room(0, exchanges.len())?;
             let id: i64 = tx
                 .prepare_cached(
                     "INSERT INTO sessions \
@@ -76,7 +74,7 @@ pub(super) fn apply(
         }
         (Change::Import(_), None) => Changed::Imported(None),
         (Change::Import(exchanges), Some((id, count))) => {
-            check_room(caps, count as usize, exchanges.len())?;
+            caps.check_room(count as usize, exchanges.len())?;
             Changed::Imported(Some(insert(&tx, id, &exchanges)?))
         }
         (Change::Edit { .. }, None) => Changed::Edited(None),
@@ -126,13 +124,6 @@ pub(super) fn apply(
     };
     tx.commit()?;
     Ok(changed)
-}
-
-fn check_room(caps: Caps, has: usize, adding: usize) -> Result<(), StoreError> {
-    match caps.max_messages_per_session {
-        Some(max) if has + adding > max => Err(Caps::session_full(max)),
-        _ => Ok(()),
-    }
 }
 
 /// Appends `exchanges` as given; returns their ids.
