@@ -141,6 +141,42 @@ pub fn said(history: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// A history's exchanges as (user message, bot reply) pairs, in order.
+pub fn exchanges(history: &Value) -> Vec<(String, String)> {
+    history
+        .as_array()
+        .expect("a history is an array")
+        .iter()
+        .map(|e| {
+            let text = |field: &str| e[field].as_str().expect("a text").to_owned();
+            (text("user_message"), text("bot_reply"))
+        })
+        .collect()
+}
+
+/// (user message, bot reply) pairs to compare with [`exchanges`].
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The `delta.content` pieces of a streamed chat completion, empty ones
+/// (the role chunk's) left out.
+pub fn completion_pieces(events: &str) -> Vec<String> {
+    events
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e).expect("a chunk")["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .filter(|piece| !piece.is_empty())
+        .collect()
+}
+
 /// An object's field names, in the order they were written.
 pub fn field_names(value: &Value) -> Vec<&str> {
     value

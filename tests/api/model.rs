@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::helpers::{TestApp, TestResponse};
+use crate::helpers::{TestApp, TestResponse, completion_pieces, exchanges, pairs};
 
 /// One request the upstream received: its body and `Authorization` header.
 type Seen = (Value, Option<String>);
@@ -148,20 +148,6 @@ async fn say(app: &TestApp, session: &str, message: &str) -> TestResponse {
     .await
 }
 
-fn replies(history: &Value) -> Vec<(String, String)> {
-    history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["user_message"].as_str().unwrap().to_owned(),
-                e["bot_reply"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 fn roles_and_texts(request: &Value) -> Vec<(String, String)> {
     request["messages"]
         .as_array()
@@ -173,12 +159,6 @@ fn roles_and_texts(request: &Value) -> Vec<(String, String)> {
                 m["content"].as_str().unwrap().to_owned(),
             )
         })
-        .collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
 }
 
@@ -216,7 +196,7 @@ async fn the_model_answers_with_the_prompt_and_the_latest_exchanges(store: Arc<d
     assert_eq!(auth.as_deref(), Some("Bearer upstream-key"));
     let history = app.get("/chat/history/s").await.json();
     assert_eq!(
-        replies(&history),
+        exchanges(&history),
         pairs(&[
             ("one", "model says: one"),
             ("two", "model says: two"),
@@ -274,7 +254,7 @@ async fn rules_answer_first_and_the_model_the_rest(store: Arc<dyn Store>) {
     );
     let history = app.get(&format!("/chat/history/{id}")).await.json();
     assert_eq!(
-        replies(&history),
+        exchanges(&history),
         pairs(&[("tell me a story", "model says: tell me a story")])
     );
 }
@@ -381,7 +361,7 @@ async fn a_slow_model_slows_nothing_else_and_concurrent_messages_see_the_history
     assert_eq!(say(&app, "s", "quick").await.status, StatusCode::OK);
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
     let history = app.get("/chat/history/s").await.json();
-    let said: Vec<String> = replies(&history).into_iter().map(|(m, _)| m).collect();
+    let said: Vec<String> = exchanges(&history).into_iter().map(|(m, _)| m).collect();
     assert_eq!(
         said,
         ["first", "quick", "a bit slow"],
@@ -412,18 +392,7 @@ async fn streamed_completions_pass_the_models_pieces_through(store: Arc<dyn Stor
             {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "tell me more"}]})))
         .await;
     assert_eq!(response.status, StatusCode::OK);
-    let pieces: Vec<String> = response
-        .text()
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .filter(|piece| !piece.is_empty())
-        .collect();
+    let pieces = completion_pieces(response.text());
     assert_eq!(
         pieces,
         ["model", " says", ": tel", "l me ", "more"].map(String::from)
@@ -478,7 +447,7 @@ async fn a_streamed_answer_is_stored_whole_even_if_the_client_leaves(store: Arc<
         }
     }
     assert_eq!(
-        replies(&stored),
+        exchanges(&stored),
         pairs(&[("answer slowly", "model says: answer slowly")]),
         "stored whole"
     );
@@ -495,7 +464,7 @@ async fn a_streamed_answer_is_stored_whole_even_if_the_client_leaves(store: Arc<
     assert!(!broken.text().contains("response.completed"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        replies(&app.get(&history).await.json()).len(),
+        exchanges(&app.get(&history).await.json()).len(),
         1,
         "nothing stored"
     );
@@ -548,17 +517,7 @@ async fn another_chatbot_api_is_a_model_server() {
             "messages": [{"role": "user", "content": "fastapi?"}]})),
         )
         .await;
-    let text: String = streamed
-        .text()
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = completion_pieces(streamed.text()).concat();
     assert!(text.starts_with("FastAPI is a modern"), "{text}");
     // A wrong model name is the upstream's 404: a 502 here.
     let wrong = app_with(

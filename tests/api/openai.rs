@@ -11,7 +11,7 @@ use chatbot_api::domain::store::Store;
 use chatbot_api::http::auth::ApiKeys;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestResponse, field_names};
+use crate::helpers::{TestApp, TestResponse, exchanges, field_names, pairs};
 
 const MODEL: &str = "chatbot-rules";
 
@@ -90,18 +90,10 @@ async fn a_conversation_is_a_session_both_ways(app: TestApp) {
     let id = conversation(&app).await;
     // Created items are stored as given: no reply was made.
     let history = ok(&app.get(&format!("/chat/history/{id}")).await);
-    let pairs: Vec<(&str, &str)> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["user_message"].as_str().unwrap(),
-                e["bot_reply"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(pairs, [("Hello!", "Hi!"), ("Bye", "See you")]);
+    assert_eq!(
+        exchanges(&history),
+        pairs(&[("Hello!", "Hi!"), ("Bye", "See you")])
+    );
     let fetched = ok(&app.get(&format!("/v1/conversations/{id}")).await);
     assert_eq!(fetched["metadata"], json!({"topic": "demo", "lang": "en"}));
     // A seed session is a conversation under its own id, without metadata.
@@ -228,16 +220,10 @@ async fn items_page_both_ways_and_delete_for_good(app: TestApp) {
     assert_eq!(item_ids(&answered), ["msg_3a", "msg_4a"]);
     assert_eq!(texts(&answered), ["Yes.", "Alone"]);
     let history = ok(&app.get(&format!("/chat/history/{id}")).await);
-    let last: Vec<(&str, &str)> = history.as_array().unwrap()[1..]
-        .iter()
-        .map(|e| {
-            (
-                e["user_message"].as_str().unwrap(),
-                e["bot_reply"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(last, [("Still there?", "Yes."), ("", "Alone")]);
+    assert_eq!(
+        exchanges(&history)[1..],
+        pairs(&[("Still there?", "Yes."), ("", "Alone")])
+    );
 }
 
 async fn responses_answer_from_the_conversation_and_store_both(app: TestApp) {
