@@ -180,10 +180,17 @@ pub struct SessionId(pub(crate) String);
 impl SessionId {
     /// Checks `value` against the session id rules.
     pub fn parse(value: String) -> Result<Self, String> {
-        match check_string(&value, 1, MAX_SESSION_ID_CHARS, Some(session_id_allowed)) {
-            None => Ok(Self(value)),
-            Some(_) => Err(value),
+        if Self::is_valid(&value) {
+            Ok(Self(value))
+        } else {
+            Err(value)
         }
+    }
+
+    /// Whether `value` obeys the session id rules: 1 to 128 characters, no
+    /// `/`, no control character.
+    pub fn is_valid(value: &str) -> bool {
+        check_string(value, 1, MAX_SESSION_ID_CHARS, Some(could_be_session_id)).is_none()
     }
 
     pub fn as_str(&self) -> &str {
@@ -203,12 +210,9 @@ impl AsRef<str> for SessionId {
     }
 }
 
-/// Whether `value` could be a stored session id (after decoding a path).
+/// Whether `value`'s characters could be a session id's: no `/`, no
+/// control character (lengths aside).
 pub fn could_be_session_id(value: &str) -> bool {
-    session_id_allowed(value)
-}
-
-pub fn session_id_allowed(value: &str) -> bool {
     !value.chars().any(|c| c == '/' || c.is_ascii_control())
 }
 

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::domain::models::{
     MAX_SESSION_ID_CHARS, MAX_USER_NAME_CHARS, SESSION_ID_PATTERN, SessionId, TEXT_PATTERN,
-    Violation, check_string, session_id_allowed, text_allowed,
+    Violation, check_string, could_be_session_id, text_allowed,
 };
 use crate::http::error::{Loc, ValidationIssue};
 
@@ -90,7 +90,7 @@ impl ChatRequest {
                 name: "session_id",
                 default: Some("default"),
                 max_chars: MAX_SESSION_ID_CHARS,
-                allowed: Some(session_id_allowed),
+                allowed: Some(could_be_session_id),
                 pattern: SESSION_ID_PATTERN,
             },
         ];
@@ -194,7 +194,7 @@ impl ChatRequest {
                 &body.session_id,
                 1,
                 MAX_SESSION_ID_CHARS,
-                Some(session_id_allowed),
+                Some(could_be_session_id),
             )
             .is_none();
         ok.then(|| Self {

@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 use serde_json::{Map, Value};
 
 use super::error::OpenAiError;
-use crate::domain::models::{MAX_SESSION_ID_CHARS, could_be_session_id, text_allowed};
+use crate::domain::models::{SessionId, text_allowed};
 use crate::domain::store::Metadata;
 use crate::http::extract::{json_body, path_param};
 use crate::http::validate::Limits;
@@ -95,7 +95,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ids {
 /// Whether a conversation could have this id: no stored one can otherwise,
 /// so the store is not asked.
 pub fn could_be_conversation(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= MAX_SESSION_ID_CHARS && could_be_session_id(id)
+    SessionId::is_valid(id)
 }
 
 /// Metadata: an object of at most 16 string values, keys of at most 64
