@@ -215,21 +215,21 @@ async fn add_items(
     let mut items = stored_messages(&body, &state, true)?;
     let session = key(&owner, &ids.conversation);
     let missing = || OpenAiError::no_conversation(&ids.conversation);
+    let answers_first = items.first().is_some_and(|m| m.role == Role::Assistant);
     let conversation = state
         .store
-        .conversation(session.as_str(), true)
+        .conversation(session.as_str(), answers_first)
         .await?
         .ok_or_else(missing)?;
     let mut added = Vec::with_capacity(items.len());
-    // An assistant message first answers the last exchange if it is open.
+    // An assistant message first answers the last exchange if it is open
+    // (the exchanges were read only if the first message is the assistant's).
     let open = conversation
         .exchanges
         .last()
         .filter(|last| last.bot_reply.is_empty());
-    if let (Some(open), Some(first)) = (open, items.first())
-        && first.role == Role::Assistant
-    {
-        let text: Arc<str> = Arc::from(first.text.as_str());
+    if let Some(open) = open {
+        let text: Arc<str> = Arc::from(items[0].text.as_str());
         let edit = Edit {
             user_message: None,
             bot_reply: Some(text.clone()),
