@@ -5,6 +5,7 @@
 # on the memory store and on the default (SQLite) store, 32 connections.
 #
 #   benches/metrics.sh                  # ~5 minutes plus one release build of BASE_REV
+#   SERVER_LOG=default benches/metrics.sh   # with the default (info) log, as users run it
 #   BASE_REV=<commit> DURATION=10s benches/metrics.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,4 +53,4 @@ for store in memory sqlite; do
     echo "| $store | $base | $with | $(ratio "$with" "$base") | $rounds|"
 done
 echo
-echo "base: $(git rev-parse --short "$BASE_REV"); machine: $(nproc) cores; duration per run: $DURATION"
+echo "base: $(git rev-parse --short "$BASE_REV"); log: ${SERVER_LOG:-RUST_LOG=warn}; machine: $(nproc) cores; duration per run: $DURATION"
