@@ -1,14 +1,16 @@
 //! Command-line flags, each with an environment variable of the same meaning.
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 
 use crate::domain::model::ModelConfig;
 use crate::domain::store::{StoreKind, SyncMode};
+use crate::http::auth::{JwtSettings, KeySource};
 use crate::http::validate::Limits;
 
 /// A conversation-history chat server, wire-compatible with the FastAPI tutorial server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chatbot-api", version, about, long_about = None)]
+#[command(group(ArgGroup::new("jwt_keys").multiple(false)))]
 pub struct Config {
     /// Address to listen on (an IP address or a host name).
     #[arg(long, env = "CHATBOT_HOST", default_value = "127.0.0.1")]
@@ -77,6 +79,64 @@ pub struct Config {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+
+    /// An admin API key: its own conversations, and anyone's to read, search,
+    /// export and delete by adding `?owner=SUB`; repeatable. Also
+    /// CHATBOT_ADMIN_API_KEYS, comma-separated.
+    #[arg(
+        long = "admin-api-key",
+        env = "CHATBOT_ADMIN_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_api_keys: Vec<String>,
+
+    /// Accept bearer JWTs signed with this shared secret (HS256/384/512; at
+    /// least 32 bytes); give it through the environment. Each token's `sub`
+    /// owns its conversations.
+    #[arg(
+        long,
+        env = "CHATBOT_JWT_SECRET",
+        hide_env_values = true,
+        group = "jwt_keys"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Accept bearer JWTs signed by this public key: a PEM file (RSA, EC
+    /// P-256/P-384 or Ed25519).
+    #[arg(long, env = "CHATBOT_JWT_PUBLIC_KEY", group = "jwt_keys")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Accept bearer JWTs signed by a key of the identity provider's JWKS at
+    /// this URL. Fetched at start without waiting (tokens get 503 until it
+    /// arrives), again when a token names an unknown key id (see
+    /// --jwt-jwks-cooldown) and in the background every 10 minutes.
+    #[arg(long, env = "CHATBOT_JWT_JWKS_URL", group = "jwt_keys")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The `iss` every token must carry.
+    #[arg(long, env = "CHATBOT_JWT_ISSUER", requires = "jwt_keys")]
+    pub jwt_issuer: Option<String>,
+
+    /// A value every token's `aud` must hold.
+    #[arg(long, env = "CHATBOT_JWT_AUDIENCE", requires = "jwt_keys")]
+    pub jwt_audience: Option<String>,
+
+    /// The token claim listing roles or scopes: an array of strings or a
+    /// space-separated string; a dotted path reaches into objects
+    /// (`realm_access.roles`).
+    #[arg(long, env = "CHATBOT_JWT_ADMIN_CLAIM", default_value = "roles")]
+    pub jwt_admin_claim: String,
+
+    /// The role (or scope) in that claim that makes a token an admin's.
+    #[arg(long, env = "CHATBOT_JWT_ADMIN_ROLE", default_value = "admin")]
+    pub jwt_admin_role: String,
+
+    /// Least seconds between two JWKS fetches caused by tokens naming an
+    /// unknown key id (a token naming one meanwhile gets 401).
+    #[arg(long, env = "CHATBOT_JWT_JWKS_COOLDOWN", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub jwt_jwks_cooldown: u64,
 
     /// Requests per second allowed per API key (per client address without keys); off by default.
     #[arg(long, env = "CHATBOT_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
@@ -173,6 +233,30 @@ impl Config {
             system_prompt,
             context: usize::try_from(self.llm_context).unwrap_or(usize::MAX),
             timeout: std::time::Duration::from_secs(self.llm_timeout),
+        }))
+    }
+
+    /// How bearer JWTs are checked, if one of the `--jwt-*` key flags is given.
+    pub fn jwt(&self) -> Result<Option<JwtSettings>, String> {
+        let source =
+            if let Some(secret) = &self.jwt_secret {
+                KeySource::Secret(secret.as_bytes().to_vec())
+            } else if let Some(path) = &self.jwt_public_key {
+                KeySource::PublicKeyPem(std::fs::read(path).map_err(|e| {
+                    format!("--jwt-public-key: cannot read {}: {e}", path.display())
+                })?)
+            } else if let Some(url) = &self.jwt_jwks_url {
+                KeySource::Jwks(url.clone())
+            } else {
+                return Ok(None);
+            };
+        Ok(Some(JwtSettings {
+            issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            admin_claim: self.jwt_admin_claim.clone(),
+            admin_value: self.jwt_admin_role.clone(),
+            jwks_cooldown: std::time::Duration::from_secs(self.jwt_jwks_cooldown),
+            ..JwtSettings::new(source)
         }))
     }
 

@@ -9,7 +9,7 @@ use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::model::ModelClient;
 use chatbot_api::domain::store::spawn_expiry;
 use chatbot_api::domain::store::{Caps, SqliteOptions};
-use chatbot_api::http::auth::ApiKeys;
+use chatbot_api::http::auth::{ApiKeys, Jwt};
 use chatbot_api::http::telemetry;
 use chatbot_api::{AppState, serve};
 use clap::Parser;
@@ -40,6 +40,16 @@ async fn main() -> ExitCode {
         .and_then(|m| m.map(ModelClient::new).transpose())
     {
         Ok(model) => model,
+        Err(err) => {
+            eprintln!("chatbot-api: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let jwt = match config
+        .jwt()
+        .and_then(|s| s.as_ref().map(Jwt::new).transpose())
+    {
+        Ok(jwt) => jwt,
         Err(err) => {
             eprintln!("chatbot-api: {err}");
             return ExitCode::FAILURE;
@@ -82,17 +92,27 @@ async fn main() -> ExitCode {
         }
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(store = %config.store, keys = config.api_keys.len(), "listening on http://{addr}");
+        tracing::info!(
+            store = %config.store,
+            keys = config.api_keys.len(),
+            admin_keys = config.admin_api_keys.len(),
+            jwt = ?jwt,
+            "listening on http://{addr}"
+        );
     }
     if let Some(ttl) = config.session_ttl {
         spawn_expiry(store.clone(), std::time::Duration::from_secs(ttl));
     }
 
-    let keys = ApiKeys::new(config.api_keys.iter().filter(|k| !k.is_empty()));
     let mut state = AppState::new(store.clone(), chatbot, config.limits())
         .with_debug_endpoints(config.debug_endpoints)
-        .with_api_keys(keys)
+        .with_api_keys(ApiKeys::new(&config.api_keys))
+        .with_admin_keys(ApiKeys::new(&config.admin_api_keys))
         .with_cors_origins(origins);
+    if let Some(jwt) = jwt {
+        jwt.prefetch();
+        state = state.with_jwt(jwt);
+    }
     if let Some(model) = model {
         let rules_first = config.rules.is_some();
         tracing::info!(model = %model.config().model, rules_first, "replies from a model");

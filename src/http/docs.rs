@@ -208,38 +208,62 @@ pub struct DebugSessions {
     pub total_messages: u64,
 }
 
-/// Marks every conversation operation as needing an API key, given as
-/// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-pub fn require_api_key(doc: &mut utoipa::openapi::OpenApi) {
+/// Marks every conversation operation as needing an API key or token:
+/// `Authorization: Bearer …` (a key or a JWT), or `X-API-Key: KEY`; where
+/// admins can exist, documents `?owner=` on the reads and deletes.
+pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth::Auth) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
     use utoipa::openapi::security::{
         ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
     let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme(
-        "bearer",
-        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-    );
-    components.add_security_scheme(
-        "api_key",
-        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
-    );
-    let either = [
-        SecurityRequirement::new("bearer", Vec::<String>::new()),
-        SecurityRequirement::new("api_key", Vec::<String>::new()),
-    ];
+    let mut bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer);
+    if auth.jwt.is_some() {
+        bearer = bearer
+            .bearer_format("JWT")
+            .description(Some("A JWT from the identity provider, or an API key"));
+    }
+    components.add_security_scheme("bearer", SecurityScheme::Http(bearer.build()));
+    let mut either = vec![SecurityRequirement::new("bearer", Vec::<String>::new())];
+    if !auth.keys.is_empty() || !auth.admin_keys.is_empty() {
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        either.push(SecurityRequirement::new("api_key", Vec::<String>::new()));
+    }
+    let admins = auth.jwt.is_some() || !auth.admin_keys.is_empty();
+    let owner = ParameterBuilder::new()
+        .name("owner")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(
+            "Admins only: read or delete this user's (token subject's) conversations \
+             instead of their own; 403 for anyone else.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1)),
+        ))
+        .build();
     for (path, item) in doc.paths.paths.iter_mut() {
         let keyed = ["/chat", "/debug", "/v1", "/metrics"];
-        if keyed.iter().any(|prefix| path.starts_with(prefix)) {
-            for operation in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.patch,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                operation.security = Some(either.to_vec());
+        if !keyed.iter().any(|prefix| path.starts_with(prefix)) {
+            continue;
+        }
+        for operation in [&mut item.post, &mut item.patch].into_iter().flatten() {
+            operation.security = Some(either.clone());
+        }
+        let addressable = admins && (path.starts_with("/chat") || path.starts_with("/v1/conv"));
+        for operation in [&mut item.get, &mut item.delete].into_iter().flatten() {
+            operation.security = Some(either.clone());
+            if addressable {
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(owner.clone().into());
             }
         }
     }

@@ -62,6 +62,10 @@ impl ValidationIssue {
     }
 }
 
+/// The `WWW-Authenticate` of every 401: the same whatever check failed.
+pub const BEARER_INVALID_TOKEN: HeaderValue =
+    HeaderValue::from_static(r#"Bearer error="invalid_token""#);
+
 /// Everything a request can end in other than success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -89,9 +93,15 @@ pub enum ApiError {
     /// The body did not arrive within the request timeout.
     #[error("request body timed out after {seconds} s")]
     RequestTimeout { seconds: u64 },
-    /// No valid API key on a server that requires one.
+    /// No valid API key or token on a server that requires one.
     #[error("not authenticated")]
     Unauthorized,
+    /// Identified, but not allowed to do this.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// A token whose signing key could not be fetched, so it is unchecked.
+    #[error("authentication unavailable")]
+    AuthUnavailable,
     /// The store failed; the cause is logged, never sent.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -144,6 +154,11 @@ impl ApiError {
                 )),
             ),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
+            Self::Forbidden(why) => (StatusCode::FORBIDDEN, json!(why)),
+            Self::AuthUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!("Authentication unavailable: try again shortly"),
+            ),
             Self::Store(StoreError::Full(detail)) => {
                 (StatusCode::INSUFFICIENT_STORAGE, json!(detail))
             }
@@ -174,7 +189,12 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 response
                     .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    .insert(header::WWW_AUTHENTICATE, BEARER_INVALID_TOKEN);
+            }
+            Self::AuthUnavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             // The rest of a slow body is not worth waiting for.
             Self::RequestTimeout { .. } => {

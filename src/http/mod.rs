@@ -39,7 +39,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use self::auth::ApiKeys;
+use self::auth::{ApiKeys, Auth, Jwt};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -59,8 +59,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Mount the seed's `/debug/*` endpoints (which can erase everything).
     pub debug_endpoints: bool,
-    /// The API keys; none configured: an open server.
-    pub keys: Arc<ApiKeys>,
+    /// API keys, admin keys and JWTs; none configured: an open server.
+    pub auth: Arc<Auth>,
     /// Requests per second and burst per key (or client address), if limited.
     pub rate_limit: Option<(u32, u32)>,
     /// Origins allowed to call the API from a browser.
@@ -74,7 +74,7 @@ impl AppState {
             replies: Arc::new(Replies::rules(Arc::new(chatbot))),
             limits,
             debug_endpoints: false,
-            keys: Arc::default(),
+            auth: Arc::default(),
             rate_limit: None,
             cors_origins: Vec::new(),
         }
@@ -93,7 +93,20 @@ impl AppState {
 
     /// The same state requiring one of `keys` on every conversation route.
     pub fn with_api_keys(mut self, keys: ApiKeys) -> Self {
-        self.keys = Arc::new(keys);
+        Arc::make_mut(&mut self.auth).keys = keys;
+        self
+    }
+
+    /// The same state accepting `keys` as admin keys: their own
+    /// conversations, and anyone's to read and delete with `?owner=`.
+    pub fn with_admin_keys(mut self, keys: ApiKeys) -> Self {
+        Arc::make_mut(&mut self.auth).admin_keys = keys;
+        self
+    }
+
+    /// The same state accepting bearer JWTs that `jwt` verifies.
+    pub fn with_jwt(mut self, jwt: Jwt) -> Self {
+        Arc::make_mut(&mut self.auth).jwt = Some(Arc::new(jwt));
         self
     }
 
@@ -116,9 +129,9 @@ impl AppState {
     }
 }
 
-impl FromRef<AppState> for Arc<ApiKeys> {
+impl FromRef<AppState> for Arc<Auth> {
     fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
+        state.auth.clone()
     }
 }
 
@@ -196,18 +209,18 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
     // Layers apply to the routes added before them: key check first, then
     // the rate limit around it, so floods of bad keys are limited too.
     // An open server has one owner: no key to check on each request.
-    if !state.keys.is_open() {
+    if !state.auth.is_open() {
         conversations = conversations.route_layer(middleware::from_fn_with_state(
-            state.keys.clone(),
-            auth::require_key,
+            state.auth.clone(),
+            auth::authenticate,
         ));
         openai = openai.route_layer(middleware::from_fn_with_state(
-            state.keys.clone(),
-            auth::require_key_openai,
+            state.auth.clone(),
+            auth::authenticate_openai,
         ));
     }
     if let Some((per_second, burst)) = state.rate_limit {
-        let limiter = ratelimit::limiter(per_second, burst, state.keys.clone());
+        let limiter = ratelimit::limiter(per_second, burst, state.auth.clone());
         conversations = conversations.route_layer(ratelimit::layer(&limiter));
         openai = openai.route_layer(ratelimit::openai_layer(&limiter));
     }
@@ -221,8 +234,8 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
 /// The routes and the OpenAPI document served at `/openapi.json`.
 fn documented(state: &AppState) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut api) = api_router(state).split_for_parts();
-    if !state.keys.is_open() {
-        docs::require_api_key(&mut api);
+    if !state.auth.is_open() {
+        docs::require_auth(&mut api, &state.auth);
     }
     (router, api)
 }

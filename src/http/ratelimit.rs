@@ -17,22 +17,21 @@ use tower_governor::GovernorLayer;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 
-use crate::http::auth::{ApiKeys, presented_key};
+use crate::http::auth::Auth;
 use crate::http::v1::error::OpenAiError;
 
-/// Whose bucket a request drains: a known key's owner, else the peer address.
+/// Whose bucket a request drains: a known key's or valid token's owner,
+/// else the peer address (so floods of bad keys and tokens are limited too).
 #[derive(Clone)]
 pub struct ClientKey {
-    keys: Arc<ApiKeys>,
+    auth: Arc<Auth>,
 }
 
 impl KeyExtractor for ClientKey {
     type Key = String;
 
     fn extract<T>(&self, request: &Request<T>) -> Result<Self::Key, GovernorError> {
-        if let Some(owner) =
-            presented_key(request.headers()).and_then(|key| self.keys.owner_of(key))
-        {
+        if let Some(owner) = self.auth.owner_cached(request.headers()) {
             return Ok(owner.prefix().to_owned());
         }
         // In-process tests have no peer address; they share one bucket.
@@ -51,12 +50,12 @@ impl KeyExtractor for ClientKey {
 pub type Limiter = Arc<GovernorConfig<ClientKey, NoOpMiddleware>>;
 
 /// Buckets for `per_second` requests per second with a burst of `burst`.
-pub fn limiter(per_second: u32, burst: u32, keys: Arc<ApiKeys>) -> Limiter {
+pub fn limiter(per_second: u32, burst: u32, auth: Arc<Auth>) -> Limiter {
     Arc::new(
         GovernorConfigBuilder::default()
             .period(Duration::from_secs_f64(1.0 / f64::from(per_second.max(1))))
             .burst_size(burst.max(1))
-            .key_extractor(ClientKey { keys })
+            .key_extractor(ClientKey { auth })
             .finish()
             .expect("period and burst are positive"),
     )

@@ -344,14 +344,19 @@ pub struct Server {
 impl Server {
     /// Starts the binary on a free port with `args` and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[("RUST_LOG", "warn")], std::process::Stdio::null())
+    }
+
+    /// [`Server::start`] with environment variables and somewhere for its log.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], log: std::process::Stdio) -> Self {
         use std::process::{Command, Stdio};
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
             .args(["--port", &port.to_string()])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start the binary");
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -9,6 +9,7 @@ mod concurrency;
 mod durability;
 mod errors;
 mod hardening;
+mod jwt;
 mod manage;
 mod messages;
 mod metrics;

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::domain::model::ModelError;
 use crate::domain::replies::ReplyError;
 use crate::domain::store::StoreError;
-use crate::http::error::{ApiError, Loc};
+use crate::http::error::{ApiError, BEARER_INVALID_TOKEN, Loc};
 
 /// One `/v1` error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +212,19 @@ impl From<ApiError> for OpenAiError {
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 Some("invalid_api_key"),
-                "Incorrect API key provided. Send it as 'Authorization: Bearer KEY'.",
+                "Incorrect API key or token provided. Send it as 'Authorization: Bearer KEY'.",
+            ),
+            ApiError::Forbidden(why) => Self::plain(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("permission_denied"),
+                format!("{why}."),
+            ),
+            ApiError::AuthUnavailable => Self::plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("auth_unavailable"),
+                "Authentication is unavailable: try again shortly.",
             ),
             ApiError::Store(err) => err.into(),
             ApiError::Model(err) => err.into(),
@@ -234,7 +246,7 @@ impl IntoResponse for OpenAiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::WWW_AUTHENTICATE, BEARER_INVALID_TOKEN);
         }
         if self.status == StatusCode::REQUEST_TIMEOUT {
             response

@@ -1,0 +1,418 @@
+//! Who is asking, and which conversations are theirs: API keys
+//! ([`keys`]), bearer JWTs ([`jwt`]) and the admin role.
+//!
+//! Each identity owns its sessions: the store keys a session by the owner's
+//! tag and the session id, so the same `session_id` under two keys (or two
+//! token subjects) is two conversations, and listing, search, stats,
+//! export, analytics and delete never cross owners. An admin (a token with
+//! the admin role, or an admin key) may address another user's
+//! conversations with `?owner=SUB`, to read and delete them, never to write.
+
+pub mod jwt;
+pub mod keys;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub use self::jwt::{Jwt, JwtSettings, KeySource};
+pub use self::keys::ApiKeys;
+use crate::domain::models::SessionId;
+use crate::http::error::{ApiError, ValidationIssue};
+
+/// Separates an owner's tag from a session id in store keys; session ids
+/// cannot contain it (control characters are refused).
+const SEPARATOR: char = '\u{1f}';
+
+/// Everything that can let a request in. Nothing configured: the server is
+/// open and everyone is one owner.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    /// Keys that see their own conversations.
+    pub keys: ApiKeys,
+    /// Keys that also may address anyone's (`?owner=`).
+    pub admin_keys: ApiKeys,
+    /// Bearer JWTs, if configured.
+    pub jwt: Option<Arc<Jwt>>,
+}
+
+/// A request's identity: whose conversations it sees, and, for an admin,
+/// how logs name it (never by its key or token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub owner: Owner,
+    pub admin: Option<String>,
+}
+
+impl Auth {
+    /// An open server: nothing to check.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty() && self.admin_keys.is_empty() && self.jwt.is_none()
+    }
+
+    /// Who the request's headers say they are: `Authorization: Bearer
+    /// KEY_OR_TOKEN` or `X-API-Key: KEY`. Keys are tried first; a JWT-shaped
+    /// bearer that is no key is checked as a token.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if self.is_open() {
+            return Ok(Caller {
+                owner: Owner::open(),
+                admin: None,
+            });
+        }
+        let presented = presented_key(headers).ok_or(ApiError::Unauthorized)?;
+        if let Some(caller) = self.by_key(presented) {
+            return Ok(caller);
+        }
+        match &self.jwt {
+            Some(jwt) if Jwt::looks_like_jwt(presented) => match jwt.verify(presented).await {
+                Ok(verified) => Ok(Caller::from(verified)),
+                Err(jwt::Refusal::Invalid) => Err(ApiError::Unauthorized),
+                Err(jwt::Refusal::Unchecked) => Err(ApiError::AuthUnavailable),
+            },
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+
+    /// [`Auth::identify`] with what is at hand (no JWKS fetch): the rate
+    /// limit's way to find a request's bucket before the check proper.
+    pub fn owner_cached(&self, headers: &HeaderMap) -> Option<Owner> {
+        let presented = presented_key(headers)?;
+        if let Some(caller) = self.by_key(presented) {
+            return Some(caller.owner);
+        }
+        let jwt = self.jwt.as_ref()?;
+        if !Jwt::looks_like_jwt(presented) {
+            return None;
+        }
+        jwt.verify_cached(presented)
+            .map(|verified| Owner::user(&verified.sub))
+    }
+
+    fn by_key(&self, presented: &str) -> Option<Caller> {
+        if let Some(owner) = self.keys.owner_of(presented) {
+            return Some(Caller { owner, admin: None });
+        }
+        self.admin_keys.owner_of(presented).map(|owner| Caller {
+            admin: Some(format!("admin key {}", owner.tag())),
+            owner,
+        })
+    }
+}
+
+impl From<jwt::Verified> for Caller {
+    fn from(verified: jwt::Verified) -> Self {
+        Self {
+            owner: Owner::user(&verified.sub),
+            admin: verified.admin.then(|| format!("sub {:?}", verified.sub)),
+        }
+    }
+}
+
+/// The key or token a request presents, if any.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    bearer
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        })
+        .filter(|key| !key.is_empty())
+}
+
+/// Whose sessions a request may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    prefix: String,
+}
+
+impl Owner {
+    /// Everyone, on a server without keys: session ids are stored as given.
+    pub fn open() -> Self {
+        Self {
+            prefix: String::new(),
+        }
+    }
+
+    fn keyed(digest: &[u8; 32]) -> Self {
+        Self::tagged('k', digest)
+    }
+
+    /// The owner a token's subject names.
+    pub fn user(sub: &str) -> Self {
+        Self::tagged('u', &Sha256::digest(sub.as_bytes()).into())
+    }
+
+    fn tagged(kind: char, digest: &[u8; 32]) -> Self {
+        let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            prefix: format!("{kind}{tag}{SEPARATOR}"),
+        }
+    }
+
+    /// The owner's tag (no secret: a digest's first bytes), for logs.
+    pub fn tag(&self) -> &str {
+        self.prefix.trim_end_matches(SEPARATOR)
+    }
+
+    /// What the owner's store keys start with (`""` on an open server).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The store key of one of the owner's sessions.
+    pub fn scope(&self, session_id: &str) -> String {
+        format!("{}{session_id}", self.prefix)
+    }
+
+    /// [`Owner::scope`] for a validated id; an open server's ids are their own keys.
+    pub fn scope_id<'a>(&self, session_id: &'a SessionId) -> Cow<'a, SessionId> {
+        if self.prefix.is_empty() {
+            Cow::Borrowed(session_id)
+        } else {
+            Cow::Owned(SessionId::from_store_key(self.scope(session_id.as_str())))
+        }
+    }
+
+    /// The session id of one of the owner's store keys.
+    pub fn unscope(&self, key: String) -> String {
+        match key.strip_prefix(&self.prefix) {
+            Some(id) if !self.prefix.is_empty() => id.to_owned(),
+            _ => key,
+        }
+    }
+}
+
+/// The owner of a request: everyone on an open server; otherwise the one
+/// [`authenticate`] found (a route without that check answers 401).
+impl<S: Send + Sync> FromRequestParts<S> for Owner
+where
+    Arc<Auth>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if Arc::<Auth>::from_ref(state).is_open() {
+            return Ok(Self::open());
+        }
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// Middleware for every route that touches conversations: identifies the
+/// caller (401 otherwise), settles `?owner=` and hands the owner to the
+/// handler.
+pub async fn authenticate(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    admit(&auth, request, next, IntoResponse::into_response).await
+}
+
+/// [`authenticate`] for `/v1`: the same check, OpenAI-shaped errors.
+pub async fn authenticate_openai(
+    State(auth): State<Arc<Auth>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let refuse = |err| crate::http::v1::error::OpenAiError::from(err).into_response();
+    admit(&auth, request, next, refuse).await
+}
+
+/// Runs the request as its owner, or answers `refuse` of why not.
+async fn admit(
+    auth: &Auth,
+    mut request: Request,
+    next: Next,
+    refuse: impl FnOnce(ApiError) -> Response,
+) -> Response {
+    let owner = match auth.identify(request.headers()).await {
+        Ok(caller) => act_as(caller, request.method(), request.uri()),
+        Err(err) => Err(err),
+    };
+    match owner {
+        Ok(owner) => {
+            request.extensions_mut().insert(owner);
+            next.run(request).await
+        }
+        Err(err) => refuse(err),
+    }
+}
+
+/// Whose conversations the request acts on: the caller's own, or, for an
+/// admin reading or deleting, those of `?owner=SUB`.
+fn act_as(caller: Caller, method: &Method, uri: &axum::http::Uri) -> Result<Owner, ApiError> {
+    let asked = uri.query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "owner")
+            .last()
+            .map(|(_, value)| value.into_owned())
+    });
+    let Some(sub) = asked else {
+        return Ok(caller.owner);
+    };
+    let Some(admin) = caller.admin else {
+        return Err(ApiError::Forbidden(
+            "Only an admin may address another owner's conversations",
+        ));
+    };
+    if sub.is_empty() {
+        return Err(ApiError::Validation(vec![
+            ValidationIssue::new(
+                "string_too_short",
+                vec!["query".into(), "owner".into()],
+                "String should have at least 1 character",
+                json!(sub),
+            )
+            .with_ctx(json!({ "min_length": 1 })),
+        ]));
+    }
+    if !matches!(*method, Method::GET | Method::HEAD | Method::DELETE) {
+        return Err(ApiError::Forbidden(
+            "An admin may read and delete another owner's conversations, not write to them",
+        ));
+    }
+    tracing::info!(
+        target: "chatbot_api::admin",
+        admin = %admin,
+        method = %method,
+        path = uri.path(),
+        owner = ?sub,
+        "admin acts on another owner's conversations"
+    );
+    Ok(Owner::user(&sub))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    fn keyed(keys: &[&str]) -> Auth {
+        Auth {
+            keys: ApiKeys::new(keys),
+            ..Auth::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_by_bearer_or_x_api_key() {
+        let auth = keyed(&["alpha", "beta"]);
+        let id = |pairs| {
+            let auth = auth.clone();
+            let headers = headers(pairs);
+            async move { auth.identify(&headers).await.map(|c| c.owner) }
+        };
+        let alpha = id(&[("authorization", "Bearer alpha")]).await.unwrap();
+        assert_eq!(
+            id(&[("authorization", "bearer  alpha")]).await.unwrap(),
+            alpha
+        );
+        assert_eq!(id(&[("x-api-key", "alpha")]).await.unwrap(), alpha);
+        assert_ne!(id(&[("x-api-key", "beta")]).await.unwrap(), alpha);
+        for bad in [
+            &[][..],
+            &[("authorization", "Bearer gamma")],
+            &[("authorization", "Basic alpha")],
+            &[("authorization", "Bearer alph")],
+            &[("x-api-key", "")],
+        ] {
+            assert!(id(bad).await.is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_open_server_scopes_nothing() {
+        let caller = Auth::default().identify(&headers(&[])).await.unwrap();
+        assert_eq!(caller.owner.scope("abc"), "abc");
+        assert_eq!(caller.owner.unscope("abc".into()), "abc");
+        assert_eq!(caller.admin, None);
+    }
+
+    #[test]
+    fn owners_scope_and_unscope_their_ids() {
+        let owner = ApiKeys::new(["k"]).owner_of("k").unwrap();
+        let key = owner.scope("chat");
+        assert!(key.ends_with("\u{1f}chat") && key.starts_with('k'));
+        assert_eq!(owner.unscope(key), "chat");
+        let user = Owner::user("k");
+        assert!(user.scope("chat").starts_with('u'));
+        assert_ne!(user, owner);
+        assert_eq!(Owner::user("alice"), Owner::user("alice"));
+        assert_ne!(Owner::user("alice"), Owner::user("bob"));
+    }
+
+    #[test]
+    fn only_admins_address_other_owners_and_only_to_read_or_delete() {
+        let user = Caller {
+            owner: Owner::user("alice"),
+            admin: None,
+        };
+        let admin = Caller {
+            owner: Owner::user("root"),
+            admin: Some("sub \"root\"".into()),
+        };
+        let uri = |u: &str| u.parse::<axum::http::Uri>().unwrap();
+        let plain = uri("/chat/history/s");
+        let other = uri("/chat/history/s?owner=bob");
+        assert_eq!(
+            act_as(user.clone(), &Method::GET, &plain).unwrap(),
+            user.owner
+        );
+        assert!(matches!(
+            act_as(user.clone(), &Method::GET, &other),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert_eq!(
+            act_as(admin.clone(), &Method::GET, &plain).unwrap(),
+            admin.owner
+        );
+        for method in [Method::GET, Method::DELETE] {
+            assert_eq!(
+                act_as(admin.clone(), &method, &other).unwrap(),
+                Owner::user("bob")
+            );
+        }
+        for method in [Method::POST, Method::PATCH] {
+            assert!(matches!(
+                act_as(admin.clone(), &method, &other),
+                Err(ApiError::Forbidden(_))
+            ));
+        }
+        assert!(matches!(
+            act_as(admin, &Method::GET, &uri("/chat/sessions?owner=")),
+            Err(ApiError::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn only_jwt_shaped_bearers_are_checked_as_tokens() {
+        assert!(Jwt::looks_like_jwt("eyJh.eyJz.c2ln"));
+        for not in ["key", "a.b", "a.b.c.d", "a..c", "a.b.c=", "a b.c.d"] {
+            assert!(!Jwt::looks_like_jwt(not), "{not}");
+        }
+    }
+}
