@@ -293,6 +293,15 @@ mod tests {
             &["chatbot-api", "--max-message-chars", "-3"],
             &["chatbot-api", "--store", "redis://x"],
             &["chatbot-api", "--db-pool-size", "0"],
+            &[
+                "chatbot-api",
+                "--jwt-secret",
+                "s",
+                "--jwt-jwks-url",
+                "http://h/jwks",
+            ],
+            &["chatbot-api", "--jwt-issuer", "https://id"],
+            &["chatbot-api", "--jwt-audience", "chatbot"],
         ] {
             assert!(Config::try_parse_from(args).is_err(), "{args:?}");
         }
@@ -346,6 +355,36 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn jwt_flags() {
+        let parse = |args: &[&str]| Config::try_parse_from(args).unwrap().jwt();
+        assert!(parse(&["chatbot-api"]).unwrap().is_none());
+        let settings = parse(&[
+            "chatbot-api",
+            "--jwt-jwks-url",
+            "https://id.test/jwks",
+            "--jwt-issuer",
+            "https://id.test",
+            "--jwt-admin-claim",
+            "scope",
+            "--jwt-jwks-cooldown",
+            "3",
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(settings.source, KeySource::Jwks(ref url) if url == "https://id.test/jwks")
+        );
+        assert_eq!(settings.issuer.as_deref(), Some("https://id.test"));
+        assert_eq!(settings.audience, None);
+        assert_eq!(
+            (settings.admin_claim.as_str(), settings.admin_value.as_str()),
+            ("scope", "admin")
+        );
+        assert_eq!(settings.jwks_cooldown.as_secs(), 3);
+        assert!(parse(&["chatbot-api", "--jwt-public-key", "/nonexistent/key.pem"]).is_err());
     }
 
     #[test]

@@ -4,11 +4,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { createHmac } from "node:crypto";
 import { chromium } from "playwright-core";
 
 const base = process.env.BASE_URL ?? "http://127.0.0.1:8000";
 const shots = process.env.SCREENSHOTS ?? "screenshots-tmp";
 const origin = new URL(base).origin;
+// A second server that takes bearer JWTs signed with JWT_SECRET (HS256).
+const jwtBase = process.env.JWT_BASE_URL ?? "http://127.0.0.1:8001";
+const jwtSecret = process.env.JWT_SECRET ?? "";
+const jwtOrigin = new URL(jwtBase).origin;
 let browser;
 const outside = [];
 
@@ -27,7 +32,8 @@ async function page(viewport) {
   const p = await context.newPage();
   p.on("request", (r) => {
     const url = r.url();
-    if (!url.startsWith(origin) && !url.startsWith("data:") && !url.startsWith("blob:")) outside.push(url);
+    const ours = url.startsWith(origin) || url.startsWith(jwtOrigin);
+    if (!ours && !url.startsWith("data:") && !url.startsWith("blob:")) outside.push(url);
   });
   return p;
 }
@@ -118,6 +124,66 @@ test("dashboard: charts of seeded traffic, search, open and delete a conversatio
   await p.getByRole("button", { name: "Delete conversation" }).click();
   await p.getByText("Deleted " + session + ".").waitFor();
   assert.equal((await fetch(base + "/chat/history/" + session)).status, 404);
+  await p.context().close();
+});
+
+// An HS256 token for `sub`, as an identity provider would issue it.
+function mint(sub, extra = {}) {
+  assert.ok(jwtSecret.length >= 32, "JWT_SECRET (32 bytes or more) is needed for the token tests");
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const body = part({ alg: "HS256", typ: "JWT" }) + "." + part({ sub, iat: now, exp: now + 600, ...extra });
+  return body + "." + createHmac("sha256", jwtSecret).update(body).digest("base64url");
+}
+const as = (token) => ({ headers: { authorization: "Bearer " + token } });
+
+test("tokens: the chat page sends as the token's user; an admin browses that user's conversations", async () => {
+  const alice = mint("alice"), bob = mint("bob"), admin = mint("support", { roles: ["admin"] });
+  const p = await page({ width: 390, height: 740 });
+  await p.goto(jwtBase + "/");
+  const session = await p.inputValue("#session");
+  await p.fill("#message", "Hello!");
+  await p.keyboard.press("Enter");
+  await p.getByText("This server needs an API key or token: enter it above.").waitFor();
+  await p.fill("#key", alice);
+  await p.dispatchEvent("#key", "change");
+  await p.fill("#message", "Hello!");
+  await p.keyboard.press("Enter");
+  await p.getByText("Hi there! How can I help you today?").waitFor();
+  const mine = await fetch(jwtBase + "/chat/history/" + session, as(alice));
+  assert.equal(mine.status, 200);
+  assert.equal((await fetch(jwtBase + "/chat/history/" + session, as(bob))).status, 404, "bob's is another conversation");
+  await p.context().close();
+
+  const d = await page({ width: 1280, height: 900 });
+  await d.goto(jwtBase + "/dashboard");
+  await d.fill("#key", bob);
+  await d.dispatchEvent("#key", "change");
+  await d.fill("#owner", "alice");
+  await d.dispatchEvent("#owner", "change");
+  await d.getByText("Only an admin may look at another owner's conversations.").first().waitFor();
+  await d.fill("#key", admin);
+  await d.dispatchEvent("#key", "change");
+  await d.getByRole("button", { name: "Open conversation " + session }).click();
+  await d.locator("#conversation .msg.bot", { hasText: "Hi there! How can I help you today?" }).waitFor();
+  await d.context().close();
+});
+
+test("tokens: /docs Authorize takes a bearer token and Try it out sends it", async () => {
+  const p = await page({ width: 1280, height: 900 });
+  await p.goto(jwtBase + "/docs/");
+  await p.getByRole("button", { name: /Authorize/ }).first().click();
+  const dialog = p.locator(".modal-ux");
+  await dialog.locator("#auth-bearer-value").fill(mint("carol"));
+  await dialog.getByRole("button", { name: "Apply credentials" }).click();
+  await dialog.getByRole("button", { name: "Close", exact: true }).click();
+  const operation = p.locator(".opblock-get", { has: p.locator(".opblock-summary-path", { hasText: /^\/chat\/sessions$/ }) });
+  await operation.locator(".opblock-summary").click();
+  await operation.getByRole("button", { name: "Try it out" }).click();
+  await operation.getByRole("button", { name: "Execute" }).click();
+  const status = operation.locator(".live-responses-table tbody .response-col_status");
+  await status.waitFor();
+  assert.equal((await status.innerText()).trim(), "200");
   await p.context().close();
 });
 
