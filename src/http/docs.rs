@@ -114,7 +114,7 @@ pub struct MessagePatch {
 pub enum ConversationErrors {
     #[response(
         status = 401,
-        description = "API key missing or wrong (when the server has keys)"
+        description = "API key or token missing or invalid (when the server has keys or tokens)"
     )]
     Unauthorized(DetailBody),
     #[response(status = 429, description = "Rate limit exceeded (see Retry-After)")]
@@ -216,7 +216,7 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
     use utoipa::openapi::security::{
         ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
-    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
     let components = doc.components.get_or_insert_with(Default::default);
     let mut bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer);
     if auth.jwt.is_some() {
@@ -248,10 +248,45 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
                 .min_length(Some(1)),
         ))
         .build();
+    // Each API's own error body.
+    let error = |path: &str, description: &str| {
+        let body = if path.starts_with("/v1") {
+            "ErrorBody"
+        } else {
+            "DetailBody"
+        };
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(body)))
+                    .build(),
+            )
+            .build()
+    };
     for (path, item) in doc.paths.paths.iter_mut() {
         let keyed = ["/chat", "/debug", "/v1", "/metrics"];
         if !keyed.iter().any(|prefix| path.starts_with(prefix)) {
             continue;
+        }
+        let unavailable = error(path, "A token whose key could not be fetched from the JWKS");
+        let forbidden = error(path, "`owner` given by someone who is not an admin");
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if auth.jwt.is_some() {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("503".to_owned())
+                    .or_insert_with(|| unavailable.clone().into());
+            }
         }
         for operation in [&mut item.post, &mut item.patch].into_iter().flatten() {
             operation.security = Some(either.clone());
@@ -264,6 +299,10 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
                     .parameters
                     .get_or_insert_with(Vec::new)
                     .push(owner.clone().into());
+                operation
+                    .responses
+                    .responses
+                    .insert("403".to_owned(), forbidden.clone().into());
             }
         }
     }

@@ -40,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         )),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such model", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
+        (status = 401, description = "API key or token missing or invalid (when the server has keys or tokens)", body = ErrorBody),
         BodyErrors,
         (status = 429, description = "Rate limit exceeded", body = ErrorBody),
         (status = 502, description = "The model server failed", body = ErrorBody),
@@ -159,7 +159,7 @@ fn model_json() -> Value {
     description = "One model: the rule engine.",
     responses(
         (status = 200, description = "The models", body = ModelList),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
+        (status = 401, description = "API key or token missing or invalid (when the server has keys or tokens)", body = ErrorBody),
         (status = 429, description = "Rate limit exceeded", body = ErrorBody),
     ))]
 async fn models(_owner: Owner) -> Json<Value> {
@@ -172,7 +172,7 @@ async fn models(_owner: Owner) -> Json<Value> {
     responses(
         (status = 200, description = "The model", body = ModelObject),
         (status = 404, description = "No such model", body = ErrorBody),
-        (status = 401, description = "API key missing or wrong (when the server has keys)", body = ErrorBody),
+        (status = 401, description = "API key or token missing or invalid (when the server has keys or tokens)", body = ErrorBody),
         (status = 429, description = "Rate limit exceeded", body = ErrorBody),
     ))]
 async fn model(_owner: Owner, Path(name): Path<String>) -> Result<Json<Value>, OpenAiError> {

@@ -34,7 +34,7 @@ pub struct ErrorDetail {
 pub enum OpenAiErrors {
     #[response(
         status = 401,
-        description = "API key missing or wrong (when the server has keys)"
+        description = "API key or token missing or invalid (when the server has keys or tokens)"
     )]
     Unauthorized(ErrorBody),
     #[response(status = 429, description = "Rate limit exceeded")]
