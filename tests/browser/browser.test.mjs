@@ -113,7 +113,8 @@ test("dashboard: charts of seeded traffic, search, open and delete a conversatio
   await p.focus("#search");
   await p.keyboard.type("zqx");
   await p.keyboard.press("Enter");
-  await p.locator("#sessions td", { hasText: session }).waitFor();
+  // "2 found" is the search's answer, not the full list shown before it.
+  await p.locator("#sessions tr", { hasText: session }).filter({ hasText: "2 found" }).waitFor();
   assert.equal(await p.locator("#sessions tr").count(), 1, "only the seeded conversation matches");
 
   // Open it, then delete it (confirming the dialog).
