@@ -2,9 +2,9 @@
 # Cold against warm SQLite reads (#12's target: a session not yet in RAM read
 # within 3x of a warm one, 100 exchanges): 1,000 sessions of 100 exchanges
 # read in turn, once with the sessions in the cache (warm) and once with a
-# 1 MiB cache (every read goes to the file). The server as it is against the
-# same server built from BASE_REV (default: the commit before cold reads ran
-# on the request's own thread), alternating, on one copy of one file.
+# 1 MiB cache (every read goes to the file). The working tree against the
+# same server built from BASE_REV (default: HEAD, so an uncommitted change is
+# measured against what it changes), alternating, on one copy of one file.
 #
 #   benches/cold.sh                     # ~4 minutes plus one release build of BASE_REV
 #   BASE_REV=<commit> ROUNDS=5 DURATION=10s benches/cold.sh
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 PORT=${PORT:-18094}
 PG_URL=${CHATBOT_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
-BASE_REV=${BASE_REV:-$(git log --format=%H -1 --grep='^SQLite cold reads on the request')~1}
+BASE_REV=${BASE_REV:-HEAD}
 ROUNDS=${ROUNDS:-3}
 source benches/lib.sh
 

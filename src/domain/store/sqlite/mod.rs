@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, params};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 
 use self::cache::Cache;
@@ -317,43 +316,31 @@ impl Readers {
         read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let _permit = self.permits.acquire().await.map_err(unavailable)?;
-        // On the multi-threaded runtime the read runs right here, the
-        // worker's other tasks handed to another thread meanwhile: no trip
-        // to a blocking thread and back for the request (benches/README.md,
-        // "cold reads"). A single-threaded runtime cannot lend its thread.
-        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-            return tokio::task::block_in_place(|| self.with_connection(read));
-        }
         let readers = self.clone();
-        tokio::task::spawn_blocking(move || readers.with_connection(read))
-            .await
-            .map_err(unavailable)?
-    }
-
-    /// Runs `read` on an idle connection (opened if there is none).
-    fn with_connection<T>(
-        &self,
-        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let conn = open_connection(&self.path)?;
-                conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
-                conn
-            }
-        };
-        let result = read(&conn);
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
-        result
+        tokio::task::spawn_blocking(move || {
+            let idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => {
+                    let conn = open_connection(&readers.path)?;
+                    conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
+                    conn
+                }
+            };
+            let result = read(&conn);
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(unavailable)?
     }
 }
 
