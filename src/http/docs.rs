@@ -272,6 +272,10 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
         }
         let unavailable = error(path, "A token whose key could not be fetched from the JWKS");
         let forbidden = error(path, "`owner` given by someone who is not an admin");
+        let not_operator = error(
+            path,
+            "A user's token: only API keys and admins may use this route",
+        );
         for operation in [
             &mut item.get,
             &mut item.post,
@@ -286,6 +290,9 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
                 responses
                     .entry("503".to_owned())
                     .or_insert_with(|| unavailable.clone().into());
+                if path == "/metrics" || path.starts_with("/debug") {
+                    responses.insert("403".to_owned(), not_operator.clone().into());
+                }
             }
         }
         for operation in [&mut item.post, &mut item.patch].into_iter().flatten() {

@@ -195,16 +195,21 @@ pub fn app(state: AppState) -> App {
 /// Every route with its OpenAPI operation: registering a route through
 /// `utoipa_axum::routes!` is what documents it.
 pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
+    // About the whole server: API keys and admins only, once callers are told apart.
+    let mut operators = metrics::router();
+    if state.debug_endpoints {
+        operators = operators.merge(routes::debug::router());
+    }
+    if !state.auth.is_open() {
+        operators = operators.route_layer(middleware::from_fn(auth::require_operator));
+    }
     let mut conversations = OpenApiRouter::new()
-        .merge(metrics::router())
+        .merge(operators)
         .merge(routes::chat::router())
         .merge(routes::history::router())
         .merge(routes::messages::router())
         .merge(routes::sessions::router())
         .merge(routes::analytics::router());
-    if state.debug_endpoints {
-        conversations = conversations.merge(routes::debug::router());
-    }
     let mut openai = v1::router();
     // Layers apply to the routes added before them: key check first, then
     // the rate limit around it, so floods of bad keys are limited too.

@@ -653,7 +653,11 @@ async fn users_are_isolated_and_admins_reach_them_to_read_and_delete(store: Arc<
         None,
     )
     .await;
-    assert_eq!(said(&found.json()), ["alice's secret plan", "v1 secret"]);
+    // Newest first; both may fall in one second, so compare as a set.
+    let found = found.json();
+    let mut found = said(&found);
+    found.sort_unstable();
+    assert_eq!(found, ["alice's secret plan", "v1 secret"]);
     let export = call_as(
         &app,
         &admin,
@@ -825,4 +829,48 @@ async fn the_binary_takes_jwt_flags_and_logs_admin_actions_without_tokens() {
     for secret in [alice.as_str(), agent.as_str(), "root-key-2"] {
         assert!(!log.contains(secret), "the log holds a credential");
     }
+}
+
+#[tokio::test]
+async fn routes_about_the_whole_server_are_for_keys_and_admins_not_users() {
+    let app = TestApp::from_state(
+        AppState::new(
+            Arc::new(MemoryStore::new()),
+            Chatbot::seed(),
+            Default::default(),
+        )
+        .with_jwt(Jwt::new(&settings(KeySource::Secret(SECRET.into()))).unwrap())
+        .with_api_keys(ApiKeys::new(["scraper-key"]))
+        .with_debug_endpoints(true),
+    );
+    let user = token("alice", json!({}));
+    let admin = token("ops", json!({"roles": ["admin"]}));
+    say(&app, &user, "kept", "hello").await;
+    for (method, uri) in [
+        (Method::GET, "/metrics"),
+        (Method::GET, "/debug/sessions"),
+        (Method::POST, "/debug/clear"),
+    ] {
+        let refused = call_as(&app, &user, method.clone(), uri, None).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{method} {uri}");
+        assert_eq!(
+            refused.text(),
+            r#"{"detail":"Only an API key or an admin may use this route"}"#
+        );
+    }
+    // The refused clear erased nothing.
+    let kept = call_as(&app, &user, Method::GET, "/chat/history/kept", None).await;
+    assert_eq!(said(&kept.json()), ["hello"]);
+    for uri in ["/metrics", "/debug/sessions"] {
+        let by_admin = call_as(&app, &admin, Method::GET, uri, None).await;
+        assert_eq!(by_admin.status, StatusCode::OK, "{uri}");
+        let by_key = app
+            .call(Method::GET, uri, Some(("x-api-key", "scraper-key")), None)
+            .await;
+        assert_eq!(by_key.status, StatusCode::OK, "{uri}");
+    }
+    assert_refused(
+        &app.call(Method::GET, "/metrics", None, None).await,
+        "no token",
+    );
 }

@@ -50,6 +50,9 @@ pub struct Auth {
 pub struct Caller {
     pub owner: Owner,
     pub admin: Option<String>,
+    /// May use the routes about the whole server (`/metrics`, `/debug/*`):
+    /// API keys (services, scrapers) and admins; not a user's token.
+    pub operator: bool,
 }
 
 impl Auth {
@@ -66,6 +69,7 @@ impl Auth {
             return Ok(Caller {
                 owner: Owner::open(),
                 admin: None,
+                operator: true,
             });
         }
         let presented = presented_key(headers).ok_or(ApiError::Unauthorized)?;
@@ -99,11 +103,16 @@ impl Auth {
 
     fn by_key(&self, presented: &str) -> Option<Caller> {
         if let Some(owner) = self.keys.owner_of(presented) {
-            return Some(Caller { owner, admin: None });
+            return Some(Caller {
+                owner,
+                admin: None,
+                operator: true,
+            });
         }
         self.admin_keys.owner_of(presented).map(|owner| Caller {
             admin: Some(format!("admin key {}", owner.tag())),
             owner,
+            operator: true,
         })
     }
 }
@@ -113,6 +122,7 @@ impl From<jwt::Verified> for Caller {
         Self {
             owner: Owner::user(&verified.sub),
             admin: verified.admin.then(|| format!("sub {:?}", verified.sub)),
+            operator: verified.admin,
         }
     }
 }
@@ -242,16 +252,35 @@ async fn admit(
     next: Next,
     refuse: impl FnOnce(ApiError) -> Response,
 ) -> Response {
-    let owner = match auth.identify(request.headers()).await {
-        Ok(caller) => act_as(caller, request.method(), request.uri()),
-        Err(err) => Err(err),
+    let caller = match auth.identify(request.headers()).await {
+        Ok(caller) => caller,
+        Err(err) => return refuse(err),
     };
-    match owner {
+    let operator = Operator(caller.operator);
+    match act_as(caller, request.method(), request.uri()) {
         Ok(owner) => {
             request.extensions_mut().insert(owner);
+            request.extensions_mut().insert(operator);
             next.run(request).await
         }
         Err(err) => refuse(err),
+    }
+}
+
+/// Whether the caller may use the routes about the whole server; set by
+/// [`authenticate`].
+#[derive(Debug, Clone, Copy)]
+struct Operator(bool);
+
+/// Route layer for `/metrics` and `/debug/*`, inside [`authenticate`]:
+/// 403 for a user's token that is not an admin's. (An open server has no
+/// callers to tell apart.)
+pub async fn require_operator(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Operator>() {
+        Some(Operator(false)) => {
+            ApiError::Forbidden("Only an API key or an admin may use this route").into_response()
+        }
+        _ => next.run(request).await,
     }
 }
 
@@ -370,10 +399,12 @@ mod tests {
         let user = Caller {
             owner: Owner::user("alice"),
             admin: None,
+            operator: false,
         };
         let admin = Caller {
             owner: Owner::user("root"),
             admin: Some("sub \"root\"".into()),
+            operator: true,
         };
         let uri = |u: &str| u.parse::<axum::http::Uri>().unwrap();
         let plain = uri("/chat/history/s");
