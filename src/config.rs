@@ -110,7 +110,8 @@ pub struct Config {
     /// Accept bearer JWTs signed by a key of the identity provider's JWKS at
     /// this URL. Fetched at start without waiting (tokens get 503 until it
     /// arrives), again when a token names an unknown key id (see
-    /// --jwt-jwks-cooldown) and in the background every 10 minutes.
+    /// --jwt-jwks-cooldown), and in the background once the copy in hand is
+    /// over 10 minutes old.
     #[arg(long, env = "CHATBOT_JWT_JWKS_URL", group = "jwt_keys")]
     pub jwt_jwks_url: Option<String>,
 
