@@ -365,6 +365,54 @@ async fn jwks_keys_verify_and_a_rotation_is_picked_up_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_jwks_copy_is_fetched_again_so_a_withdrawn_key_stops_working() {
+    let one = rsa("rsa1.key.pem");
+    let jwks = JwksServer::start(vec![jwk(&one, Algorithm::RS256, "one")]).await;
+    let app = app_with(
+        Arc::new(MemoryStore::new()),
+        &JwtSettings {
+            jwks_cooldown: Duration::from_millis(100),
+            jwks_max_age: Duration::from_millis(600),
+            ..settings(KeySource::Jwks(jwks.url.clone()))
+        },
+    );
+    let by_one = mint(
+        &one,
+        Algorithm::RS256,
+        Some("one"),
+        &claims("alice", json!({})),
+    );
+    assert_eq!(status(&app, &by_one).await, StatusCode::OK);
+    // The provider withdraws key "one" (a leak, say).
+    jwks.rotate(vec![jwk(&rsa("rsa2.key.pem"), Algorithm::RS256, "two")]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The old copy still answers at once, and starts a fetch behind it.
+    assert_eq!(status(&app, &by_one).await, StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while jwks.hits() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no background fetch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(status(&app, &by_one).await, StatusCode::UNAUTHORIZED);
+    // Requests while the copy is fresh (under its 600 ms) start no more fetches.
+    let by_two = mint(
+        &rsa("rsa2.key.pem"),
+        Algorithm::RS256,
+        Some("two"),
+        &claims("bob", json!({})),
+    );
+    let fresh_until = std::time::Instant::now() + Duration::from_millis(150);
+    let mut answered = 0;
+    while std::time::Instant::now() < fresh_until {
+        assert_eq!(status(&app, &by_two).await, StatusCode::OK);
+        answered += 1;
+    }
+    assert!(answered > 1);
+    assert_eq!(jwks.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_key_ids_fetch_the_jwks_at_most_once_per_cooldown() {
     let one = rsa("rsa1.key.pem");
     let jwks = JwksServer::start(vec![jwk(&one, Algorithm::RS256, "one")]).await;

@@ -8,6 +8,7 @@
 //! its own family's algorithms, so a token cannot ask for an RSA public key
 //! to be used as an HMAC secret, and `alg: none` is no algorithm at all.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,6 @@ use serde_json::{Map, Value};
 
 /// Seconds of clock difference allowed on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 60;
-/// A JWKS older than this is fetched again in the background.
-const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 /// How long one JWKS fetch may take.
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,11 +48,13 @@ pub struct JwtSettings {
     pub admin_value: String,
     /// Least time between two JWKS fetches caused by unknown key ids.
     pub jwks_cooldown: Duration,
+    /// A JWKS copy older than this is fetched again in the background.
+    pub jwks_max_age: Duration,
 }
 
 impl JwtSettings {
     /// Settings with the defaults: no issuer or audience check, admins by
-    /// `roles` holding `admin`, a 10 s JWKS cooldown.
+    /// `roles` holding `admin`, a 10 s JWKS cooldown, a JWKS copy kept 10 minutes.
     pub fn new(source: KeySource) -> Self {
         Self {
             source,
@@ -62,6 +63,7 @@ impl JwtSettings {
             admin_claim: "roles".to_owned(),
             admin_value: "admin".to_owned(),
             jwks_cooldown: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(600),
         }
     }
 }
@@ -195,6 +197,7 @@ impl Jwt {
                     cooldown: settings.jwks_cooldown,
                     settings: settings.clone(),
                     current: RwLock::new(Arc::new(KeySet::default())),
+                    refreshing: AtomicBool::new(false),
                     fetching: tokio::sync::Mutex::new(None),
                 }))
             }
@@ -297,6 +300,8 @@ struct KeySet {
     keys: Vec<Arc<VerifyKey>>,
     /// When the last successful fetch was; `None`: never.
     fetched: Option<Instant>,
+    /// When the last attempt was, successful or not.
+    attempted: Option<Instant>,
     /// Whether the last attempt failed (so a key it lacks may exist).
     failed: bool,
     /// Counts attempts, so that waiters see a fetch happened meanwhile.
@@ -321,6 +326,8 @@ struct Jwks {
     cooldown: Duration,
     settings: JwtSettings,
     current: RwLock<Arc<KeySet>>,
+    /// A background fetch of an old copy is under way.
+    refreshing: AtomicBool,
     /// Held while fetching; holds when the last fetch started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -338,10 +345,21 @@ impl Jwks {
     async fn key(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<VerifyKey>, Refusal> {
         let set = self.current();
         if let Some(key) = set.find(kid) {
-            if set.fetched.is_some_and(|at| at.elapsed() > JWKS_MAX_AGE) {
+            // An old copy is fetched again in the background, at most once
+            // per cooldown (a failed attempt counts) and one at a time.
+            let stale = set
+                .fetched
+                .is_some_and(|at| at.elapsed() > self.settings.jwks_max_age)
+                && set
+                    .attempted
+                    .is_some_and(|at| at.elapsed() >= self.cooldown);
+            if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
                 let jwks = self.clone();
                 let generation = set.generation;
-                tokio::spawn(async move { jwks.refresh(generation).await });
+                tokio::spawn(async move {
+                    jwks.refresh(generation).await;
+                    jwks.refreshing.store(false, Ordering::Release);
+                });
             }
             return Ok(key.clone());
         }
@@ -375,6 +393,7 @@ impl Jwks {
             Ok(keys) => KeySet {
                 keys,
                 fetched: Some(Instant::now()),
+                attempted: Some(Instant::now()),
                 failed: false,
                 generation,
             },
@@ -383,6 +402,7 @@ impl Jwks {
                 KeySet {
                     keys: current.keys.clone(),
                     fetched: current.fetched,
+                    attempted: Some(Instant::now()),
                     failed: true,
                     generation,
                 }
