@@ -693,6 +693,40 @@ async fn users_are_isolated_and_admins_reach_them_to_read_and_delete(store: Arc<
         .map(|s| s["session_id"].clone())
         .collect();
     assert_eq!(ids, [json!("alice-only"), json!(conv), json!("same")]);
+    // Paging links keep the owner, so the next page is still Alice's.
+    let first = call_as(
+        &app,
+        &admin,
+        Method::GET,
+        "/chat/sessions?owner=alice&limit=1",
+        None,
+    )
+    .await;
+    let link = first.header("link").expect("a next link").to_owned();
+    assert!(link.contains("owner=alice"), "{link}");
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let second = call_as(&app, &admin, Method::GET, next, None).await;
+    assert_eq!(second.json()[0]["session_id"], json!(conv));
+    let paged = call_as(
+        &app,
+        &admin,
+        Method::GET,
+        "/chat/history/alice-only?owner=alice&limit=1&offset=0",
+        None,
+    )
+    .await;
+    assert_eq!(paged.status, StatusCode::OK);
+    say(&app, &alice, "alice-only", "second").await;
+    let paged = call_as(
+        &app,
+        &admin,
+        Method::GET,
+        "/chat/history/alice-only?owner=alice&limit=1",
+        None,
+    )
+    .await;
+    let link = paged.header("link").expect("a next link");
+    assert!(link.ends_with("&owner=alice>; rel=\"next\""), "{link}");
     let found = call_as(
         &app,
         &admin,
