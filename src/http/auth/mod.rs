@@ -15,9 +15,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, LINK};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -257,13 +257,44 @@ async fn admit(
         Err(err) => return refuse(err),
     };
     let operator = Operator(caller.operator);
-    match act_as(caller, request.method(), request.uri()) {
+    let asked = owner_asked(request.uri());
+    let path = request.uri().path();
+    match act_as(caller, request.method(), path, asked.as_deref()) {
         Ok(owner) => {
             request.extensions_mut().insert(owner);
             request.extensions_mut().insert(operator);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            if let Some(sub) = &asked {
+                keep_owner_in_link(&mut response, sub);
+            }
+            response
         }
         Err(err) => refuse(err),
+    }
+}
+
+/// The `owner` a request asks for (its last value, as Starlette reads one).
+fn owner_asked(uri: &axum::http::Uri) -> Option<String> {
+    let query = uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "owner")
+        .last()
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Adds `owner=SUB` to a paging `Link` (`<target>; rel="next"`), so that an
+/// admin's next page is still that user's; every paged route gets it here.
+fn keep_owner_in_link(response: &mut Response, sub: &str) {
+    let Some(link) = response.headers().get(LINK).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let Some((target, rest)) = link.strip_prefix('<').and_then(|l| l.split_once('>')) else {
+        return;
+    };
+    let joint = if target.contains('?') { '&' } else { '?' };
+    let sub: String = url::form_urlencoded::byte_serialize(sub.as_bytes()).collect();
+    if let Ok(value) = HeaderValue::from_str(&format!("<{target}{joint}owner={sub}>{rest}")) {
+        response.headers_mut().insert(LINK, value);
     }
 }
 
@@ -286,13 +317,12 @@ pub async fn require_operator(request: Request, next: Next) -> Response {
 
 /// Whose conversations the request acts on: the caller's own, or, for an
 /// admin reading or deleting, those of `?owner=SUB`.
-fn act_as(caller: Caller, method: &Method, uri: &axum::http::Uri) -> Result<Owner, ApiError> {
-    let asked = uri.query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .filter(|(name, _)| name == "owner")
-            .last()
-            .map(|(_, value)| value.into_owned())
-    });
+fn act_as(
+    caller: Caller,
+    method: &Method,
+    path: &str,
+    asked: Option<&str>,
+) -> Result<Owner, ApiError> {
     let Some(sub) = asked else {
         return Ok(caller.owner);
     };
@@ -321,11 +351,11 @@ fn act_as(caller: Caller, method: &Method, uri: &axum::http::Uri) -> Result<Owne
         target: "chatbot_api::admin",
         admin = %admin,
         method = %method,
-        path = uri.path(),
+        path,
         owner = ?sub,
         "admin acts on another owner's conversations"
     );
-    Ok(Owner::user(&sub))
+    Ok(Owner::user(sub))
 }
 
 #[cfg(test)]
@@ -407,6 +437,9 @@ mod tests {
             operator: true,
         };
         let uri = |u: &str| u.parse::<axum::http::Uri>().unwrap();
+        let act_as = |caller, method: &Method, uri: &axum::http::Uri| {
+            act_as(caller, method, uri.path(), owner_asked(uri).as_deref())
+        };
         let plain = uri("/chat/history/s");
         let other = uri("/chat/history/s?owner=bob");
         assert_eq!(

@@ -21,11 +21,6 @@ use crate::http::json::JsonBody;
 /// The most exchanges one page may ask for.
 pub const MAX_PAGE: i64 = 10_000;
 
-/// `value` escaped for a query string we write into a `Link` header.
-fn encode_query(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 /// Characters escaped in a path segment we write into a `Link` header.
 const SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
@@ -76,10 +71,6 @@ async fn history(
 ) -> Result<Response, ApiError> {
     let offset = query.int("offset", 0, i64::MAX);
     let limit = query.int("limit", 1, MAX_PAGE);
-    // An admin's `owner` goes on into the next page's link.
-    let addressed = query
-        .raw("owner")
-        .map(|o| format!("&owner={}", encode_query(o)));
     query.finish()?;
     let page = Page {
         offset: offset.unwrap_or(0) as usize,
@@ -99,9 +90,7 @@ async fn history(
         && next < found.total
     {
         let path = utf8_percent_encode(&session, SEGMENT);
-        let addressed = addressed.unwrap_or_default();
-        let link =
-            format!("</chat/history/{path}?offset={next}&limit={limit}{addressed}>; rel=\"next\"");
+        let link = format!("</chat/history/{path}?offset={next}&limit={limit}>; rel=\"next\"");
         if let Ok(value) = HeaderValue::from_str(&link) {
             headers.insert(header::LINK, value);
         }

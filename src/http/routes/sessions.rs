@@ -45,8 +45,6 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.int("limit", 1, MAX_LIMIT).unwrap_or(DEFAULT_LIMIT) as usize;
     let after = query.raw("after").map(str::to_owned);
-    // An admin's `owner` goes on into the next page's link.
-    let addressed = query.raw("owner").map(str::to_owned);
     query.finish()?;
     // One extra row tells whether another page follows.
     // No id contains NUL, so "after a\0b" is "after a"; PostgreSQL could not take it.
@@ -62,13 +60,10 @@ async fn list(
     }
     let mut headers = HeaderMap::new();
     if more && let Some(last) = sessions.last() {
-        let mut next = url::form_urlencoded::Serializer::new(String::new());
-        next.append_pair("limit", &limit.to_string())
-            .append_pair("after", &last.session_id);
-        if let Some(owner) = &addressed {
-            next.append_pair("owner", owner);
-        }
-        let next = next.finish();
+        let next: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("limit", &limit.to_string())
+            .append_pair("after", &last.session_id)
+            .finish();
         if let Ok(value) = HeaderValue::from_str(&format!("</chat/sessions?{next}>; rel=\"next\""))
         {
             headers.insert(header::LINK, value);
