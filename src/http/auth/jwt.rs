@@ -198,7 +198,7 @@ impl Jwt {
                     settings: settings.clone(),
                     current: RwLock::new(Arc::new(KeySet::default())),
                     refreshing: AtomicBool::new(false),
-                    fetching: tokio::sync::Mutex::new(None),
+                    fetching: tokio::sync::Mutex::new(()),
                 }))
             }
         };
@@ -300,15 +300,19 @@ struct KeySet {
     keys: Vec<Arc<VerifyKey>>,
     /// When the last successful fetch was; `None`: never.
     fetched: Option<Instant>,
-    /// When the last attempt was, successful or not.
+    /// When the last attempt was, successful or not (the same instant as
+    /// `fetched` when it succeeded).
     attempted: Option<Instant>,
-    /// Whether the last attempt failed (so a key it lacks may exist).
-    failed: bool,
     /// Counts attempts, so that waiters see a fetch happened meanwhile.
     generation: u64,
 }
 
 impl KeySet {
+    /// Whether the last attempt failed (so a key it lacks may exist).
+    fn failed(&self) -> bool {
+        self.attempted != self.fetched
+    }
+
     /// The key `kid` names; a token without `kid` may use the only key.
     fn find(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
         match kid {
@@ -328,8 +332,8 @@ struct Jwks {
     current: RwLock<Arc<KeySet>>,
     /// A background fetch of an old copy is under way.
     refreshing: AtomicBool,
-    /// Held while fetching; holds when the last fetch started.
-    fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while fetching: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl Jwks {
@@ -367,7 +371,7 @@ impl Jwks {
         let set = self.current();
         match set.find(kid) {
             Some(key) => Ok(key.clone()),
-            None if set.failed || set.fetched.is_none() => Err(Refusal::Unchecked),
+            None if set.failed() || set.fetched.is_none() => Err(Refusal::Unchecked),
             None => Err(Refusal::Invalid),
         }
     }
@@ -375,15 +379,13 @@ impl Jwks {
     /// Fetches the set unless another fetch happened since `seen`
     /// (generation) or the last one started within the cooldown.
     async fn refresh(&self, seen: u64) {
-        let mut last = self.fetching.lock().await;
-        if self.current().generation != seen {
+        let _fetching = self.fetching.lock().await;
+        let set = self.current();
+        if set.generation != seen || set.attempted.is_some_and(|at| at.elapsed() < self.cooldown) {
             return;
         }
-        if last.is_some_and(|at| at.elapsed() < self.cooldown) {
-            return;
-        }
-        *last = Some(Instant::now());
         let fetched = self.fetch().await;
+        let now = Instant::now();
         let mut current = self
             .current
             .write()
@@ -392,9 +394,8 @@ impl Jwks {
         *current = Arc::new(match fetched {
             Ok(keys) => KeySet {
                 keys,
-                fetched: Some(Instant::now()),
-                attempted: Some(Instant::now()),
-                failed: false,
+                fetched: Some(now),
+                attempted: Some(now),
                 generation,
             },
             Err(err) => {
@@ -402,8 +403,7 @@ impl Jwks {
                 KeySet {
                     keys: current.keys.clone(),
                     fetched: current.fetched,
-                    attempted: Some(Instant::now()),
-                    failed: true,
+                    attempted: Some(now),
                     generation,
                 }
             }
