@@ -76,13 +76,11 @@ impl Auth {
         if let Some(caller) = self.by_key(presented) {
             return Ok(caller);
         }
-        match &self.jwt {
-            Some(jwt) if Jwt::looks_like_jwt(presented) => match jwt.verify(presented).await {
-                Ok(verified) => Ok(Caller::from(verified)),
-                Err(jwt::Refusal::Invalid) => Err(ApiError::Unauthorized),
-                Err(jwt::Refusal::Unchecked) => Err(ApiError::AuthUnavailable),
-            },
-            _ => Err(ApiError::Unauthorized),
+        let jwt = self.checker_for(presented).ok_or(ApiError::Unauthorized)?;
+        match jwt.verify(presented).await {
+            Ok(verified) => Ok(Caller::from(verified)),
+            Err(jwt::Refusal::Invalid) => Err(ApiError::Unauthorized),
+            Err(jwt::Refusal::Unchecked) => Err(ApiError::AuthUnavailable),
         }
     }
 
@@ -93,12 +91,17 @@ impl Auth {
         if let Some(caller) = self.by_key(presented) {
             return Some(caller.owner);
         }
-        let jwt = self.jwt.as_ref()?;
-        if !Jwt::looks_like_jwt(presented) {
-            return None;
-        }
-        jwt.verify_cached(presented)
+        self.checker_for(presented)?
+            .verify_cached(presented)
             .map(|verified| Owner::user(&verified.sub))
+    }
+
+    /// The token checker for `presented`, if tokens are on and it is shaped
+    /// like one (anything else that is no key is refused as it is).
+    fn checker_for(&self, presented: &str) -> Option<&Jwt> {
+        self.jwt
+            .as_deref()
+            .filter(|_| Jwt::looks_like_jwt(presented))
     }
 
     fn by_key(&self, presented: &str) -> Option<Caller> {
