@@ -17,13 +17,7 @@ BASE_REV=${BASE_REV:-HEAD}
 ROUNDS=${ROUNDS:-3}
 source benches/lib.sh
 
-BASE_TREE=${BASE_TREE:-$PWD/target/cold-base}
-if [ ! -x "$BASE_TREE/target/release/chatbot-api" ] || [ "$(git -C "$BASE_TREE" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$BASE_REV")" ]; then
-    rm -rf "$BASE_TREE"
-    git worktree prune
-    git worktree add --detach "$BASE_TREE" "$BASE_REV" >/dev/null
-    (cd "$BASE_TREE" && cargo build --release --quiet --bin chatbot-api)
-fi
+BASE_BINARY=$(base_binary "$BASE_REV" "${BASE_TREE:-$PWD/target/cold-base}")
 
 echo "== filling one file: 1,000 sessions of 100 exchanges" >&2
 start fill target/release/chatbot-api --store "sqlite:$WORK/filled.db" --port "$PORT"
@@ -34,7 +28,7 @@ declare -A R
 for round in $(seq "$ROUNDS"); do
     for which in base new; do
         binary=target/release/chatbot-api
-        [ "$which" = base ] && binary=$BASE_TREE/target/release/chatbot-api
+        [ "$which" = base ] && binary=$BASE_BINARY
         for cache in warm cold; do
             rm -f "$WORK"/run.db*
             cp "$WORK/filled.db" "$WORK/run.db"
@@ -50,7 +44,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 col() { for r in $(seq "$ROUNDS"); do cut -d' ' -f"$2" <<<"${R[$1/$r]}"; done | median; }
 echo
 echo "### Cold against warm SQLite reads: 100 exchanges, 1,000 sessions in turn, 32 connections, $ROUNDS rounds"

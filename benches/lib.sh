@@ -52,3 +52,14 @@ populate() { # session ("" = SESSIONS sessions, default 1,000), count, path
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 rps() { cut -d' ' -f1 <<<"${R[$1]:-0 0 0}"; }
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+base_binary() { # revision, work tree -> path of chatbot-api built from that revision (kept between runs)
+    local rev=$1 tree=$2
+    if [ ! -x "$tree/target/release/chatbot-api" ] || [ "$(git -C "$tree" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$rev")" ]; then
+        rm -rf "$tree"
+        git worktree prune
+        git worktree add --detach "$tree" "$rev" >/dev/null
+        (cd "$tree" && cargo build --release --quiet --bin chatbot-api)
+    fi
+    echo "$tree/target/release/chatbot-api"
+}

@@ -33,7 +33,6 @@ for store in memory sqlite; do
     done
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo
 echo "### The default log against RUST_LOG=warn: 32 connections, $ROUNDS rounds of A/B"
 echo

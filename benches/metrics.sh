@@ -16,19 +16,13 @@ BASE_REV=${BASE_REV:-$(git log --format=%H -1 --grep='^GET /metrics (#16)')~1}
 ROUNDS=${ROUNDS:-3}
 source benches/lib.sh
 
-BASE_TREE=${BASE_TREE:-$PWD/target/metrics-base}
-if [ ! -x "$BASE_TREE/target/release/chatbot-api" ] || [ "$(git -C "$BASE_TREE" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$BASE_REV")" ]; then
-    rm -rf "$BASE_TREE"
-    git worktree prune
-    git worktree add --detach "$BASE_TREE" "$BASE_REV" >/dev/null
-    (cd "$BASE_TREE" && cargo build --release --quiet --bin chatbot-api)
-fi
+BASE_BINARY=$(base_binary "$BASE_REV" "${BASE_TREE:-$PWD/target/metrics-base}")
 declare -A R
 for store in memory sqlite; do
     for round in $(seq "$ROUNDS"); do
         for which in base metrics; do
             binary=target/release/chatbot-api
-            [ "$which" = base ] && binary=$BASE_TREE/target/release/chatbot-api
+            [ "$which" = base ] && binary=$BASE_BINARY
             arg=memory
             [ "$store" = sqlite ] && { rm -f "$WORK"/m.db*; arg="sqlite:$WORK/m.db"; }
             echo "== $store, round $round, $which" >&2
@@ -39,7 +33,6 @@ for store in memory sqlite; do
     done
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo
 echo "### What recording metrics costs: POST /chat, 32 connections, $ROUNDS rounds of A/B"
 echo
