@@ -105,6 +105,12 @@ async fn call_as(
         .await
 }
 
+/// A GET with an API key in `X-API-Key`.
+async fn get_with_key(app: &TestApp, key: &str, uri: &str) -> TestResponse {
+    app.call(Method::GET, uri, Some(("x-api-key", key)), None)
+        .await
+}
+
 async fn say(app: &TestApp, token: &str, session: &str, message: &str) -> Value {
     let response = call_as(
         app,
@@ -472,14 +478,7 @@ async fn a_jwks_host_that_is_down_means_503_for_tokens_only_until_it_is_back() {
     assert_eq!(openai.json()["error"]["code"], "auth_unavailable");
     // What needs no JWKS is served: health, API keys, and 401 for no token.
     assert_eq!(app.get("/health").await.status, StatusCode::OK);
-    let keyed = app
-        .call(
-            Method::GET,
-            "/chat/sessions",
-            Some(("x-api-key", "service-key")),
-            None,
-        )
-        .await;
+    let keyed = get_with_key(&app, "service-key", "/chat/sessions").await;
     assert_eq!(keyed.status, StatusCode::OK);
     assert_refused(
         &app.call(Method::GET, "/chat/sessions", None, None).await,
@@ -598,14 +597,7 @@ async fn users_are_isolated_and_admins_reach_them_to_read_and_delete(store: Arc<
     let history = call_as(&app, &alice_later, Method::GET, "/chat/history/same", None).await;
     assert_eq!(said(&history.json()), ["alice's secret plan"]);
     // An API key is another owner again.
-    let keyed = app
-        .call(
-            Method::GET,
-            "/chat/history/same",
-            Some(("x-api-key", "service-key")),
-            None,
-        )
-        .await;
+    let keyed = get_with_key(&app, "service-key", "/chat/history/same").await;
     assert_eq!(keyed.status, StatusCode::NOT_FOUND);
 
     // Bob sees nothing of Alice's, on any route.
@@ -759,14 +751,14 @@ async fn users_are_isolated_and_admins_reach_them_to_read_and_delete(store: Arc<
     .await;
     assert!(v1.text().contains("v1 secret"), "{}", v1.text());
     // The admin key has the same reach.
-    let by_key = app
-        .call(
-            Method::GET,
-            "/chat/history/same?owner=bob",
-            Some(("authorization", "Bearer root-key")),
-            None,
-        )
-        .await;
+    let by_key = call_as(
+        &app,
+        "root-key",
+        Method::GET,
+        "/chat/history/same?owner=bob",
+        None,
+    )
+    .await;
     assert_eq!(said(&by_key.json()), ["What did I just say?"]);
     // Without ?owner the admin is one more user, with nothing yet.
     let own = call_as(&app, &admin, Method::GET, "/chat/sessions", None).await;
@@ -946,9 +938,7 @@ async fn routes_about_the_whole_server_are_for_keys_and_admins_not_users() {
     for uri in ["/metrics", "/debug/sessions"] {
         let by_admin = call_as(&app, &admin, Method::GET, uri, None).await;
         assert_eq!(by_admin.status, StatusCode::OK, "{uri}");
-        let by_key = app
-            .call(Method::GET, uri, Some(("x-api-key", "scraper-key")), None)
-            .await;
+        let by_key = get_with_key(&app, "scraper-key", uri).await;
         assert_eq!(by_key.status, StatusCode::OK, "{uri}");
     }
     assert_refused(
