@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use super::error::OpenAiError;
 use super::input::{Body, messages};
 use super::schema::{
-    BodyErrors, ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList, ModelObject,
+    BodyErrors, ChatCompletion, ChatCompletionRequest, ErrorBody, KeyErrors, ModelList, ModelObject,
 };
 use super::{MODEL, check_model, context, last_user_message, model_not_found, new_id, words};
 use crate::domain::models::now;
@@ -40,9 +40,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         )),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such model", body = ErrorBody),
-        (status = 401, description = "API key or token missing or invalid (when the server has keys or tokens)", body = ErrorBody),
         BodyErrors,
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
+        KeyErrors,
         (status = 502, description = "The model server failed", body = ErrorBody),
         (status = 504, description = "The model server timed out", body = ErrorBody),
     ))]
@@ -159,8 +158,7 @@ fn model_json() -> Value {
     description = "One model: the rule engine.",
     responses(
         (status = 200, description = "The models", body = ModelList),
-        (status = 401, description = "API key or token missing or invalid (when the server has keys or tokens)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
+        KeyErrors,
     ))]
 async fn models(_owner: Owner) -> Json<Value> {
     Json(json!({"object": "list", "data": [model_json()]}))
@@ -172,8 +170,7 @@ async fn models(_owner: Owner) -> Json<Value> {
     responses(
         (status = 200, description = "The model", body = ModelObject),
         (status = 404, description = "No such model", body = ErrorBody),
-        (status = 401, description = "API key or token missing or invalid (when the server has keys or tokens)", body = ErrorBody),
-        (status = 429, description = "Rate limit exceeded", body = ErrorBody),
+        KeyErrors,
     ))]
 async fn model(_owner: Owner, Path(name): Path<String>) -> Result<Json<Value>, OpenAiError> {
     if name == MODEL {

@@ -12,7 +12,7 @@ use super::error::OpenAiError;
 use super::input::{Body, Ids, MAX_ITEMS, Message, Role, messages};
 use super::schema::{
     BodyErrors, ConversationCreate, ConversationDeleted, ConversationObject, ConversationUpdate,
-    ErrorBody, ItemList, ItemObject, ItemsCreate, OpenAiErrors, Order,
+    ErrorBody, ItemList, ItemObject, ItemsCreate, KeyErrors, Order, StorageError,
 };
 use super::{Half, Item, conversation_json, exchanges_of, list_json, new_id, parse_item_id};
 use crate::domain::models::{SessionId, now};
@@ -78,7 +78,8 @@ fn stored_messages(
     responses(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 400, description = "Invalid request", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
         BodyErrors,
         (status = 507, description = "A session or message cap was reached; nothing stored", body = ErrorBody),
     ))]
@@ -119,7 +120,8 @@ async fn create(
     responses(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
     ))]
 async fn retrieve(
     State(state): State<AppState>,
@@ -146,7 +148,8 @@ async fn retrieve(
         (status = 200, description = "The conversation", body = ConversationObject),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
         BodyErrors,
     ))]
 async fn update(
@@ -172,7 +175,8 @@ async fn update(
     responses(
         (status = 200, description = "Deleted", body = ConversationDeleted),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
     ))]
 async fn delete(
     State(state): State<AppState>,
@@ -202,7 +206,8 @@ async fn delete(
         (status = 200, description = "The items added", body = ItemList),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
         BodyErrors,
         (status = 507, description = "A message cap was reached; nothing stored", body = ErrorBody),
     ))]
@@ -271,7 +276,8 @@ async fn add_items(
         (status = 200, description = "A page of items", body = ItemList),
         (status = 400, description = "Invalid query parameters", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
     ))]
 async fn list_items(
     State(state): State<AppState>,
@@ -353,7 +359,8 @@ async fn find_item(
     responses(
         (status = 200, description = "The item", body = ItemObject),
         (status = 404, description = "No such conversation or item", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
     ))]
 async fn retrieve_item(
     State(state): State<AppState>,
@@ -374,7 +381,8 @@ async fn retrieve_item(
     responses(
         (status = 200, description = "The conversation the item was in", body = ConversationObject),
         (status = 404, description = "No such conversation or item", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
     ))]
 async fn delete_item(
     State(state): State<AppState>,

@@ -16,7 +16,9 @@ use utoipa_axum::routes;
 
 use super::error::OpenAiError;
 use super::input::{Body, Message, Role, could_be_conversation, messages};
-use super::schema::{BodyErrors, ErrorBody, OpenAiErrors, ResponseObject, ResponseRequest};
+use super::schema::{
+    BodyErrors, ErrorBody, KeyErrors, ResponseObject, ResponseRequest, StorageError,
+};
 use super::{
     Half, MODEL, check_model, context, exchanges_of, item_id, last_user_message, message_json,
     new_id, words,
@@ -187,7 +189,8 @@ impl Request {
         )),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "No such conversation or model", body = ErrorBody),
-        OpenAiErrors,
+        KeyErrors,
+        StorageError,
         BodyErrors,
         (status = 502, description = "The model server failed; nothing stored", body = ErrorBody),
         (status = 504, description = "The model server timed out; nothing stored", body = ErrorBody),

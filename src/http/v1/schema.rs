@@ -29,9 +29,9 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
-/// The errors every `/v1` route touching conversations can answer.
+/// The errors of the key check and the rate limit, on every `/v1` route.
 #[derive(utoipa::IntoResponses)]
-pub enum OpenAiErrors {
+pub enum KeyErrors {
     #[response(
         status = 401,
         description = "API key or token missing or invalid (when the server has keys or tokens)"
@@ -39,6 +39,11 @@ pub enum OpenAiErrors {
     Unauthorized(ErrorBody),
     #[response(status = 429, description = "Rate limit exceeded")]
     TooManyRequests(ErrorBody),
+}
+
+/// The error of a `/v1` route that touches stored conversations.
+#[derive(utoipa::IntoResponses)]
+pub enum StorageError {
     #[response(status = 503, description = "Storage unavailable")]
     Unavailable(ErrorBody),
 }
