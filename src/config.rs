@@ -32,9 +32,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
 
-    /// SQLite: megabytes of RAM for the read cache of whole sessions (least
-    /// recently used dropped past it; a dropped session is read from the
-    /// file again when asked for).
+    /// SQLite and PostgreSQL: megabytes of RAM for the read cache of whole
+    /// sessions (least recently used dropped past it; a dropped session is
+    /// read from the database again when asked for). PostgreSQL checks each
+    /// cached session against the database in the read that serves it.
     #[arg(long, env = "CHATBOT_CACHE_MB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub cache_mb: u64,

@@ -8,7 +8,7 @@ use chatbot_api::config::Config;
 use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::model::ModelClient;
 use chatbot_api::domain::store::spawn_expiry;
-use chatbot_api::domain::store::{Caps, SqliteOptions};
+use chatbot_api::domain::store::{Caps, StoreOptions};
 use chatbot_api::http::auth::{ApiKeys, Jwt};
 use chatbot_api::http::telemetry;
 use chatbot_api::{AppState, serve};
@@ -69,7 +69,7 @@ async fn main() -> ExitCode {
         max_sessions: config.max_sessions,
         max_messages_per_session: config.max_messages_per_session,
     };
-    let options = SqliteOptions {
+    let options = StoreOptions {
         caps,
         cache_bytes: usize::try_from(config.cache_mb << 20).unwrap_or(usize::MAX),
         sync: config.sync,

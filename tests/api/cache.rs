@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chatbot_api::domain::chatbot::{Chatbot, History, Replier};
 use chatbot_api::domain::models::SessionId;
 use chatbot_api::domain::store::{
-    MemoryStore, NewExchange, Page, SqliteOptions, SqliteStore, Store, SyncMode,
+    MemoryStore, NewExchange, Page, SqliteStore, Store, StoreOptions, SyncMode,
 };
 
 fn exchange(message: &str, name: &str, timestamp: i64) -> NewExchange {
@@ -24,9 +24,9 @@ fn id(session: &str) -> SessionId {
 }
 
 async fn open(path: &Path, cache_bytes: usize) -> SqliteStore {
-    let options = SqliteOptions {
+    let options = StoreOptions {
         cache_bytes,
-        ..SqliteOptions::default()
+        ..StoreOptions::default()
     };
     SqliteStore::open(&path.display().to_string(), options)
         .await
@@ -317,10 +317,10 @@ async fn reads_racing_writes_and_eviction_always_see_every_acknowledged_exchange
 async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db").display().to_string();
-    let first = SqliteStore::open(&path, SqliteOptions::default())
+    let first = SqliteStore::open(&path, StoreOptions::default())
         .await
         .unwrap();
-    let second = SqliteStore::open(&path, SqliteOptions::default()).await;
+    let second = SqliteStore::open(&path, StoreOptions::default()).await;
     let err = second.err().expect("a second store is refused").to_string();
     assert!(
         err.contains("in use by another chatbot-api process"),
@@ -328,7 +328,7 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
     );
     first.close().await;
     assert!(
-        SqliteStore::open(&path, SqliteOptions::default())
+        SqliteStore::open(&path, StoreOptions::default())
             .await
             .is_ok()
     );
@@ -338,9 +338,9 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
 async fn acknowledged_writes_are_flushed_once_per_group_unless_told_otherwise() {
     for (sync, flushes) in [(SyncMode::Fsync, true), (SyncMode::Os, false)] {
         let dir = tempfile::tempdir().unwrap();
-        let options = SqliteOptions {
+        let options = StoreOptions {
             sync,
-            ..SqliteOptions::default()
+            ..StoreOptions::default()
         };
         let store = Arc::new(
             SqliteStore::open(&dir.path().join("c.db").display().to_string(), options)

@@ -91,7 +91,7 @@ async fn postgres_commits_concurrent_exchanges_in_groups() {
         return;
     };
     let store = Arc::new(
-        PostgresStore::connect(&schema.url, 4, Default::default())
+        PostgresStore::connect(&schema.url, 4, Default::default(), 1 << 20)
             .await
             .unwrap(),
     );
@@ -235,6 +235,16 @@ async fn two_instances_share_one_postgres_database() {
         messages_of(&client, b.url("/chat/history/seen")).await,
         ["Hello!"]
     );
+    // b now holds a copy of the session; a's next write is seen all the same.
+    assert!(
+        post(&client, &a.url("/chat"), "seen", "Again")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        messages_of(&client, b.url("/chat/history/seen")).await,
+        ["Hello!", "Again"]
+    );
 
     // Concurrent writers on both instances, one session: every exchange once, each writer in order.
     let tasks: Vec<_> = (0..16)
@@ -339,12 +349,14 @@ async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
     };
     let proxy = Proxy::start(pg).await;
     let store = Arc::new(
-        PostgresStore::connect(&schema.url_via(proxy.addr), 2, Default::default())
+        PostgresStore::connect(&schema.url_via(proxy.addr), 2, Default::default(), 1 << 20)
             .await
             .unwrap(),
     );
     let app = TestApp::with_store(store, Default::default());
     app.say("outage", "U", "before").await;
+    // Read once, so that the reads below go through the cache's version check.
+    assert_eq!(app.get("/chat/history/outage").await.status, StatusCode::OK);
 
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -16,6 +16,7 @@ mod metrics;
 mod model;
 mod openai;
 mod openapi;
+mod pg_cache;
 mod seed;
 mod socket;
 mod stores;

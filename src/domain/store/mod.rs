@@ -15,7 +15,7 @@ use async_trait::async_trait;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use queue::CommitStats;
-pub use sqlite::{SqliteOptions, SqliteStore, SyncMode};
+pub use sqlite::{SqliteStore, SyncMode};
 
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -289,6 +289,26 @@ pub struct JsonPage {
     /// How many exchanges `body` holds.
     pub count: usize,
     pub body: Vec<u8>,
+}
+
+/// How to open a store, besides where it is.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub caps: Caps,
+    /// The read cache's budget in bytes (SQLite and PostgreSQL).
+    pub cache_bytes: usize,
+    /// When a SQLite write is acknowledged.
+    pub sync: SyncMode,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            caps: Caps::default(),
+            cache_bytes: 256 << 20,
+            sync: SyncMode::default(),
+        }
+    }
 }
 
 /// Limits on what a store accepts; `None` is unlimited.
@@ -585,25 +605,27 @@ impl StoreKind {
     ) -> Result<Arc<dyn Store>, StoreError> {
         self.open_tuned(
             pool_size,
-            SqliteOptions {
+            StoreOptions {
                 caps,
-                ..SqliteOptions::default()
+                ..StoreOptions::default()
             },
         )
         .await
     }
 
-    /// Opens the store with caps, and for SQLite its cache and sync settings.
+    /// Opens the store with caps, its cache's budget and SQLite's sync mode.
     pub async fn open_tuned(
         &self,
         pool_size: u32,
-        options: SqliteOptions,
+        options: StoreOptions,
     ) -> Result<Arc<dyn Store>, StoreError> {
         let caps = options.caps;
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::with_caps(caps)),
             Self::Sqlite(path) => Arc::new(SqliteStore::open(path, options).await?),
-            Self::Postgres(url) => Arc::new(PostgresStore::connect(url, pool_size, caps).await?),
+            Self::Postgres(url) => {
+                Arc::new(PostgresStore::connect(url, pool_size, caps, options.cache_bytes).await?)
+            }
         })
     }
 }

@@ -1,13 +1,18 @@
 //! The shared store: PostgreSQL, which several instances can use at once.
 //!
-//! Reads go straight to the database (another instance may have written a
-//! moment ago, so there is nothing to cache); a history page is one query
-//! and its JSON is written straight from the rows. Every write goes through
+//! Every read asks the database (another instance may have written a moment
+//! ago). A history page is one query; a session read whole is kept in
+//! [`cache`] with its row's version, and the next read of it only asks
+//! whether the version is still the same ([`checks`], one query for all the
+//! reads waiting at the time); if so, the copy answers. Every write goes
+//! through
 //! the commit task in [`writer`], which groups appends into one transaction
 //! and answers them only once it has committed.
 
 mod analytics;
+mod cache;
 mod change;
+mod checks;
 mod writer;
 
 use std::sync::Arc;
@@ -18,8 +23,11 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, FromRow, Row};
 
+use cache::{Cache, Copy};
+use checks::Checks;
 use writer::commit_loop;
 
+use super::compact::{Replies, Session};
 use super::queue::{CommitStats, Writes};
 use super::{
     AnalyticsCounts, AnalyticsQuery, Caps, Change, Changed, Conversation, Found, HistoryPage,
@@ -38,8 +46,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const SELECT_SUMMARY: &str = "\
     SELECT session_id, message_count, first_at, last_at FROM sessions WHERE session_id = $1";
 
+/// A page of a session and its row's id, version and size, in one round
+/// trip and one snapshot: the session's row joined with the page's exchanges
+/// (none, past the end: then one row of NULLs).
 const SELECT_PAGE: &str = "\
-    SELECT s.message_count, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    SELECT s.id, s.version, s.message_count, e.user_message, e.bot_reply, e.user_name, e.created_at \
     FROM sessions s LEFT JOIN LATERAL (SELECT seq, user_message, bot_reply, user_name, created_at \
     FROM exchanges WHERE session_ref = s.id ORDER BY seq OFFSET $2 LIMIT $3) e ON true \
     WHERE s.session_id = $1 ORDER BY e.seq";
@@ -111,11 +122,18 @@ fn unavailable(err: sqlx::Error) -> StoreError {
 /// Message, reply, user name and time of a row of [`SELECT_PAGE`].
 fn page_exchange(row: &PgRow) -> Result<(&str, &str, &str, i64), StoreError> {
     Ok((
-        row.try_get(1).map_err(unavailable)?,
-        row.try_get(2).map_err(unavailable)?,
         row.try_get(3).map_err(unavailable)?,
         row.try_get(4).map_err(unavailable)?,
+        row.try_get(5).map_err(unavailable)?,
+        row.try_get(6).map_err(unavailable)?,
     ))
+}
+
+/// What a history read found: a copy of the whole session, current as of
+/// the read, or the page's rows and the session's size.
+enum Read {
+    Copy(Arc<Copy>),
+    Rows(usize, Vec<PgRow>),
 }
 
 fn to_i64(n: usize) -> i64 {
@@ -127,6 +145,10 @@ pub struct PostgresStore {
     pool: PgPool,
     writes: Writes,
     stats: Arc<CommitStats>,
+    cache: Cache,
+    checks: Checks,
+    /// No reply is shared between copies (each keeps its own text).
+    replies: Replies,
 }
 
 impl PostgresStore {
@@ -134,7 +156,13 @@ impl PostgresStore {
     ///
     /// A database that cannot be reached fails here, with the driver's own
     /// reason, rather than on the first request.
-    pub async fn connect(url: &str, pool_size: u32, caps: Caps) -> Result<Self, StoreError> {
+    /// `cache_bytes` bounds the copies of sessions kept for reads.
+    pub async fn connect(
+        url: &str,
+        pool_size: u32,
+        caps: Caps,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let probe = PgConnection::connect_with(&options)
             .await
@@ -146,7 +174,7 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // A server can go away: check a connection before handing it out.
             .test_before_acquire(true)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
         MIGRATIONS
@@ -161,6 +189,9 @@ impl PostgresStore {
             pool,
             writes,
             stats,
+            cache: Cache::new(cache_bytes),
+            checks: Checks::start(options),
+            replies: Replies::default(),
         })
     }
 
@@ -169,14 +200,26 @@ impl PostgresStore {
         self.stats.clone()
     }
 
-    /// A page of a session and its size, in one round trip and one
-    /// snapshot: the session's row joined with the page's exchanges (none,
-    /// past the end: then one row of NULLs). `None` when there is no session.
-    async fn page(
-        &self,
-        session: &str,
-        page: Page,
-    ) -> Result<Option<(usize, Vec<PgRow>)>, StoreError> {
+    /// Bytes and sessions in the read cache.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
+    }
+
+    /// A page of a session: from the cached copy when the database says it
+    /// is current (one check shared with the reads waiting beside it, see
+    /// [`checks`]), else from the rows in one query, kept as the new copy
+    /// when they are the whole session. `None` when there is no session.
+    async fn read(&self, session: &str, page: Page) -> Result<Option<Read>, StoreError> {
+        if let Some(copy) = self.cache.get(session) {
+            match self.checks.check(session).await? {
+                Some(row) if copy.is(row.id, row.version) => return Ok(Some(Read::Copy(copy))),
+                Some(_) => {}
+                None => {
+                    self.cache.remove(session);
+                    return Ok(None);
+                }
+            }
+        }
         let mut rows = sqlx::query(SELECT_PAGE)
             .bind(session)
             .bind(to_i64(page.offset))
@@ -185,21 +228,40 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         let Some(first) = rows.first() else {
+            self.cache.remove(session);
             return Ok(None);
         };
-        let total: i64 = first.try_get(0).map_err(unavailable)?;
+        let id: i64 = first.try_get(0).map_err(unavailable)?;
+        let version: i64 = first.try_get(1).map_err(unavailable)?;
+        let total: i64 = first.try_get(2).map_err(unavailable)?;
         if total == 0 {
+            self.cache.remove(session);
             return Ok(None);
         }
         // The row of NULLs of a page past the end.
         if first
-            .try_get::<Option<&str>, _>(1)
+            .try_get::<Option<&str>, _>(3)
             .map_err(unavailable)?
             .is_none()
         {
             rows.clear();
         }
-        Ok(Some((usize::try_from(total).unwrap_or(0), rows)))
+        if page == Page::default() {
+            let mut whole = Session::default();
+            let built = rows.iter().try_for_each(|row| {
+                let (message, reply, name, at) = page_exchange(row)?;
+                whole.push_row(message, reply, name, at, &self.replies)
+            });
+            if built.is_ok() {
+                let copy = Copy {
+                    id,
+                    version,
+                    session: whole,
+                };
+                return Ok(Some(Read::Copy(self.cache.put(session, copy))));
+            }
+        }
+        Ok(Some(Read::Rows(usize::try_from(total).unwrap_or(0), rows)))
     }
 }
 
@@ -231,8 +293,12 @@ impl Store for PostgresStore {
 
     #[tracing::instrument(skip_all)]
     async fn history(&self, session: &str, page: Page) -> Result<Option<HistoryPage>, StoreError> {
-        let Some((total, rows)) = self.page(session, page).await? else {
-            return Ok(None);
+        let (total, rows) = match self.read(session, page).await? {
+            None => return Ok(None),
+            Some(Read::Copy(copy)) => {
+                return Ok(Some(copy.session.entries(page, self.replies.list())));
+            }
+            Some(Read::Rows(total, rows)) => (total, rows),
         };
         let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -247,15 +313,21 @@ impl Store for PostgresStore {
         Ok(Some(HistoryPage { total, entries }))
     }
 
-    /// Written straight from the rows, without building entries.
+    /// Copied from the cached session, or written straight from the rows
+    /// without building entries.
     #[tracing::instrument(skip_all)]
     async fn history_json(
         &self,
         session: &str,
         page: Page,
     ) -> Result<Option<JsonPage>, StoreError> {
-        let Some((total, rows)) = self.page(session, page).await? else {
-            return Ok(None);
+        let (total, rows) = match self.read(session, page).await? {
+            None => return Ok(None),
+            Some(Read::Copy(copy)) => {
+                let copied = copy.session.copy_page(page, self.replies.list());
+                return Ok(Some(copied.into_json()));
+            }
+            Some(Read::Rows(total, rows)) => (total, rows),
         };
         let mut texts = Vec::with_capacity(rows.len());
         let mut bytes = 0;

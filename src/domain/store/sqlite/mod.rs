@@ -31,8 +31,8 @@ pub use self::writer::SyncMode;
 use super::compact::{Replies, Session};
 use super::queue::{CommitStats, Writes};
 use super::{
-    AnalyticsCounts, AnalyticsQuery, Caps, Change, Changed, Conversation, Found, HistoryPage,
-    JsonPage, NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError, Totals,
+    AnalyticsCounts, AnalyticsQuery, Change, Changed, Conversation, Found, HistoryPage, JsonPage,
+    NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError, StoreOptions, Totals,
     contains_pattern, prefix_end,
 };
 use crate::domain::chatbot::Replier;
@@ -50,25 +50,6 @@ const WRITER_CHECKPOINT_PAGES: usize = 4000;
 const READERS: usize = 4;
 /// Each reader's page cache: a cold read touches a session's few pages once.
 const READER_CACHE_KIB: usize = 1024;
-
-/// How to open a SQLite store.
-#[derive(Debug, Clone, Copy)]
-pub struct SqliteOptions {
-    pub caps: Caps,
-    /// The read cache's budget in bytes.
-    pub cache_bytes: usize,
-    pub sync: SyncMode,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        Self {
-            caps: Caps::default(),
-            cache_bytes: 256 << 20,
-            sync: SyncMode::default(),
-        }
-    }
-}
 
 /// A SQLite file with a RAM cache in front.
 pub struct SqliteStore {
@@ -104,7 +85,7 @@ const CONNECTION_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = 
 impl SqliteStore {
     /// Opens (or creates) the file at `path`, runs the migrations and starts
     /// the writer. Fails if another process has the file open as a store.
-    pub async fn open(path: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+    pub async fn open(path: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
