@@ -281,6 +281,67 @@ async fn two_instances_share_one_postgres_database() {
     }
 }
 
+/// Two instances creating sessions at once never store more than
+/// `--max-sessions` between them: the count and the insert are one step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_pass_the_session_cap_together() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let caps = chatbot_api::domain::store::Caps {
+        max_sessions: Some(5),
+        max_messages_per_session: None,
+    };
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        instances.push(Arc::new(
+            PostgresStore::connect(&schema.url, 4, caps, 1 << 20)
+                .await
+                .unwrap(),
+        ));
+    }
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = instances[i % 2].clone();
+            tokio::spawn(async move {
+                let exchange = NewExchange {
+                    user_message: "hi".into(),
+                    user_name: "U".into(),
+                    timestamp: 1,
+                };
+                let session = SessionId::parse(format!("s{i}")).unwrap();
+                let stored = store
+                    .append(&session, exchange, Arc::new(Chatbot::default()))
+                    .await;
+                let conversation: &dyn Store = &*store;
+                let created = conversation
+                    .create(
+                        &SessionId::parse(format!("c{i}")).unwrap(),
+                        1,
+                        vec![],
+                        vec![],
+                    )
+                    .await;
+                (stored.is_ok(), matches!(created, Ok(true)))
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        let (appended, created) = task.await.unwrap();
+        stored += usize::from(appended) + usize::from(created);
+    }
+    let mut sql = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url)
+        .await
+        .unwrap();
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert_eq!(rows, 5, "sessions stored by both instances");
+    assert_eq!(stored, 5, "acknowledged creations");
+}
+
 /// A TCP proxy that can be cut (every connection dropped, new ones refused) and restored.
 struct Proxy {
     addr: SocketAddr,

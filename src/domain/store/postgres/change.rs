@@ -64,6 +64,7 @@ async fn apply_in(
             None,
         ) => {
             if caps.max_sessions.is_some() {
+                super::writer::lock_caps(tx).await.map_err(unavailable)?;
                 let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
                     .fetch_one(&mut **tx)
                     .await

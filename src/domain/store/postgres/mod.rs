@@ -5,9 +5,8 @@
 //! [`cache`] with its row's version, and the next read of it only asks
 //! whether the version is still the same ([`checks`], one query for all the
 //! reads waiting at the time); if so, the copy answers. Every write goes
-//! through
-//! the commit task in [`writer`], which groups appends into one transaction
-//! and answers them only once it has committed.
+//! through the commit task in [`writer`], which groups appends into one
+//! transaction and answers them only once it has committed.
 
 mod analytics;
 mod cache;

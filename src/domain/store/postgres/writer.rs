@@ -343,6 +343,22 @@ async fn write_batch(
         .collect())
 }
 
+/// Any number fixed for this use: the lock under which caps are counted.
+const CAPS_LOCK: i64 = 0x6368_6174_626f_7463;
+
+/// Takes the caps' lock until the transaction ends: one transaction at a
+/// time counts what is stored and adds to it, across instances, so two
+/// cannot both take the last place.
+pub(super) async fn lock_caps(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CAPS_LOCK)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
 /// Never reached: every admitted exchange was answered.
 fn unreachable_refusal() -> StoreError {
     StoreError::Unavailable("batch bookkeeping mismatch".into())
@@ -359,6 +375,7 @@ async fn admit(
     if caps == Caps::default() {
         return Ok(batch.iter().map(|_| None).collect());
     }
+    lock_caps(tx).await?;
     let sessions: Vec<&str> = batch.iter().map(|p| p.session.as_str()).collect();
     let params: Vec<String> = (1..=sessions.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
