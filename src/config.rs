@@ -27,7 +27,8 @@ pub struct Config {
           value_parser = StoreKind::parse)]
     pub store: StoreKind,
 
-    /// Database connections per instance (SQLite and PostgreSQL).
+    /// PostgreSQL connections per instance, plus one the read cache's
+    /// version checks keep (SQLite has one writer and four readers).
     #[arg(long, env = "CHATBOT_DB_POOL_SIZE", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,

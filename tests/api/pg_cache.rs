@@ -155,6 +155,33 @@ async fn a_copy_answers_only_while_the_database_has_that_version() {
     assert_eq!(json(&b, "t").await, None);
 }
 
+/// An instance's own appends extend its copy (its next read needs no rows);
+/// a write by another instance in between stops that, and nothing served
+/// ever differs from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instances_own_appends_extend_its_copy() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let (a, b) = (open(&schema).await, open(&schema).await);
+    say(&a, "s", "one").await;
+    assert_eq!(messages(&a, "s").await, ["one"]);
+    let (before, _) = a.cache_usage();
+    say(&a, "s", "two").await;
+    let (after, copies) = a.cache_usage();
+    assert!(
+        after > before && copies == 1,
+        "the copy grew with the append: {before} -> {after} bytes"
+    );
+    agree(&a, &b, "s", &["one", "two"]).await;
+
+    say(&b, "s", "three").await;
+    say(&a, "s", "four").await;
+    agree(&a, &b, "s", &["one", "two", "three", "four"]).await;
+    say(&a, "s", "five").await;
+    agree(&a, &b, "s", &["one", "two", "three", "four", "five"]).await;
+}
+
 /// Writes the cache knows nothing of (another tool, an instance of an earlier
 /// release during an upgrade) are seen too: the database raises the version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

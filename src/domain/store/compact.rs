@@ -129,7 +129,7 @@ impl Replies {
 }
 
 /// One session's exchanges, compactly.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Session {
     text: String,
     exchanges: Vec<Stored>,

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashlink::LruCache;
 
-use crate::domain::store::compact::Session;
+use crate::domain::models::ConversationEntry;
+use crate::domain::store::compact::{Replies, Session};
 
 /// A session as it was at one version of its row.
 pub(super) struct Copy {
@@ -85,6 +86,40 @@ impl Cache {
         copy
     }
 
+    /// `entries` were appended to `key`'s row `id` by a commit that took it
+    /// to `version`: a copy of the version before becomes one of this
+    /// version, so the writer's next read of its session needs no rows.
+    /// Any other copy is left as it is (the next read finds it out of date).
+    pub fn extend(&self, key: &str, id: i64, version: i64, entries: &[&ConversationEntry]) {
+        let Some(copy) = self.inner().sessions.peek(key).cloned() else {
+            return;
+        };
+        if !copy.is(id, version - 1) {
+            return;
+        }
+        let mut session = copy.session.clone();
+        for entry in entries {
+            let pushed = session.push_row(
+                &entry.user_message,
+                &entry.bot_reply,
+                &entry.user_name,
+                entry.timestamp,
+                &Replies::default(),
+            );
+            if pushed.is_err() {
+                return;
+            }
+        }
+        self.put(
+            key,
+            Copy {
+                id,
+                version,
+                session,
+            },
+        );
+    }
+
     /// Forgets the copy of a session the database no longer has.
     pub fn remove(&self, key: &str) {
         self.inner().remove(key);
@@ -108,7 +143,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::store::compact::Replies;
 
     fn copy(id: i64, exchanges: usize) -> Copy {
         let mut session = Session::default();

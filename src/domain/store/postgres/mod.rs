@@ -144,7 +144,7 @@ pub struct PostgresStore {
     pool: PgPool,
     writes: Writes,
     stats: Arc<CommitStats>,
-    cache: Cache,
+    cache: Arc<Cache>,
     checks: Checks,
     /// No reply is shared between copies (each keeps its own text).
     replies: Replies,
@@ -183,12 +183,19 @@ impl PostgresStore {
 
         let (writes, queue) = Writes::channel();
         let stats = Arc::new(CommitStats::default());
-        tokio::spawn(commit_loop(pool.clone(), queue, stats.clone(), caps));
+        let cache = Arc::new(Cache::new(cache_bytes));
+        tokio::spawn(commit_loop(
+            pool.clone(),
+            queue,
+            stats.clone(),
+            caps,
+            cache.clone(),
+        ));
         Ok(Self {
             pool,
             writes,
             stats,
-            cache: Cache::new(cache_bytes),
+            cache,
             checks: Checks::start(options),
             replies: Replies::default(),
         })

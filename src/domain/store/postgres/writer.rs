@@ -12,6 +12,7 @@ use std::sync::Arc;
 use sqlx::{FromRow, PgPool};
 use tokio::sync::mpsc;
 
+use super::cache::Cache;
 use super::{ExchangeRow, unavailable};
 use crate::domain::chatbot::CONTEXT_EXCHANGES;
 use crate::domain::models::ConversationEntry;
@@ -25,6 +26,7 @@ pub(super) async fn commit_loop(
     mut queue: mpsc::Receiver<Command>,
     stats: Arc<CommitStats>,
     caps: Caps,
+    cache: Arc<Cache>,
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -33,7 +35,7 @@ pub(super) async fn commit_loop(
             match command {
                 Command::Append(pending) => batch.push(pending),
                 Command::Delete { session, done } => {
-                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
                     let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
                         .bind(&session)
                         .execute(&pool)
@@ -47,12 +49,12 @@ pub(super) async fn commit_loop(
                     change,
                     done,
                 } => {
-                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
                     let result = super::change::apply(&pool, caps, session.as_str(), change).await;
                     let _ = done.send(result);
                 }
                 Command::Clear { done } => {
-                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
                     let result = sqlx::query("DELETE FROM sessions")
                         .execute(&pool)
                         .await
@@ -61,7 +63,7 @@ pub(super) async fn commit_loop(
                     let _ = done.send(result);
                 }
                 Command::Expire { before, done } => {
-                    commit_group(&pool, &mut batch, &stats, caps).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
                     let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
                         .bind(before)
                         .execute(&pool)
@@ -72,17 +74,23 @@ pub(super) async fn commit_loop(
                 }
             }
         }
-        commit_group(&pool, &mut batch, &stats, caps).await;
+        commit_group(&pool, &mut batch, &stats, caps, &cache).await;
     }
 }
 
 /// Writes and commits `batch`, answers each of its requests, and empties it.
-async fn commit_group(pool: &PgPool, batch: &mut Vec<Pending>, stats: &CommitStats, caps: Caps) {
+async fn commit_group(
+    pool: &PgPool,
+    batch: &mut Vec<Pending>,
+    stats: &CommitStats,
+    caps: Caps,
+    cache: &Cache,
+) {
     if batch.is_empty() {
         return;
     }
     let started = std::time::Instant::now();
-    match write_batch(pool, batch, caps).await {
+    match write_batch(pool, batch, caps, cache).await {
         Ok(outcomes) => {
             let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
             stats.committed(stored);
@@ -133,7 +141,7 @@ fn upsert_sessions_sql(sessions: usize) -> String {
          SET message_count = sessions.message_count + excluded.message_count, \
          next_seq = sessions.next_seq + excluded.next_seq, last_at = excluded.last_at, \
          first_at = CASE WHEN sessions.message_count = 0 THEN excluded.first_at ELSE sessions.first_at END \
-         RETURNING id, session_id, next_seq",
+         RETURNING id, session_id, next_seq, version",
     )
 }
 
@@ -223,6 +231,7 @@ async fn write_batch(
     pool: &PgPool,
     batch: &[Pending],
     caps: Caps,
+    cache: &Cache,
 ) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let refusals = admit(&mut tx, batch, caps).await?;
@@ -254,10 +263,12 @@ async fn write_batch(
     // Each session's row id and the seq its first exchange in this batch
     // gets. Chunks go in session-id order, so rows still lock in that order.
     let mut next_seq: HashMap<String, (i64, i64)> = HashMap::with_capacity(tallies.len());
+    // Each session row's version once this batch commits.
+    let mut versions: HashMap<String, i64> = HashMap::with_capacity(tallies.len());
     let mut sessions = tallies.iter();
     for size in chunk_sizes(tallies.len()) {
         let sql = Statements::of_size(&STATEMENTS.upsert, size);
-        let mut query = sqlx::query_as::<_, (i64, String, i64)>(sql);
+        let mut query = sqlx::query_as::<_, (i64, String, i64, i64)>(sql);
         for (session, tally) in sessions.by_ref().take(size) {
             query = query
                 .bind(*session)
@@ -266,8 +277,9 @@ async fn write_batch(
                 .bind(tally.last_at)
                 .bind(tally.count);
         }
-        for (id, session, last_seq) in query.fetch_all(&mut *tx).await? {
+        for (id, session, last_seq, version) in query.fetch_all(&mut *tx).await? {
             let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
+            versions.insert(session.clone(), version);
             next_seq.insert(session, (id, last_seq - added + 1));
         }
     }
@@ -333,6 +345,21 @@ async fn write_batch(
         query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
+
+    // Cached copies of these sessions, extended by what this batch added.
+    let mut added: BTreeMap<&str, Vec<&ConversationEntry>> = BTreeMap::new();
+    for (pending, numbered) in admitted.iter().zip(&answered) {
+        added
+            .entry(pending.session.as_str())
+            .or_default()
+            .push(&numbered.entry);
+    }
+    for (session, entries) in added {
+        if let (Some(version), Some((id, _))) = (versions.get(session), next_seq.get(session)) {
+            cache.extend(session, *id, *version, &entries);
+        }
+    }
+
     let mut answered = answered.into_iter();
     Ok(refusals
         .into_iter()
