@@ -20,11 +20,26 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
+    // Outlives the runtime, so that the access lines its threads still hold
+    // when they stop are written out (see telemetry).
     let _log_writer = telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(telemetry::flush_access_lines)
+        .on_thread_stop(telemetry::flush_access_lines)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(config)),
+        Err(err) => {
+            eprintln!("chatbot-api: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(config: Config) -> ExitCode {
     let chatbot = match &config.rules {
         None => Chatbot::seed(),
         Some(path) => match Chatbot::from_rules_file(path) {

@@ -58,22 +58,34 @@ pub fn init() -> WorkerGuard {
 /// Where access lines are written directly (set when lines are plain text).
 static ACCESS_WRITER: OnceLock<NonBlocking> = OnceLock::new();
 
-/// A thread's access line under construction, and the start of the last
-/// timestamp it wrote (`2026-11-28T14:20:30`), which changes once a second.
+/// A thread's access lines not yet handed to the writer, and the start of
+/// the last timestamp written (`2026-11-28T14:20:30`), which changes once a
+/// second.
 struct LineBuffer {
-    line: String,
+    lines: String,
+    /// Set once the thread has parked: a runtime worker, which hands its
+    /// lines over whenever it parks (idle) or stops. Any other thread hands
+    /// each line over at once.
+    worker: bool,
     writer: NonBlocking,
     second: u64,
     stamp: String,
 }
 
+/// A worker hands its lines over past this many bytes even while busy.
+const HAND_OVER_AT: usize = 16 * 1024;
+
 thread_local! {
-    static LINE: RefCell<Option<LineBuffer>> = const { RefCell::new(None) };
+    static LINES: RefCell<Option<LineBuffer>> = const { RefCell::new(None) };
 }
 
 /// Writes `chatbot_api::access` lines exactly as `tracing_subscriber`'s
 /// default format does without colours:
 /// `2026-11-28T14:20:30.123456Z  INFO chatbot_api::access: request method=GET uri=/ status=200 micros=35`.
+/// A runtime worker gathers them and hands them to the writer thread when
+/// it has nothing else to do ([`flush_access_lines`]) or past
+/// [`HAND_OVER_AT`] bytes: one hand-over (and one wake-up of the writer)
+/// for many lines, instead of one per request.
 fn write_access_line(
     writer: &NonBlocking,
     method: &axum::http::Method,
@@ -84,9 +96,10 @@ fn write_access_line(
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    LINE.with_borrow_mut(|buffer| {
+    LINES.with_borrow_mut(|buffer| {
         let buffer = buffer.get_or_insert_with(|| LineBuffer {
-            line: String::with_capacity(256),
+            lines: String::with_capacity(HAND_OVER_AT + 256),
+            worker: false,
             writer: writer.clone(),
             second: u64::MAX,
             stamp: String::new(),
@@ -98,25 +111,49 @@ fn write_access_line(
             let _ = write!(buffer.stamp, "{}", at.format("%Y-%m-%dT%H:%M:%S"));
         }
         format_access_line(
-            &mut buffer.line,
+            &mut buffer.lines,
             &buffer.stamp,
             now.subsec_micros(),
             (method, uri, status, micros),
         );
-        // The writer hands the line to its thread; it fails only once that
-        // thread is gone, at exit.
-        let _ = buffer.writer.write_all(buffer.line.as_bytes());
+        if !buffer.worker || buffer.lines.len() >= HAND_OVER_AT {
+            buffer.hand_over();
+        }
     });
 }
 
-/// One access line into `line`: `stamp` is the timestamp to the second.
+impl LineBuffer {
+    fn hand_over(&mut self) {
+        if !self.lines.is_empty() {
+            // The writer passes the lines to its thread; it fails only once
+            // that thread is gone, at exit.
+            let _ = self.writer.write_all(self.lines.as_bytes());
+            self.lines.clear();
+        }
+    }
+}
+
+/// Hands this thread's access lines to the writer. For the runtime's
+/// `on_thread_park` and `on_thread_stop`: a worker about to idle or stop
+/// leaves nothing behind, and from its first park on it gathers lines.
+pub fn flush_access_lines() {
+    // A thread stopping after its locals are gone has nothing to hand over.
+    let _ = LINES.try_with(|buffer| {
+        if let Some(buffer) = buffer.borrow_mut().as_mut() {
+            buffer.worker = true;
+            buffer.hand_over();
+        }
+    });
+}
+
+/// One access line, appended to `line`: `stamp` is the timestamp to the
+/// second.
 fn format_access_line(
     line: &mut String,
     stamp: &str,
     subsec_micros: u32,
     (method, uri, status, micros): (&axum::http::Method, &axum::http::Uri, u16, u64),
 ) {
-    line.clear();
     let _ = writeln!(
         line,
         "{stamp}.{subsec_micros:06}Z  INFO {ACCESS_TARGET}: request method={method} uri={uri} status={status} micros={micros}",
