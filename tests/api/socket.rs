@@ -115,6 +115,73 @@ fn the_default_access_log_has_every_request_by_exit() {
     }
 }
 
+/// Under load a worker gathers its access lines and hands them over in
+/// batches: still one line per request, each in the log as soon as the
+/// server is idle again (not only at exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_gathered_under_load_are_logged_once_idle() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+        .args(["--store", "memory", "--port", &port.to_string()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load: Vec<_> = (0..16)
+        .map(|t| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let url = format!("{base}/health?load={t}-{i}");
+                    assert!(client.get(url).send().await.unwrap().status().is_success());
+                }
+            })
+        })
+        .collect();
+    for task in load {
+        task.await.unwrap();
+    }
+    // The server is idle now: every line arrives without it exiting.
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 1600 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = logged.recv_timeout(wait) else {
+            panic!("{} of 1600 lines logged while idle", seen.len());
+        };
+        if let Some(at) = line.find("uri=/health?load=") {
+            assert!(
+                line.contains(" INFO chatbot_api::access: request method=GET "),
+                "{line}"
+            );
+            let request = line[at..].split(' ').next().unwrap().to_owned();
+            *seen.entry(request).or_insert(0) += 1;
+        }
+    }
+    assert!(seen.values().all(|n| *n == 1), "a line logged twice");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn sigterm_lets_the_request_in_flight_finish() {
     let mut server = Server::start(&["--store", "memory"]);
