@@ -28,7 +28,8 @@ pub const ACCESS_TARGET: &str = "chatbot_api::access";
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: info for this crate and
 /// requests). Lines are formatted on the request's thread and written by a
-/// background one; none is dropped (past 128k waiting lines, logging waits).
+/// background one; none is dropped (past 4096 waiting hand-overs, a line or
+/// a worker's batch each, 64 MiB at most, logging waits).
 /// In colour on a terminal; otherwise access lines take the short way.
 /// Keep the guard until exit: dropping it writes out what is left.
 pub fn init() -> WorkerGuard {
@@ -36,6 +37,8 @@ pub fn init() -> WorkerGuard {
         .unwrap_or_else(|_| EnvFilter::new("chatbot_api=info,tower_http=info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
+        // Counted in hand-overs, each up to HAND_OVER_AT bytes.
+        .buffered_lines_limit(4096)
         .thread_name("log-writer")
         // Buffered: the writer thread drains every waiting line, then
         // flushes, so a burst of requests costs one write, not one each.

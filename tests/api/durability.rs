@@ -347,6 +347,8 @@ struct Proxy {
     addr: SocketAddr,
     target: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// While set, bytes are held back: the database seems to hang.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -356,21 +358,27 @@ impl Proxy {
             addr: listener.local_addr().unwrap(),
             target,
             tasks: Arc::default(),
+            frozen: Arc::default(),
         };
         proxy.accept_on(listener);
         proxy
     }
 
     fn accept_on(&self, listener: TcpListener) {
-        let (tasks, target) = (self.tasks.clone(), self.target);
+        let (tasks, target, frozen) = (self.tasks.clone(), self.target, self.frozen.clone());
         let accept = tokio::spawn({
             let tasks = tasks.clone();
             async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let frozen = frozen.clone();
                     let link = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            let (from_client, to_client) = inbound.into_split();
+                            let (from_server, to_server) = outbound.into_split();
+                            tokio::join!(
+                                Self::forward(from_client, to_server, frozen.clone()),
+                                Self::forward(from_server, to_client, frozen),
+                            );
                         }
                     });
                     tasks.lock().unwrap().push(link);
@@ -378,6 +386,33 @@ impl Proxy {
             }
         });
         tasks.lock().unwrap().push(accept);
+    }
+
+    /// Copies one direction, holding bytes back while frozen.
+    async fn forward(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while frozen.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn cut(&self) {
@@ -475,4 +510,53 @@ async fn after_a_restart_replies_still_remember_the_conversation() {
     assert_eq!(reply["bot_reply"], "You said: \"I like green tea\"");
     let name = app.say("mem", "User", "What is my name?").await;
     assert_eq!(name["bot_reply"], "Your name is Ann.");
+}
+
+/// A database that stops answering (not gone: hung) gives cached reads a
+/// 503 within seconds, not a request that waits for ever; they recover when
+/// it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_gives_cached_reads_503_in_seconds() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let pg: SocketAddr = {
+        let url = url::Url::parse(&schema.url).unwrap();
+        let host = url.host_str().unwrap().to_owned();
+        tokio::net::lookup_host((host.as_str(), url.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(pg).await;
+    let store = Arc::new(
+        PostgresStore::connect(&schema.url_via(proxy.addr), 2, Default::default(), 1 << 20)
+            .await
+            .unwrap(),
+    );
+    let app = TestApp::with_store(store, Default::default());
+    app.say("hung", "U", "before").await;
+    assert_eq!(app.get("/chat/history/hung").await.status, StatusCode::OK);
+
+    proxy.freeze(true);
+    let read = tokio::time::timeout(Duration::from_secs(10), app.get("/chat/history/hung"))
+        .await
+        .expect("an answer within 10 s");
+    assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(read.text(), r#"{"detail":"Storage unavailable"}"#);
+
+    proxy.freeze(false);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get("/chat/history/hung").await.status == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        recovered,
+        "no 200 within 10 s of the database answering again"
+    );
 }

@@ -20,8 +20,9 @@ use crate::domain::store::StoreError;
 
 /// The most questions one query answers.
 const MOST_PER_QUERY: usize = 256;
-/// How long a new connection may take before the waiting reads get 503.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting, or one query, may take before the waiting reads
+/// get 503 (and the connection is made anew for the next ones).
+const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Each distinct session asked about, in order, with its row's id and
 /// version; NULLs where there is no row.
@@ -111,17 +112,19 @@ async fn versions(
     let conn = match connection {
         Some(conn) => conn,
         None => {
-            let made = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+            let made = tokio::time::timeout(TIMEOUT, PgConnection::connect_with(options))
                 .await
                 .map_err(|_| StoreError::Unavailable("connecting timed out".into()))?
                 .map_err(unavailable)?;
             connection.insert(made)
         }
     };
-    let rows: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(SELECT_VERSIONS)
+    let query = sqlx::query_as(SELECT_VERSIONS)
         .bind(sessions)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *conn);
+    let rows: Vec<(Option<i64>, Option<i64>)> = tokio::time::timeout(TIMEOUT, query)
         .await
+        .map_err(|_| StoreError::Unavailable("the version check timed out".into()))?
         .map_err(unavailable)?;
     if rows.len() != sessions.len() {
         return Err(StoreError::Unavailable(format!(
