@@ -429,11 +429,8 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
-    let Some(schema) = postgres_schema().await else {
-        return;
-    };
+/// An app on a PostgreSQL store that reaches `schema` through a [`Proxy`].
+async fn behind_proxy(schema: &crate::helpers::PgSchema) -> (Proxy, TestApp) {
     let pg: SocketAddr = {
         let url = url::Url::parse(&schema.url).unwrap();
         let host = url.host_str().unwrap().to_owned();
@@ -449,7 +446,15 @@ async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
             .await
             .unwrap(),
     );
-    let app = TestApp::with_store(store, Default::default());
+    (proxy, TestApp::with_store(store, Default::default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_gives_503_and_recovers_without_restart() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let (proxy, app) = behind_proxy(&schema).await;
     app.say("outage", "U", "before").await;
     // Read once, so that the reads below go through the cache's version check.
     assert_eq!(app.get("/chat/history/outage").await.status, StatusCode::OK);
@@ -520,22 +525,7 @@ async fn a_hung_database_gives_cached_reads_503_in_seconds() {
     let Some(schema) = postgres_schema().await else {
         return;
     };
-    let pg: SocketAddr = {
-        let url = url::Url::parse(&schema.url).unwrap();
-        let host = url.host_str().unwrap().to_owned();
-        tokio::net::lookup_host((host.as_str(), url.port().unwrap_or(5432)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Proxy::start(pg).await;
-    let store = Arc::new(
-        PostgresStore::connect(&schema.url_via(proxy.addr), 2, Default::default(), 1 << 20)
-            .await
-            .unwrap(),
-    );
-    let app = TestApp::with_store(store, Default::default());
+    let (proxy, app) = behind_proxy(&schema).await;
     app.say("hung", "U", "before").await;
     assert_eq!(app.get("/chat/history/hung").await.status, StatusCode::OK);
 

@@ -67,18 +67,24 @@ async fn seed_conversation_over_tcp() {
     );
 }
 
-/// The default log (no `RUST_LOG`) has one line per request, written by a
-/// background thread and flushed at exit.
-#[test]
-fn the_default_access_log_has_every_request_by_exit() {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
+/// The binary on memory on `port`, with the default log (no `RUST_LOG`)
+/// piped back.
+fn with_default_log(port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
         .args(["--store", "memory", "--port", &port.to_string()])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The default log (no `RUST_LOG`) has one line per request, written by a
+/// background thread and flushed at exit.
+#[test]
+fn the_default_access_log_has_every_request_by_exit() {
+    let port = free_port();
+    let child = with_default_log(port);
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&addr).is_err() {
@@ -122,13 +128,7 @@ fn the_default_access_log_has_every_request_by_exit() {
 async fn access_lines_gathered_under_load_are_logged_once_idle() {
     use std::io::BufRead;
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatbot-api"))
-        .args(["--store", "memory", "--port", &port.to_string()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = with_default_log(port);
     let stderr = child.stderr.take().unwrap();
     let (lines, logged) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
