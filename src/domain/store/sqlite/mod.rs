@@ -317,19 +317,15 @@ impl Readers {
 
 /// One reader thread: runs reads until the store is dropped.
 fn read_loop(path: &Path, queue: &crossbeam_channel::Receiver<ReadJob>) {
-    let mut conn: Option<Connection> = None;
+    let mut kept: Option<Connection> = None;
     while let Ok(job) = queue.recv() {
-        if conn.is_none() {
-            match open_reader(path) {
-                Ok(opened) => conn = Some(opened),
-                Err(err) => {
-                    job(Err(err));
-                    continue;
-                }
+        match kept.take().map_or_else(|| open_reader(path), Ok) {
+            Ok(conn) => {
+                job(Ok(&conn));
+                kept = Some(conn);
             }
-        }
-        if let Some(conn) = &conn {
-            job(Ok(conn));
+            // Not opened: the read gets why, the next one tries again.
+            Err(err) => job(Err(err)),
         }
     }
 }
