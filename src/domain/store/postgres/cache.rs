@@ -3,12 +3,11 @@
 //! recently used dropped past a budget of bytes.
 //!
 //! Several instances write to one database, so a copy is never trusted on
-//! its own: every read still asks the database, in one query, for the
-//! session's id and version, and for its exchanges only when they differ
-//! from the copy's (see `SELECT_CHECKED` in the store). A copy is served only
-//! when the database confirms it, so no read can see less than a write
-//! acknowledged before it began, whichever instance made it. What the cache
-//! saves is the rows: their transfer, decoding and JSON writing.
+//! its own: every read still asks the database for the session row's id and
+//! version ([`super::checks`]), and the copy answers only when they are its
+//! own, so no read can see less than a write acknowledged before it began,
+//! whichever instance made it. What the cache saves is the rows: their
+//! transfer, decoding and JSON writing.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -17,23 +16,25 @@ use hashlink::LruCache;
 use crate::domain::models::ConversationEntry;
 use crate::domain::store::compact::{Replies, Session};
 
-/// A session as it was at one version of its row.
-pub(super) struct Copy {
-    /// The session row's id: a session deleted and begun again has a new one.
+/// A session row as the database has it at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RowVersion {
+    /// The row's id: a session deleted and begun again has a new one.
     pub id: i64,
+    /// Raised by every change to the session (migration 0004's triggers).
     pub version: i64,
-    pub session: Session,
 }
 
-impl Copy {
-    /// Whether this copy is of the row `id` at `version`.
-    pub fn is(&self, id: i64, version: i64) -> bool {
-        self.id == id && self.version == version
-    }
+/// A session as it was at one version of its row.
+pub(super) struct Copy {
+    pub row: RowVersion,
+    pub session: Session,
 }
 
 pub(super) struct Cache {
     inner: Mutex<Inner>,
+    /// The copies share no reply (each keeps its own text): always empty.
+    replies: Replies,
 }
 
 struct Inner {
@@ -51,7 +52,13 @@ impl Cache {
                 bytes: 0,
                 budget,
             }),
+            replies: Replies::default(),
         }
+    }
+
+    /// The replies the copies refer to: none.
+    pub fn replies(&self) -> &Replies {
+        &self.replies
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -86,15 +93,19 @@ impl Cache {
         copy
     }
 
-    /// `entries` were appended to `key`'s row `id` by a commit that took it
-    /// to `version`: a copy of the version before becomes one of this
-    /// version, so the writer's next read of its session needs no rows.
-    /// Any other copy is left as it is (the next read finds it out of date).
-    pub fn extend(&self, key: &str, id: i64, version: i64, entries: &[&ConversationEntry]) {
+    /// `entries` were appended to `key` by a commit that took its row to
+    /// `row`: a copy of the version before becomes one of this version, so
+    /// the writer's next read of its session needs no rows. Any other copy
+    /// is left as it is (the next read finds it out of date).
+    pub fn extend(&self, key: &str, row: RowVersion, entries: &[&ConversationEntry]) {
         let Some(copy) = self.inner().sessions.peek(key).cloned() else {
             return;
         };
-        if !copy.is(id, version - 1) {
+        let before = RowVersion {
+            version: row.version - 1,
+            ..row
+        };
+        if copy.row != before {
             return;
         }
         let mut session = copy.session.clone();
@@ -104,20 +115,13 @@ impl Cache {
                 &entry.bot_reply,
                 &entry.user_name,
                 entry.timestamp,
-                &Replies::default(),
+                &self.replies,
             );
             if pushed.is_err() {
                 return;
             }
         }
-        self.put(
-            key,
-            Copy {
-                id,
-                version,
-                session,
-            },
-        );
+        self.put(key, Copy { row, session });
     }
 
     /// Forgets the copy of a session the database no longer has.
@@ -158,8 +162,7 @@ mod tests {
                 .unwrap();
         }
         Copy {
-            id,
-            version: 1,
+            row: RowVersion { id, version: 1 },
             session,
         }
     }
@@ -180,7 +183,10 @@ mod tests {
         assert!(cache.get("a").is_some() && cache.get("c").is_some());
         // A newer copy replaces the old one and its bytes.
         cache.put("a", copy(4, 10));
-        assert!(cache.get("a").unwrap().is(4, 1));
+        assert_eq!(
+            cache.get("a").unwrap().row,
+            RowVersion { id: 4, version: 1 }
+        );
         assert_eq!(cache.usage(), (one * 2, 2));
         cache.remove("a");
         assert_eq!(cache.usage(), (one, 1));

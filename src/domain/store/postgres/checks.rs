@@ -15,6 +15,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::RowVersion;
 use super::unavailable;
 use crate::domain::store::StoreError;
 
@@ -29,13 +30,6 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const SELECT_VERSIONS: &str = "\
     SELECT s.id, s.version FROM unnest($1::text[]) WITH ORDINALITY AS k(session_id, n) \
     LEFT JOIN sessions s ON s.session_id = k.session_id ORDER BY k.n";
-
-/// A session row as one check found it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct RowVersion {
-    pub id: i64,
-    pub version: i64,
-}
 
 type Answer = Result<Option<RowVersion>, StoreError>;
 
@@ -96,7 +90,7 @@ async fn answer_loop(options: PgConnectOptions, mut waiting: mpsc::UnboundedRece
         for (question, i) in batch.drain(..).zip(at) {
             let answer = match &found {
                 Ok(rows) => Ok(rows[i]),
-                Err(err) => Err(StoreError::Unavailable(err.to_string())),
+                Err(err) => Err(err.clone()),
             };
             // The read may have gone (its client hung up): nothing to do.
             let _ = question.answer.send(answer);

@@ -22,11 +22,11 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, FromRow, Row};
 
-use cache::{Cache, Copy};
+use cache::{Cache, Copy, RowVersion};
 use checks::Checks;
 use writer::commit_loop;
 
-use super::compact::{Replies, Session};
+use super::compact::Session;
 use super::queue::{CommitStats, Writes};
 use super::{
     AnalyticsCounts, AnalyticsQuery, Caps, Change, Changed, Conversation, Found, HistoryPage,
@@ -146,8 +146,6 @@ pub struct PostgresStore {
     stats: Arc<CommitStats>,
     cache: Arc<Cache>,
     checks: Checks,
-    /// No reply is shared between copies (each keeps its own text).
-    replies: Replies,
 }
 
 impl PostgresStore {
@@ -197,7 +195,6 @@ impl PostgresStore {
             stats,
             cache,
             checks: Checks::start(options),
-            replies: Replies::default(),
         })
     }
 
@@ -218,7 +215,7 @@ impl PostgresStore {
     async fn read(&self, session: &str, page: Page) -> Result<Option<Read>, StoreError> {
         if let Some(copy) = self.cache.get(session) {
             match self.checks.check(session).await? {
-                Some(row) if copy.is(row.id, row.version) => return Ok(Some(Read::Copy(copy))),
+                Some(row) if row == copy.row => return Ok(Some(Read::Copy(copy))),
                 Some(_) => {}
                 None => {
                     self.cache.remove(session);
@@ -237,8 +234,10 @@ impl PostgresStore {
             self.cache.remove(session);
             return Ok(None);
         };
-        let id: i64 = first.try_get(0).map_err(unavailable)?;
-        let version: i64 = first.try_get(1).map_err(unavailable)?;
+        let row = RowVersion {
+            id: first.try_get(0).map_err(unavailable)?,
+            version: first.try_get(1).map_err(unavailable)?,
+        };
         let total: i64 = first.try_get(2).map_err(unavailable)?;
         if total == 0 {
             self.cache.remove(session);
@@ -256,12 +255,11 @@ impl PostgresStore {
             let mut whole = Session::default();
             let built = rows.iter().try_for_each(|row| {
                 let (message, reply, name, at) = page_exchange(row)?;
-                whole.push_row(message, reply, name, at, &self.replies)
+                whole.push_row(message, reply, name, at, self.cache.replies())
             });
             if built.is_ok() {
                 let copy = Copy {
-                    id,
-                    version,
+                    row,
                     session: whole,
                 };
                 return Ok(Some(Read::Copy(self.cache.put(session, copy))));
@@ -302,7 +300,9 @@ impl Store for PostgresStore {
         let (total, rows) = match self.read(session, page).await? {
             None => return Ok(None),
             Some(Read::Copy(copy)) => {
-                return Ok(Some(copy.session.entries(page, self.replies.list())));
+                return Ok(Some(
+                    copy.session.entries(page, self.cache.replies().list()),
+                ));
             }
             Some(Read::Rows(total, rows)) => (total, rows),
         };
@@ -330,7 +330,7 @@ impl Store for PostgresStore {
         let (total, rows) = match self.read(session, page).await? {
             None => return Ok(None),
             Some(Read::Copy(copy)) => {
-                let copied = copy.session.copy_page(page, self.replies.list());
+                let copied = copy.session.copy_page(page, self.cache.replies().list());
                 return Ok(Some(copied.into_json()));
             }
             Some(Read::Rows(total, rows)) => (total, rows),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sqlx::{FromRow, PgPool};
 use tokio::sync::mpsc;
 
-use super::cache::Cache;
+use super::cache::{Cache, RowVersion};
 use super::{ExchangeRow, unavailable};
 use crate::domain::chatbot::CONTEXT_EXCHANGES;
 use crate::domain::models::ConversationEntry;
@@ -260,11 +260,10 @@ async fn write_batch(
             .map(|r| Err(r.unwrap_or_else(unreachable_refusal)))
             .collect());
     }
-    // Each session's row id and the seq its first exchange in this batch
-    // gets. Chunks go in session-id order, so rows still lock in that order.
-    let mut next_seq: HashMap<String, (i64, i64)> = HashMap::with_capacity(tallies.len());
-    // Each session row's version once this batch commits.
-    let mut versions: HashMap<String, i64> = HashMap::with_capacity(tallies.len());
+    // Each session's row (id, and version once this batch commits) and the
+    // seq its next exchange in this batch gets. Chunks go in session-id
+    // order, so rows still lock in that order.
+    let mut next_seq: HashMap<String, (RowVersion, i64)> = HashMap::with_capacity(tallies.len());
     let mut sessions = tallies.iter();
     for size in chunk_sizes(tallies.len()) {
         let sql = Statements::of_size(&STATEMENTS.upsert, size);
@@ -279,14 +278,13 @@ async fn write_batch(
         }
         for (id, session, last_seq, version) in query.fetch_all(&mut *tx).await? {
             let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
-            versions.insert(session.clone(), version);
-            next_seq.insert(session, (id, last_seq - added + 1));
+            next_seq.insert(session, (RowVersion { id, version }, last_seq - added + 1));
         }
     }
 
     // Recent history per session row, read after the rows are locked.
     let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
-    let missing: Vec<i64> = next_seq.values().map(|(id, _)| *id).collect();
+    let missing: Vec<i64> = next_seq.values().map(|(row, _)| row.id).collect();
     let mut missing = missing.into_iter();
     for size in chunk_sizes(missing.len()) {
         let sql = Statements::of_size(&STATEMENTS.context, size);
@@ -308,7 +306,12 @@ async fn write_batch(
         let slot = next_seq
             .get_mut(pending.session.as_str())
             .ok_or_else(|| sqlx::Error::Protocol("upsert returned no row for a session".into()))?;
-        let (session_ref, seq) = *slot;
+        let (
+            RowVersion {
+                id: session_ref, ..
+            },
+            seq,
+        ) = *slot;
         slot.1 += 1;
         let history = context.entry(session_ref).or_default();
         let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
@@ -355,8 +358,8 @@ async fn write_batch(
             .push(&numbered.entry);
     }
     for (session, entries) in added {
-        if let (Some(version), Some((id, _))) = (versions.get(session), next_seq.get(session)) {
-            cache.extend(session, *id, *version, &entries);
+        if let Some((row, _)) = next_seq.get(session) {
+            cache.extend(session, *row, &entries);
         }
     }
 
