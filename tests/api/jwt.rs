@@ -76,17 +76,25 @@ fn settings(source: KeySource) -> JwtSettings {
     }
 }
 
+/// The seed bot on `store`, taking tokens checked with `settings`.
+fn jwt_state(store: Arc<dyn Store>, settings: &JwtSettings) -> AppState {
+    AppState::new(store, Chatbot::seed(), Default::default()).with_jwt(Jwt::new(settings).unwrap())
+}
+
 fn app_with(store: Arc<dyn Store>, settings: &JwtSettings) -> TestApp {
     TestApp::from_state(
-        AppState::new(store, Chatbot::seed(), Default::default())
-            .with_jwt(Jwt::new(settings).unwrap())
+        jwt_state(store, settings)
             .with_api_keys(ApiKeys::new(["service-key"]))
             .with_admin_keys(ApiKeys::new(["root-key"])),
     )
 }
 
+fn secret_settings() -> JwtSettings {
+    settings(KeySource::Secret(SECRET.into()))
+}
+
 fn secret_app(store: Arc<dyn Store>) -> TestApp {
-    app_with(store, &settings(KeySource::Secret(SECRET.into())))
+    app_with(store, &secret_settings())
 }
 
 fn bearer(token: &str) -> String {
@@ -501,14 +509,14 @@ async fn the_admin_role_claim_and_value_are_configurable() {
         &JwtSettings {
             admin_claim: "scope".into(),
             admin_value: "chat:admin".into(),
-            ..settings(KeySource::Secret(SECRET.into()))
+            ..secret_settings()
         },
     );
     let nested = app_with(
         store,
         &JwtSettings {
             admin_claim: "realm_access.roles".into(),
-            ..settings(KeySource::Secret(SECRET.into()))
+            ..secret_settings()
         },
     );
     let uri = "/chat/sessions?owner=alice";
@@ -541,13 +549,7 @@ async fn the_admin_role_claim_and_value_are_configurable() {
 #[tokio::test]
 async fn rate_limit_buckets_follow_the_token_subject() {
     let app = TestApp::from_state(
-        AppState::new(
-            Arc::new(MemoryStore::new()),
-            Chatbot::seed(),
-            Default::default(),
-        )
-        .with_jwt(Jwt::new(&settings(KeySource::Secret(SECRET.into()))).unwrap())
-        .with_rate_limit(1, 2),
+        jwt_state(Arc::new(MemoryStore::new()), &secret_settings()).with_rate_limit(1, 2),
     );
     let (alice, bob) = (token("alice", json!({})), token("bob", json!({})));
     // Two tokens of one subject share its bucket.
@@ -908,14 +910,9 @@ async fn the_binary_takes_jwt_flags_and_logs_admin_actions_without_tokens() {
 #[tokio::test]
 async fn routes_about_the_whole_server_are_for_keys_and_admins_not_users() {
     let app = TestApp::from_state(
-        AppState::new(
-            Arc::new(MemoryStore::new()),
-            Chatbot::seed(),
-            Default::default(),
-        )
-        .with_jwt(Jwt::new(&settings(KeySource::Secret(SECRET.into()))).unwrap())
-        .with_api_keys(ApiKeys::new(["scraper-key"]))
-        .with_debug_endpoints(true),
+        jwt_state(Arc::new(MemoryStore::new()), &secret_settings())
+            .with_api_keys(ApiKeys::new(["scraper-key"]))
+            .with_debug_endpoints(true),
     );
     let user = token("alice", json!({}));
     let admin = token("ops", json!({"roles": ["admin"]}));
