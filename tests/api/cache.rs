@@ -260,6 +260,24 @@ async fn a_failed_commit_leaves_ram_and_file_unchanged() {
         before,
         "file unchanged"
     );
+    let next = reopened
+        .append(&id("s"), exchange("Hello!", "U", 3), bot.clone())
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 2, "the failed one took no number");
+    let failed = reopened
+        .append(&id("s"), exchange("boom", "U", 4), Arc::new(Panics))
+        .await;
+    assert!(failed.is_err());
+    let next = reopened
+        .append(&id("s"), exchange("what did I just say?", "U", 5), bot)
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 3, "nor in the writer's memory of the log");
+    assert_eq!(
+        &*next.bot_reply, "You said: \"Hello!\"",
+        "the failed one is not in the context"
+    );
 }
 
 /// Writers and readers at once on a cache too small to keep anything long:
@@ -449,4 +467,107 @@ async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
         store.summary("old").await.unwrap().unwrap().total_messages,
         3
     );
+}
+
+/// Exchanges the writer's log holds, read with a connection of the test's
+/// own: (in the log, in the tables).
+fn logged_and_folded(path: &Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let count = |table: &str| {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+    };
+    (count("exchange_log"), count("exchanges"))
+}
+
+/// Commits go to a log that is folded into the tables in batches: once it
+/// holds `FOLD_ROWS` exchanges, before any query, and at open for what a
+/// crash left. None of it shows: histories (byte for byte, context replies
+/// included, conversations spanning a fold), counts and positions are
+/// memory mode's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_folds_into_the_tables_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    // A small cache: most reads below go to the file.
+    let store = Arc::new(open(&path, 64 << 10).await);
+    let sessions = SqliteStore::FOLD_ROWS / CONVERSATION.len() + 40;
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (task..sessions).step_by(32) {
+                    converse(&*store, &format!("s{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let written = (sessions * CONVERSATION.len()) as i64;
+    let (logged, folded) = logged_and_folded(&path);
+    assert_eq!(logged + folded, written);
+    assert!(
+        folded >= SqliteStore::FOLD_ROWS as i64 && logged < SqliteStore::FOLD_ROWS as i64,
+        "folded past the threshold, with no query asking: {logged} logged, {folded} folded"
+    );
+    assert!(logged > 0, "the last ones wait for the next fold");
+
+    let memory = MemoryStore::new();
+    converse(&memory, "m").await;
+    let expected = page_json(&memory, "m").await.unwrap();
+    let totals = store.totals().await.unwrap();
+    assert_eq!(
+        (totals.sessions, totals.exchanges),
+        (sessions as u64, written as u64)
+    );
+    assert_eq!(
+        logged_and_folded(&path),
+        (0, written),
+        "a query folds first"
+    );
+    for i in 0..sessions {
+        assert_eq!(
+            page_json(&*store, &format!("s{i}")).await.unwrap(),
+            expected,
+            "session s{i}"
+        );
+    }
+
+    // A crash with exchanges in the log: the next open folds them.
+    for s in [&*store as &dyn Store, &memory] {
+        converse(s, "late").await;
+        let answered = s
+            .append(
+                &id("late"),
+                exchange("what did I just say?", "Alice", 1_800_000_000),
+                Arc::new(Chatbot::seed()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answered.seq, CONVERSATION.len() as u64 + 1);
+    }
+    let late = page_json(&memory, "late").await.unwrap();
+    drop(Arc::into_inner(store).unwrap());
+    let in_log = CONVERSATION.len() as i64 + 1;
+    assert_eq!(logged_and_folded(&path), (in_log, written));
+    let reopened = open(&path, 64 << 10).await;
+    assert_eq!(logged_and_folded(&path), (0, written + in_log));
+    assert_eq!(page_json(&reopened, "late").await.unwrap(), late);
+    let summary = reopened.summary("late").await.unwrap().unwrap();
+    assert_eq!(summary.total_messages, CONVERSATION.len() + 1);
+    assert_eq!(summary.first_at, 1_700_000_000);
+    assert_eq!(summary.last_at, 1_800_000_000);
+    let next = reopened
+        .append(
+            &id("late"),
+            exchange("Hello!", "Alice", 1_800_000_001),
+            Arc::new(Chatbot::seed()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.seq, CONVERSATION.len() as u64 + 2, "numbering goes on");
 }

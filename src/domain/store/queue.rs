@@ -39,6 +39,34 @@ pub(super) enum Command {
         before: i64,
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Puts every write answered so far where the store's queries look
+    /// (SQLite folds its log; PostgreSQL's writes always are).
+    Settle {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Command {
+    /// Answers the command with `err`, doing nothing.
+    pub(super) fn refuse(self, err: StoreError) {
+        match self {
+            Self::Append(pending) => {
+                let _ = pending.done.send(Err(err));
+            }
+            Self::Delete { done, .. } => {
+                let _ = done.send(Err(err));
+            }
+            Self::Clear { done } | Self::Settle { done } => {
+                let _ = done.send(Err(err));
+            }
+            Self::Change { done, .. } => {
+                let _ = done.send(Err(err));
+            }
+            Self::Expire { done, .. } => {
+                let _ = done.send(Err(err));
+            }
+        }
+    }
 }
 
 /// One exchange waiting for the next group commit.
@@ -99,6 +127,10 @@ impl Writes {
 
     pub async fn expire(&self, before: i64) -> Result<usize, StoreError> {
         self.submit(|done| Command::Expire { before, done }).await
+    }
+
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        self.submit(|done| Command::Settle { done }).await
     }
 
     /// Hands `command` to the writer and waits for its answer.

@@ -72,6 +72,10 @@ pub(super) async fn commit_loop(
                         .map_err(unavailable);
                     let _ = done.send(result);
                 }
+                // Committed writes are where every query looks.
+                Command::Settle { done } => {
+                    let _ = done.send(Ok(()));
+                }
             }
         }
         commit_group(&pool, &mut batch, &stats, caps, &cache).await;

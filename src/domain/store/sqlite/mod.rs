@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -53,6 +54,8 @@ const READER_CACHE_KIB: usize = 1024;
 /// A SQLite file with a RAM cache in front.
 pub struct SqliteStore {
     cache: Arc<Mutex<Cache>>,
+    /// Exchanges in the writer's log, not yet in the tables queries read.
+    logged: Arc<AtomicUsize>,
     readers: Readers,
     writes: Writes,
     stats: Arc<CommitStats>,
@@ -82,6 +85,9 @@ const CONNECTION_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = 
      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
 
 impl SqliteStore {
+    /// Exchanges the writer's log holds before it folds them into the tables.
+    pub const FOLD_ROWS: usize = writer::FOLD_ROWS;
+
     /// Opens (or creates) the file at `path`, runs the migrations and starts
     /// the writer. Fails if another process has the file open as a store.
     pub async fn open(path: &str, options: StoreOptions) -> Result<Self, StoreError> {
@@ -115,7 +121,9 @@ impl SqliteStore {
             .map_err(unavailable)?;
 
         let path = PathBuf::from(path);
-        let conn = open_connection(&path).map_err(unavailable)?;
+        let mut conn = open_connection(&path).map_err(unavailable)?;
+        // What a crash left in the log, into the tables before any read.
+        writer::fold(&mut conn).map_err(unavailable)?;
         // The checkpointer copies the log into the database file in the
         // background; what is left for the writer's own checkpoint (which
         // alone can start the log afresh) is then small.
@@ -126,6 +134,7 @@ impl SqliteStore {
         let checkpointer = open_connection(&path).map_err(unavailable)?;
         let cache = Arc::new(Mutex::new(Cache::new(options.cache_bytes)));
         let stats = Arc::new(CommitStats::default());
+        let logged = Arc::new(AtomicUsize::new(0));
         let (writes, queue) = Writes::channel();
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
@@ -137,11 +146,13 @@ impl SqliteStore {
             options.caps,
             cache.clone(),
             stats.clone(),
+            logged.clone(),
             queue,
         )
         .map_err(unavailable)?;
         Ok(Self {
             cache,
+            logged,
             readers: Readers::new(path)?,
             writes,
             stats,
@@ -165,6 +176,19 @@ impl SqliteStore {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `read` on a reader connection once the tables hold every write
+    /// answered so far: if the writer's log holds exchanges, it folds them
+    /// first (and the read waits for that fold to be on disk).
+    async fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.logged.load(Ordering::Acquire) > 0 {
+            self.writes.settle().await?;
+        }
+        self.readers.run(read).await
+    }
+
     /// Reads a session that is not cached from the file (one indexed
     /// query), answers `read` from it, and caches it if nothing wrote to
     /// it meanwhile. `None` when the file has no such session.
@@ -178,8 +202,7 @@ impl SqliteStore {
         let owned_key = key.to_owned();
         let cache = self.cache.clone();
         let loaded = self
-            .readers
-            .run(move |conn| load(conn, &owned_key, replies, &cache))
+            .query(move |conn| load(conn, &owned_key, replies, &cache))
             .await;
         let (session, replies) = match loaded {
             Ok(loaded) => loaded,
@@ -357,8 +380,7 @@ impl Store for SqliteStore {
         exchanges: bool,
     ) -> Result<Option<Conversation>, StoreError> {
         let key = session.to_owned();
-        self.readers
-            .run(move |conn| change::read(conn, &key, exchanges))
+        self.query(move |conn| change::read(conn, &key, exchanges))
             .await
     }
 
@@ -392,8 +414,7 @@ impl Store for SqliteStore {
         }
         let key = session.to_owned();
         let row = self
-            .readers
-            .run(move |conn| {
+            .query(move |conn| {
                 use rusqlite::OptionalExtension;
                 Ok(conn
                     .prepare_cached(SELECT_SUMMARY)?
@@ -412,14 +433,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<SessionSummary>, StoreError> {
         let from = after.unwrap_or(prefix).to_owned();
         let to = prefix_end(prefix).unwrap_or_default();
-        self.readers
-            .run(move |conn| {
-                Ok(conn
-                    .prepare_cached(SELECT_SESSIONS)?
-                    .query_map(params![from, to, to_i64(limit)], summary_row)?
-                    .collect::<Result<_, _>>()?)
-            })
-            .await
+        self.query(move |conn| {
+            Ok(conn
+                .prepare_cached(SELECT_SESSIONS)?
+                .query_map(params![from, to, to_i64(limit)], summary_row)?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn delete(&self, session: &str) -> Result<bool, StoreError> {
@@ -432,45 +452,41 @@ impl Store for SqliteStore {
         let from = search.prefix.clone();
         let to = prefix_end(&search.prefix).unwrap_or_default();
         let limit = to_i64(search.limit);
-        self.readers
-            .run(move |conn| {
-                let found = conn
-                    .prepare_cached(SEARCH)?
-                    .query_map(params![pattern, only, limit, from, to], |row| {
-                        Ok(Found {
-                            session_id: row.get(0)?,
-                            entry: ConversationEntry {
-                                user_message: Arc::from(row.get_ref(1)?.as_str()?),
-                                bot_reply: Arc::from(row.get_ref(2)?.as_str()?),
-                                user_name: Arc::from(row.get_ref(3)?.as_str()?),
-                                timestamp: row.get(4)?,
-                            },
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
-                Ok(found)
-            })
-            .await
+        self.query(move |conn| {
+            let found = conn
+                .prepare_cached(SEARCH)?
+                .query_map(params![pattern, only, limit, from, to], |row| {
+                    Ok(Found {
+                        session_id: row.get(0)?,
+                        entry: ConversationEntry {
+                            user_message: Arc::from(row.get_ref(1)?.as_str()?),
+                            bot_reply: Arc::from(row.get_ref(2)?.as_str()?),
+                            user_name: Arc::from(row.get_ref(3)?.as_str()?),
+                            timestamp: row.get(4)?,
+                        },
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(found)
+        })
+        .await
     }
 
     async fn analytics(&self, query: &AnalyticsQuery) -> Result<AnalyticsCounts, StoreError> {
         let query = query.clone();
-        self.readers
-            .run(move |conn| analytics::read(conn, &query))
-            .await
+        self.query(move |conn| analytics::read(conn, &query)).await
     }
 
     async fn totals(&self) -> Result<Totals, StoreError> {
-        self.readers
-            .run(|conn| {
-                Ok(conn.prepare_cached(TOTALS)?.query_row([], |row| {
-                    Ok(Totals {
-                        sessions: row.get::<_, i64>(0)? as u64,
-                        exchanges: row.get::<_, i64>(1)? as u64,
-                    })
-                })?)
-            })
-            .await
+        self.query(|conn| {
+            Ok(conn.prepare_cached(TOTALS)?.query_row([], |row| {
+                Ok(Totals {
+                    sessions: row.get::<_, i64>(0)? as u64,
+                    exchanges: row.get::<_, i64>(1)? as u64,
+                })
+            })?)
+        })
+        .await
     }
 
     async fn clear(&self) -> Result<(), StoreError> {

@@ -10,12 +10,23 @@
 //! the disk flushes the last, and a 200 still means on disk: exactly what
 //! `synchronous = FULL` gives, without its wait inside every commit.
 //!
-//! Deletes, clears and expiries go through the same queue, in order.
+//! A group's exchanges are appended to one table, `exchange_log`, whose end
+//! is a few pages for the whole group; a row in `exchanges` (clustered by
+//! session) and its session's counters would each take a page of their own,
+//! and every page a commit touches is written to the log and flushed. Every
+//! [`FOLD_ROWS`] exchanges, and before anything else reads or changes the
+//! tables, the writer moves the log into `exchanges` and `sessions` in one
+//! transaction (a "fold"), where many exchanges share each page. Until then
+//! it knows each logged session's counters and context itself.
+//!
+//! Deletes, clears, expiries and changes go through the same queue, in
+//! order, each after a fold.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hashlink::LruCache;
@@ -27,8 +38,14 @@ use crate::domain::chatbot::{CONTEXT_EXCHANGES, History};
 use crate::domain::store::queue::{Command, CommitStats, MAX_BATCH, Pending, Reply};
 use crate::domain::store::{Caps, Changed, Numbered, StoreError, search_text};
 
-/// Sessions whose latest exchanges the writer keeps for the reply engine.
+/// Sessions whose latest exchanges the writer keeps for the reply engine
+/// (besides those with exchanges in the log, which it keeps until a fold).
 const CONTEXT_SESSIONS: usize = 4096;
+
+/// Exchanges in the log past which the writer folds it into the tables:
+/// large enough that a fold writes each page for many exchanges, small
+/// enough that one takes a few milliseconds.
+pub(super) const FOLD_ROWS: usize = 8192;
 
 /// How a commit is made durable before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +96,10 @@ enum Committed {
         result: Result<Vec<String>, StoreError>,
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
+    Settled {
+        result: Result<(), StoreError>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The latest user messages and names of one session, oldest first.
@@ -110,26 +131,74 @@ impl History for Context {
     }
 }
 
-const UPSERT_SESSION: &str = "\
-    INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
-    VALUES (?1, 1, ?2, ?2, 1) \
-    ON CONFLICT (session_id) DO UPDATE \
-    SET message_count = message_count + 1, next_seq = next_seq + 1, last_at = excluded.last_at, \
-    first_at = CASE WHEN message_count = 0 THEN excluded.first_at ELSE first_at END \
-    RETURNING id, message_count, next_seq";
-const INSERT_EXCHANGE: &str = "\
-    INSERT INTO exchanges \
-    (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
+const SELECT_COUNTERS: &str = "SELECT message_count, next_seq FROM sessions WHERE session_id = ?1";
+const LOG_EXCHANGE: &str = "\
+    INSERT INTO exchange_log \
+    (session_id, seq, user_message, bot_reply, user_name, created_at, search_text) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const SELECT_CONTEXT: &str = "\
     SELECT user_message, user_name FROM (SELECT seq, user_message, user_name FROM exchanges \
-    WHERE session_ref = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq";
-const SELECT_COUNT: &str = "SELECT message_count FROM sessions WHERE session_id = ?1";
+    WHERE session_ref = (SELECT id FROM sessions WHERE session_id = ?1) \
+    ORDER BY seq DESC LIMIT ?2) ORDER BY seq";
+
+/// The log's sessions, counted into `sessions` (created where new), then its
+/// exchanges into `exchanges` in key order, then the log emptied. First and
+/// last times as an edit computes them (change.rs): the earliest and latest.
+const FOLD: [&str; 3] = [
+    "INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
+     SELECT session_id, count(*), min(created_at), max(created_at), max(seq) \
+     FROM exchange_log WHERE true GROUP BY session_id \
+     ON CONFLICT (session_id) DO UPDATE \
+     SET first_at = CASE WHEN message_count = 0 THEN excluded.first_at ELSE first_at END, \
+     message_count = message_count + excluded.message_count, \
+     next_seq = excluded.next_seq, last_at = max(last_at, excluded.last_at)",
+    "INSERT INTO exchanges \
+     (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
+     SELECT s.id, l.seq, l.user_message, l.bot_reply, l.user_name, l.created_at, l.search_text \
+     FROM exchange_log l JOIN sessions s ON s.session_id = l.session_id \
+     ORDER BY s.id, l.seq",
+    "DELETE FROM exchange_log",
+];
+
+/// Moves every exchange in the log into the tables, in one transaction.
+pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for statement in FOLD {
+        tx.prepare_cached(statement)?.execute([])?;
+    }
+    tx.commit()
+}
+
+/// A session with exchanges in the log: what `sessions` will say of it after
+/// the fold, and its latest messages.
+#[derive(Clone)]
+struct Logged {
+    /// Exchanges, counting those in the log.
+    count: i64,
+    /// The last exchange id given.
+    next_seq: i64,
+    /// Not in `sessions` yet: the fold creates it.
+    new: bool,
+    context: Context,
+}
+
+/// What the writer knows of the log, between folds.
+#[derive(Default)]
+struct Log {
+    sessions: HashMap<String, Logged>,
+    /// Exchanges in it.
+    rows: usize,
+    /// Sessions in it that `sessions` does not have yet.
+    new: usize,
+}
 
 /// The writer's side: its connection, what it remembers, where it hands off.
 pub(super) struct Writer {
     conn: Connection,
     context: LruCache<String, Context>,
+    log: Log,
+    /// Exchanges in the log, for readers: they ask for a fold when not 0.
+    logged: Arc<AtomicUsize>,
     caps: Caps,
     stats: Arc<CommitStats>,
     committed: std::sync::mpsc::Sender<Committed>,
@@ -149,6 +218,7 @@ pub(super) fn spawn(
     caps: Caps,
     cache: Arc<Mutex<Cache>>,
     stats: Arc<CommitStats>,
+    logged: Arc<AtomicUsize>,
     queue: mpsc::Receiver<Command>,
 ) -> std::io::Result<()> {
     let (committed, to_sync) = std::sync::mpsc::channel();
@@ -177,6 +247,8 @@ pub(super) fn spawn(
     let writer = Writer {
         conn,
         context: LruCache::new(CONTEXT_SESSIONS),
+        log: Log::default(),
+        logged,
         caps,
         stats,
         committed,
@@ -232,6 +304,10 @@ impl Writer {
                 }
             }
             self.commit_group(&mut batch);
+            if self.log.rows >= FOLD_ROWS {
+                // Failing, it is tried again after the next group.
+                let _ = self.fold();
+            }
         }
     }
 
@@ -240,9 +316,39 @@ impl Writer {
         let _ = self.committed.send(committed);
     }
 
+    /// Folds the log into the tables, if it holds anything. On failure the
+    /// log stays as it was (and what the writer knows of it).
+    fn fold(&mut self) -> Result<(), StoreError> {
+        if self.log.rows == 0 {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        if let Err(err) = fold(&mut self.conn) {
+            tracing::error!(error = %err, exchanges = self.log.rows, "folding the log failed");
+            return Err(unavailable(err));
+        }
+        tracing::debug!(exchanges = self.log.rows, elapsed = ?started.elapsed(), "log folded");
+        for (session, logged) in self.log.sessions.drain() {
+            self.context.insert(session, logged.context);
+        }
+        self.log.rows = 0;
+        self.log.new = 0;
+        self.logged.store(0, Ordering::Release);
+        Ok(())
+    }
+
     fn run_other(&mut self, command: Command) {
+        // Every other command reads or changes the tables: the log first.
+        if let Err(err) = self.fold() {
+            command.refuse(err);
+            return;
+        }
         match command {
             Command::Append(_) => unreachable!("appends are batched"),
+            Command::Settle { done } => self.hand_off(Committed::Settled {
+                result: Ok(()),
+                done,
+            }),
             Command::Delete { session, done } => {
                 self.context.remove(&session);
                 let result = self
@@ -330,8 +436,10 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole batch. Returns each request's answer
-    /// and, for those stored, their session and position.
+    /// One transaction for the whole batch, appending to the log. Returns
+    /// each request's answer and, for those stored, their session and
+    /// position; what it learns of the log's sessions is kept only once the
+    /// transaction has committed.
     #[allow(clippy::type_complexity)]
     fn write_batch(
         &mut self,
@@ -346,128 +454,157 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut admitted = Admission::new(&tx, self.caps)?;
+        let mut admitted = Admission::new(&tx, self.caps, self.log.new)?;
         let mut answers = Vec::with_capacity(batch.len());
         let mut stored = Vec::with_capacity(batch.len());
+        // The batch's sessions as they will be once it has committed.
+        let mut staged: HashMap<&str, (Logged, bool)> = HashMap::new();
         {
-            let mut upsert = tx.prepare_cached(UPSERT_SESSION)?;
-            let mut insert = tx.prepare_cached(INSERT_EXCHANGE)?;
+            let mut counters = tx.prepare_cached(SELECT_COUNTERS)?;
+            let mut insert = tx.prepare_cached(LOG_EXCHANGE)?;
             let mut recent = tx.prepare_cached(SELECT_CONTEXT)?;
             for (i, pending) in batch.iter().enumerate() {
                 let session = pending.session.as_str();
-                if let Err(refusal) = admitted.admit(&tx, session)? {
+                let (logged, wrote) = match staged.entry(session) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        let known = match self.log.sessions.get(session) {
+                            Some(logged) => logged.clone(),
+                            None => {
+                                // Not in the log: the tables have all of it.
+                                let row: Option<(i64, i64)> = counters
+                                    .query_row([session], |row| Ok((row.get(0)?, row.get(1)?)))
+                                    .optional()?;
+                                let context = match self.context.get(session) {
+                                    Some(context) => context.clone(),
+                                    None => {
+                                        let mut context = Context::default();
+                                        let mut rows = recent
+                                            .query(params![session, CONTEXT_EXCHANGES as i64])?;
+                                        while let Some(row) = rows.next()? {
+                                            context.push(
+                                                Arc::from(row.get_ref(0)?.as_str()?),
+                                                Arc::from(row.get_ref(1)?.as_str()?),
+                                            );
+                                        }
+                                        context
+                                    }
+                                };
+                                let (count, next_seq) = row.unwrap_or_default();
+                                Logged {
+                                    count,
+                                    next_seq,
+                                    new: row.is_none(),
+                                    context,
+                                }
+                            }
+                        };
+                        entry.insert((known, false))
+                    }
+                };
+                if let Err(refusal) = admitted.admit(logged) {
                     answers.push(Err(refusal));
                     continue;
                 }
                 let exchange = &pending.exchange;
-                let (session_ref, position, seq): (i64, i64, i64) = upsert
-                    .query_row(params![session, exchange.timestamp], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })?;
-                if !self.context.contains_key(session) {
-                    let mut context = Context::default();
-                    let mut rows = recent.query(params![session_ref, CONTEXT_EXCHANGES as i64])?;
-                    while let Some(row) = rows.next()? {
-                        context.push(
-                            Arc::from(row.get_ref(0)?.as_str()?),
-                            Arc::from(row.get_ref(1)?.as_str()?),
-                        );
-                    }
-                    self.context.insert(session.to_owned(), context);
-                }
-                let Some(context) = self.context.get_mut(session) else {
-                    unreachable!("inserted above");
-                };
                 // A panicking reply engine must not take the writer down with it.
                 let bot_reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pending.replier.reply(&exchange.user_message, &*context)
+                    pending
+                        .replier
+                        .reply(&exchange.user_message, &logged.context)
                 }))
                 .map_err(|_| Failed("the reply engine panicked".into()))?;
-                context.push(exchange.user_message.clone(), exchange.user_name.clone());
+                logged.count += 1;
+                logged.next_seq += 1;
+                logged
+                    .context
+                    .push(exchange.user_message.clone(), exchange.user_name.clone());
                 insert.execute(params![
-                    session_ref,
-                    seq,
+                    session,
+                    logged.next_seq,
                     &*exchange.user_message,
                     &*bot_reply,
                     &*exchange.user_name,
                     exchange.timestamp,
                     search_text(&exchange.user_message, &bot_reply),
                 ])?;
-                stored.push((session.to_owned(), position as usize, i));
+                *wrote = true;
+                stored.push((session.to_owned(), logged.count as usize, i));
                 answers.push(Ok(Numbered {
-                    seq: seq as u64,
+                    seq: logged.next_seq as u64,
                     entry: exchange.clone().answered(bot_reply),
                 }));
             }
         }
         tx.commit()?;
+        for (session, (logged, wrote)) in staged {
+            // A session whose every exchange was refused is as it was.
+            if !wrote {
+                continue;
+            }
+            if logged.new && !self.log.sessions.contains_key(session) {
+                self.log.new += 1;
+            }
+            self.context.remove(session);
+            self.log.sessions.insert(session.to_owned(), logged);
+        }
+        self.log.rows += stored.len();
+        self.logged.store(self.log.rows, Ordering::Release);
         Ok((answers, stored))
     }
 }
 
-/// The caps, checked as a batch goes: counts read once per session.
+/// The caps, checked as a batch goes.
 struct Admission {
     caps: Caps,
-    /// Sessions in the file, when a session cap is set.
+    /// Sessions in the file (counting the log's new ones), when a session
+    /// cap is set.
     total: usize,
-    counts: HashMap<String, usize>,
 }
 
 impl Admission {
-    fn new(tx: &rusqlite::Transaction<'_>, caps: Caps) -> Result<Self, rusqlite::Error> {
+    fn new(
+        tx: &rusqlite::Transaction<'_>,
+        caps: Caps,
+        logged_new: usize,
+    ) -> rusqlite::Result<Self> {
         let total = match caps.max_sessions {
-            Some(_) => tx.query_row("SELECT count(*) FROM sessions", [], |row| {
-                row.get::<_, i64>(0)
-            })? as usize,
+            Some(_) => {
+                tx.query_row("SELECT count(*) FROM sessions", [], |row| {
+                    row.get::<_, i64>(0)
+                })? as usize
+                    + logged_new
+            }
             None => 0,
         };
-        Ok(Self {
-            caps,
-            total,
-            counts: HashMap::new(),
-        })
+        Ok(Self { caps, total })
     }
 
-    /// Counts one more exchange for `session`, or the 507 refusing it.
-    fn admit(
-        &mut self,
-        tx: &rusqlite::Transaction<'_>,
-        session: &str,
-    ) -> Result<Result<(), StoreError>, rusqlite::Error> {
+    /// Admits one more exchange for a session as it stands, or gives the
+    /// 507 refusing it.
+    fn admit(&mut self, session: &Logged) -> Result<(), StoreError> {
         if self.caps == Caps::default() {
-            return Ok(Ok(()));
+            return Ok(());
         }
-        let count = match self.counts.get(session) {
-            Some(count) => Some(*count),
-            None => tx
-                .prepare_cached(SELECT_COUNT)?
-                .query_row([session], |row| row.get::<_, i64>(0))
-                .optional()?
-                .map(|n| n as usize),
-        };
-        match count {
-            None if self.caps.max_sessions.is_some_and(|max| self.total >= max) => Ok(Err(
-                Caps::sessions_full(self.caps.max_sessions.unwrap_or_default()),
-            )),
-            Some(n)
-                if self
-                    .caps
-                    .max_messages_per_session
-                    .is_some_and(|max| n >= max) =>
-            {
-                Ok(Err(Caps::session_full(
-                    self.caps.max_messages_per_session.unwrap_or_default(),
-                )))
-            }
-            _ => {
-                if count.is_none() {
-                    self.total += 1;
-                }
-                self.counts
-                    .insert(session.to_owned(), count.unwrap_or(0) + 1);
-                Ok(Ok(()))
-            }
+        let exists = !session.new || session.count > 0;
+        if let Some(max) = self
+            .caps
+            .max_sessions
+            .filter(|max| !exists && self.total >= *max)
+        {
+            return Err(Caps::sessions_full(max));
         }
+        if let Some(max) = self
+            .caps
+            .max_messages_per_session
+            .filter(|max| session.count as usize >= *max)
+        {
+            return Err(Caps::session_full(max));
+        }
+        if !exists {
+            self.total += 1;
+        }
+        Ok(())
     }
 }
 
@@ -559,6 +696,9 @@ impl Syncer {
                     done,
                 } => {
                     cache.removed(&session);
+                    let _ = done.send(if synced { result } else { Err(unsynced()) });
+                }
+                Committed::Settled { result, done } => {
                     let _ = done.send(if synced { result } else { Err(unsynced()) });
                 }
                 Committed::Cleared { result, done } => {
