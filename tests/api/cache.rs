@@ -473,17 +473,18 @@ async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
 /// own: (in the log, in the tables).
 fn logged_and_folded(path: &Path) -> (i64, i64) {
     let conn = rusqlite::Connection::open(path).unwrap();
-    let count = |table: &str| {
+    let count = |table: &str| -> i64 {
         conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
             row.get(0)
         })
         .unwrap()
     };
-    (count("exchange_log"), count("exchanges"))
+    let logged = (0..8).map(|k| count(&format!("exchange_log_{k}"))).sum();
+    (logged, count("exchanges"))
 }
 
-/// Commits go to a log that is folded into the tables in batches: once it
-/// holds `FOLD_ROWS` exchanges, before any query, and at open for what a
+/// Commits go to a log that is folded into the tables in batches: a part
+/// at a time once it holds `FOLD_ROWS` exchanges, before any query, and at open for what a
 /// crash left. None of it shows: histories (byte for byte, context replies
 /// included, conversations spanning a fold), counts and positions are
 /// memory mode's.
@@ -493,7 +494,8 @@ async fn the_log_folds_into_the_tables_unseen() {
     let path = dir.path().join("c.db");
     // A small cache: most reads below go to the file.
     let store = Arc::new(open(&path, 64 << 10).await);
-    let sessions = SqliteStore::FOLD_ROWS / CONVERSATION.len() + 40;
+    // A quarter more than the threshold: every log table passes its share.
+    let sessions = SqliteStore::FOLD_ROWS * 5 / 4 / CONVERSATION.len();
     let tasks: Vec<_> = (0..32)
         .map(|task| {
             let store = store.clone();
@@ -511,7 +513,7 @@ async fn the_log_folds_into_the_tables_unseen() {
     let (logged, folded) = logged_and_folded(&path);
     assert_eq!(logged + folded, written);
     assert!(
-        folded >= SqliteStore::FOLD_ROWS as i64 && logged < SqliteStore::FOLD_ROWS as i64,
+        folded >= SqliteStore::FOLD_ROWS as i64,
         "folded past the threshold, with no query asking: {logged} logged, {folded} folded"
     );
     assert!(logged > 0, "the last ones wait for the next fold");
@@ -570,4 +572,42 @@ async fn the_log_folds_into_the_tables_unseen() {
         .await
         .unwrap();
     assert_eq!(next.seq, CONVERSATION.len() as u64 + 2, "numbering goes on");
+}
+
+/// A log of many sessions with few exchanges each is folded before its rows
+/// would ask: the writer keeps each logged session's context, and this
+/// bounds how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_many_sessions_is_folded_before_its_rows_would_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = Arc::new(open(&path, 1 << 20).await);
+    let sessions = SqliteStore::FOLD_SESSIONS + 64;
+    // Each log table gets about an eighth of the sessions, one row each: far
+    // below its eighth of `FOLD_ROWS`.
+    assert!(sessions * 2 < SqliteStore::FOLD_ROWS);
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (task..sessions).step_by(32) {
+                    store
+                        .append(
+                            &id(&format!("s{i}")),
+                            exchange("Hello!", "U", 1),
+                            Arc::new(Chatbot::seed()),
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (logged, folded) = logged_and_folded(&path);
+    assert_eq!(logged + folded, sessions as i64);
+    assert!(folded > 0, "folded for its sessions: {logged} logged");
+    assert!(logged <= SqliteStore::FOLD_SESSIONS as i64);
 }

@@ -87,6 +87,9 @@ const CONNECTION_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = 
 impl SqliteStore {
     /// Exchanges the writer's log holds before it folds them into the tables.
     pub const FOLD_ROWS: usize = writer::FOLD_ROWS;
+    /// Sessions the writer's log holds before it folds them, whatever their
+    /// exchanges (the writer keeps each one's context until then).
+    pub const FOLD_SESSIONS: usize = writer::FOLD_SESSIONS;
 
     /// Opens (or creates) the file at `path`, runs the migrations and starts
     /// the writer. Fails if another process has the file open as a store.

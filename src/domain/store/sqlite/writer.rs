@@ -10,14 +10,16 @@
 //! the disk flushes the last, and a 200 still means on disk: exactly what
 //! `synchronous = FULL` gives, without its wait inside every commit.
 //!
-//! A group's exchanges are appended to one table, `exchange_log`, whose end
-//! is a few pages for the whole group; a row in `exchanges` (clustered by
-//! session) and its session's counters would each take a page of their own,
-//! and every page a commit touches is written to the log and flushed. Every
-//! [`FOLD_ROWS`] exchanges, and before anything else reads or changes the
-//! tables, the writer moves the log into `exchanges` and `sessions` in one
-//! transaction (a "fold"), where many exchanges share each page. Until then
-//! it knows each logged session's counters and context itself.
+//! A group's exchanges are appended to the log tables (`exchange_log_0` to
+//! `_7`, each session always to the same one), whose ends are a few pages
+//! for the whole group; a row in `exchanges` (clustered by session) and its
+//! session's counters would each take a page of their own, and every page a
+//! commit touches is written to the write-ahead log and flushed. Once a log
+//! table holds its eighth of [`FOLD_ROWS`] exchanges, and before anything
+//! else reads or changes the tables, the writer moves it into `exchanges`
+//! and `sessions` in one transaction (a "fold"), where many exchanges share
+//! each page. Until then it knows each logged session's counters and context
+//! itself.
 //!
 //! Deletes, clears, expiries and changes go through the same queue, in
 //! order, each after a fold.
@@ -42,10 +44,25 @@ use crate::domain::store::{Caps, Changed, Numbered, StoreError, search_text};
 /// (besides those with exchanges in the log, which it keeps until a fold).
 const CONTEXT_SESSIONS: usize = 4096;
 
-/// Exchanges in the log past which the writer folds it into the tables:
-/// large enough that a fold writes each page for many exchanges, small
-/// enough that one takes a few milliseconds.
-pub(super) const FOLD_ROWS: usize = 8192;
+/// Exchanges in the log tables at which the writer folds them into the
+/// tables, a table at a time as each holds its share: large enough that a
+/// fold writes each page for many exchanges, and in eight parts so that the
+/// writer pauses for each a few milliseconds (`benches/sqlite.sh`).
+pub(super) const FOLD_ROWS: usize = 16384;
+
+/// Sessions in the log tables past which the writer folds one, whatever
+/// their rows: it keeps their contexts until then, so this bounds them.
+pub(super) const FOLD_SESSIONS: usize = CONTEXT_SESSIONS;
+
+/// Log tables: a session's rows go to one, chosen by [`log_table`].
+const LOG_TABLES: usize = 8;
+
+/// The log table of `session`'s rows, the same for every write of a process
+/// (the log is empty when a process starts).
+fn log_table(session: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(session) as usize % LOG_TABLES
+}
 
 /// How a commit is made durable before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,41 +149,67 @@ impl History for Context {
 }
 
 const SELECT_COUNTERS: &str = "SELECT message_count, next_seq FROM sessions WHERE session_id = ?1";
-const LOG_EXCHANGE: &str = "\
-    INSERT INTO exchange_log \
-    (session_id, seq, user_message, bot_reply, user_name, created_at, search_text) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const SELECT_CONTEXT: &str = "\
     SELECT user_message, user_name FROM (SELECT seq, user_message, user_name FROM exchanges \
     WHERE session_ref = (SELECT id FROM sessions WHERE session_id = ?1) \
     ORDER BY seq DESC LIMIT ?2) ORDER BY seq";
 
-/// The log's sessions, counted into `sessions` (created where new), then its
-/// exchanges into `exchanges` in key order, then the log emptied. First and
-/// last times as an edit computes them (change.rs): the earliest and latest.
-const FOLD: [&str; 3] = [
-    "INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
-     SELECT session_id, count(*), min(created_at), max(created_at), max(seq) \
-     FROM exchange_log WHERE true GROUP BY session_id \
-     ON CONFLICT (session_id) DO UPDATE \
-     SET first_at = CASE WHEN message_count = 0 THEN excluded.first_at ELSE first_at END, \
-     message_count = message_count + excluded.message_count, \
-     next_seq = excluded.next_seq, last_at = max(last_at, excluded.last_at)",
-    "INSERT INTO exchanges \
-     (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
-     SELECT s.id, l.seq, l.user_message, l.bot_reply, l.user_name, l.created_at, l.search_text \
-     FROM exchange_log l JOIN sessions s ON s.session_id = l.session_id \
-     ORDER BY s.id, l.seq",
-    "DELETE FROM exchange_log",
-];
+/// The SQL of one log table: its insert and its fold (its sessions counted
+/// into `sessions`, created where new; then its exchanges into `exchanges`
+/// in key order; then the table emptied). First and last times as an edit
+/// computes them (change.rs): the earliest and latest.
+struct LogSql {
+    insert: String,
+    fold: [String; 3],
+}
 
-/// Moves every exchange in the log into the tables, in one transaction.
-pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<()> {
+static LOG_SQL: std::sync::LazyLock<Vec<LogSql>> = std::sync::LazyLock::new(|| {
+    (0..LOG_TABLES)
+        .map(|k| LogSql {
+            insert: format!(
+                "INSERT INTO exchange_log_{k} \
+                 (session_id, seq, user_message, bot_reply, user_name, created_at, search_text) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            fold: [
+                format!(
+                    "INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
+                     SELECT session_id, count(*), min(created_at), max(created_at), max(seq) \
+                     FROM exchange_log_{k} WHERE true GROUP BY session_id \
+                     ON CONFLICT (session_id) DO UPDATE \
+                     SET first_at = CASE WHEN message_count = 0 THEN excluded.first_at ELSE first_at END, \
+                     message_count = message_count + excluded.message_count, \
+                     next_seq = excluded.next_seq, last_at = max(last_at, excluded.last_at)"
+                ),
+                format!(
+                    "INSERT INTO exchanges \
+                     (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
+                     SELECT s.id, l.seq, l.user_message, l.bot_reply, l.user_name, l.created_at, \
+                     l.search_text FROM exchange_log_{k} l JOIN sessions s ON s.session_id = l.session_id \
+                     ORDER BY s.id, l.seq"
+                ),
+                format!("DELETE FROM exchange_log_{k}"),
+            ],
+        })
+        .collect()
+});
+
+/// Moves the exchanges of the given log tables into the tables, in one
+/// transaction.
+fn fold_tables(conn: &mut Connection, tables: impl Iterator<Item = usize>) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for statement in FOLD {
-        tx.prepare_cached(statement)?.execute([])?;
+    for k in tables {
+        for statement in &LOG_SQL[k].fold {
+            tx.prepare_cached(statement)?.execute([])?;
+        }
     }
     tx.commit()
+}
+
+/// Moves every exchange in the log tables into the tables (at open: what a
+/// crash left).
+pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<()> {
+    fold_tables(conn, 0..LOG_TABLES)
 }
 
 /// A session with exchanges in the log: what `sessions` will say of it after
@@ -182,14 +225,20 @@ struct Logged {
     context: Context,
 }
 
-/// What the writer knows of the log, between folds.
+/// What the writer knows of the log tables, between folds.
 #[derive(Default)]
 struct Log {
     sessions: HashMap<String, Logged>,
-    /// Exchanges in it.
-    rows: usize,
-    /// Sessions in it that `sessions` does not have yet.
+    /// Exchanges in each.
+    rows: [usize; LOG_TABLES],
+    /// Sessions in them that `sessions` does not have yet.
     new: usize,
+}
+
+impl Log {
+    fn rows(&self) -> usize {
+        self.rows.iter().sum()
+    }
 }
 
 /// The writer's side: its connection, what it remembers, where it hands off.
@@ -304,9 +353,15 @@ impl Writer {
                 }
             }
             self.commit_group(&mut batch);
-            if self.log.rows >= FOLD_ROWS {
+            // At most one table per group, so the pauses are spread out.
+            let fullest = (0..LOG_TABLES)
+                .max_by_key(|k| self.log.rows[*k])
+                .unwrap_or(0);
+            if self.log.rows[fullest] >= FOLD_ROWS / LOG_TABLES
+                || self.log.sessions.len() > FOLD_SESSIONS
+            {
                 // Failing, it is tried again after the next group.
-                let _ = self.fold();
+                let _ = self.fold_table(fullest);
             }
         }
     }
@@ -316,24 +371,42 @@ impl Writer {
         let _ = self.committed.send(committed);
     }
 
-    /// Folds the log into the tables, if it holds anything. On failure the
-    /// log stays as it was (and what the writer knows of it).
+    /// Folds every log table that holds anything. On failure the log stays
+    /// as it was (and what the writer knows of it).
     fn fold(&mut self) -> Result<(), StoreError> {
-        if self.log.rows == 0 {
+        for k in 0..LOG_TABLES {
+            self.fold_table(k)?;
+        }
+        Ok(())
+    }
+
+    /// Folds log table `k` into the tables, if it holds anything.
+    fn fold_table(&mut self, k: usize) -> Result<(), StoreError> {
+        let rows = self.log.rows[k];
+        if rows == 0 {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        if let Err(err) = fold(&mut self.conn) {
-            tracing::error!(error = %err, exchanges = self.log.rows, "folding the log failed");
+        if let Err(err) = fold_tables(&mut self.conn, std::iter::once(k)) {
+            tracing::error!(error = %err, exchanges = rows, "folding the log failed");
             return Err(unavailable(err));
         }
-        tracing::debug!(exchanges = self.log.rows, elapsed = ?started.elapsed(), "log folded");
-        for (session, logged) in self.log.sessions.drain() {
-            self.context.insert(session, logged.context);
+        tracing::debug!(table = k, exchanges = rows, elapsed = ?started.elapsed(), "log folded");
+        let folded: Vec<String> = self
+            .log
+            .sessions
+            .keys()
+            .filter(|session| log_table(session) == k)
+            .cloned()
+            .collect();
+        for session in folded {
+            if let Some(logged) = self.log.sessions.remove(&session) {
+                self.log.new -= usize::from(logged.new);
+                self.context.insert(session, logged.context);
+            }
         }
-        self.log.rows = 0;
-        self.log.new = 0;
-        self.logged.store(0, Ordering::Release);
+        self.log.rows[k] = 0;
+        self.logged.store(self.log.rows(), Ordering::Release);
         Ok(())
     }
 
@@ -459,9 +532,13 @@ impl Writer {
         let mut stored = Vec::with_capacity(batch.len());
         // The batch's sessions as they will be once it has committed.
         let mut staged: HashMap<&str, (Logged, bool)> = HashMap::new();
+        let mut logged_rows = [0; LOG_TABLES];
         {
             let mut counters = tx.prepare_cached(SELECT_COUNTERS)?;
-            let mut insert = tx.prepare_cached(LOG_EXCHANGE)?;
+            let mut inserts = LOG_SQL
+                .iter()
+                .map(|sql| tx.prepare_cached(&sql.insert))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut recent = tx.prepare_cached(SELECT_CONTEXT)?;
             for (i, pending) in batch.iter().enumerate() {
                 let session = pending.session.as_str();
@@ -519,7 +596,8 @@ impl Writer {
                 logged
                     .context
                     .push(exchange.user_message.clone(), exchange.user_name.clone());
-                insert.execute(params![
+                let table = log_table(session);
+                inserts[table].execute(params![
                     session,
                     logged.next_seq,
                     &*exchange.user_message,
@@ -529,6 +607,7 @@ impl Writer {
                     search_text(&exchange.user_message, &bot_reply),
                 ])?;
                 *wrote = true;
+                logged_rows[table] += 1;
                 stored.push((session.to_owned(), logged.count as usize, i));
                 answers.push(Ok(Numbered {
                     seq: logged.next_seq as u64,
@@ -548,8 +627,10 @@ impl Writer {
             self.context.remove(session);
             self.log.sessions.insert(session.to_owned(), logged);
         }
-        self.log.rows += stored.len();
-        self.logged.store(self.log.rows, Ordering::Release);
+        for (rows, added) in self.log.rows.iter_mut().zip(logged_rows) {
+            *rows += added;
+        }
+        self.logged.store(self.log.rows(), Ordering::Release);
         Ok((answers, stored))
     }
 }
