@@ -196,7 +196,10 @@ static LOG_SQL: std::sync::LazyLock<Vec<LogSql>> = std::sync::LazyLock::new(|| {
 
 /// Moves the exchanges of the given log tables into the tables, in one
 /// transaction.
-fn fold_tables(conn: &mut Connection, tables: impl Iterator<Item = usize>) -> rusqlite::Result<()> {
+fn fold_log_tables(
+    conn: &mut Connection,
+    tables: impl Iterator<Item = usize>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for k in tables {
         for statement in &LOG_SQL[k].fold {
@@ -209,7 +212,7 @@ fn fold_tables(conn: &mut Connection, tables: impl Iterator<Item = usize>) -> ru
 /// Moves every exchange in the log tables into the tables (at open: what a
 /// crash left).
 pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<()> {
-    fold_tables(conn, 0..LOG_TABLES)
+    fold_log_tables(conn, 0..LOG_TABLES)
 }
 
 /// A session with exchanges in the log: what `sessions` will say of it after
@@ -361,7 +364,7 @@ impl Writer {
                 || self.log.sessions.len() > FOLD_SESSIONS
             {
                 // Failing, it is tried again after the next group.
-                let _ = self.fold_table(fullest);
+                let _ = self.fold_tables(&[fullest]);
             }
         }
     }
@@ -371,32 +374,30 @@ impl Writer {
         let _ = self.committed.send(committed);
     }
 
-    /// Folds every log table that holds anything. On failure the log stays
-    /// as it was (and what the writer knows of it).
+    /// Folds every log table that holds anything, in one transaction. On
+    /// failure the log stays as it was (and what the writer knows of it).
     fn fold(&mut self) -> Result<(), StoreError> {
-        for k in 0..LOG_TABLES {
-            self.fold_table(k)?;
-        }
-        Ok(())
+        let tables: Vec<usize> = (0..LOG_TABLES).filter(|k| self.log.rows[*k] > 0).collect();
+        self.fold_tables(&tables)
     }
 
-    /// Folds log table `k` into the tables, if it holds anything.
-    fn fold_table(&mut self, k: usize) -> Result<(), StoreError> {
-        let rows = self.log.rows[k];
-        if rows == 0 {
+    /// Folds the given log tables into the tables, in one transaction.
+    fn fold_tables(&mut self, tables: &[usize]) -> Result<(), StoreError> {
+        if tables.is_empty() {
             return Ok(());
         }
+        let rows: usize = tables.iter().map(|k| self.log.rows[*k]).sum();
         let started = std::time::Instant::now();
-        if let Err(err) = fold_tables(&mut self.conn, std::iter::once(k)) {
+        if let Err(err) = fold_log_tables(&mut self.conn, tables.iter().copied()) {
             tracing::error!(error = %err, exchanges = rows, "folding the log failed");
             return Err(unavailable(err));
         }
-        tracing::debug!(table = k, exchanges = rows, elapsed = ?started.elapsed(), "log folded");
+        tracing::debug!(?tables, exchanges = rows, elapsed = ?started.elapsed(), "log folded");
         let folded: Vec<String> = self
             .log
             .sessions
             .keys()
-            .filter(|session| log_table(session) == k)
+            .filter(|session| tables.contains(&log_table(session)))
             .cloned()
             .collect();
         for session in folded {
@@ -405,7 +406,9 @@ impl Writer {
                 self.context.insert(session, logged.context);
             }
         }
-        self.log.rows[k] = 0;
+        for k in tables {
+            self.log.rows[*k] = 0;
+        }
         self.logged.store(self.log.rows(), Ordering::Release);
         Ok(())
     }
