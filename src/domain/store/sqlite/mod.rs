@@ -186,10 +186,17 @@ impl SqliteStore {
         &self,
         read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.settle().await?;
+        self.readers.run(read).await
+    }
+
+    /// Waits until the tables hold every write answered so far (a fold of
+    /// the writer's log, if it holds anything).
+    async fn settle(&self) -> Result<(), StoreError> {
         if self.logged.load(Ordering::Acquire) > 0 {
             self.writes.settle().await?;
         }
-        self.readers.run(read).await
+        Ok(())
     }
 
     /// Reads a session that is not cached from the file (one indexed
@@ -501,6 +508,10 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        // The file whole in its tables, for whatever opens it next.
+        if let Err(err) = self.settle().await {
+            tracing::warn!(error = %err, "the log could not be folded at close; the next start does");
+        }
         let (commits, exchanges) = self.stats.snapshot();
         tracing::info!(commits, exchanges, "group commit totals");
         // Let another store (a restart in the same process) open the file.

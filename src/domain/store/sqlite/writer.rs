@@ -25,6 +25,7 @@
 //! order, each after a fold.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -546,37 +547,12 @@ impl Writer {
             for (i, pending) in batch.iter().enumerate() {
                 let session = pending.session.as_str();
                 let (logged, wrote) = match staged.entry(session) {
-                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(entry) => {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
                         let known = match self.log.sessions.get(session) {
                             Some(logged) => logged.clone(),
                             None => {
-                                // Not in the log: the tables have all of it.
-                                let row: Option<(i64, i64)> = counters
-                                    .query_row([session], |row| Ok((row.get(0)?, row.get(1)?)))
-                                    .optional()?;
-                                let context = match self.context.get(session) {
-                                    Some(context) => context.clone(),
-                                    None => {
-                                        let mut context = Context::default();
-                                        let mut rows = recent
-                                            .query(params![session, CONTEXT_EXCHANGES as i64])?;
-                                        while let Some(row) = rows.next()? {
-                                            context.push(
-                                                Arc::from(row.get_ref(0)?.as_str()?),
-                                                Arc::from(row.get_ref(1)?.as_str()?),
-                                            );
-                                        }
-                                        context
-                                    }
-                                };
-                                let (count, next_seq) = row.unwrap_or_default();
-                                Logged {
-                                    count,
-                                    next_seq,
-                                    new: row.is_none(),
-                                    context,
-                                }
+                                from_tables(session, &mut self.context, &mut counters, &mut recent)?
                             }
                         };
                         entry.insert((known, false))
@@ -636,6 +612,41 @@ impl Writer {
         self.logged.store(self.log.rows(), Ordering::Release);
         Ok((answers, stored))
     }
+}
+
+/// A session that has nothing in the log, as the tables have it: counters
+/// from its row (a new one if none), context from the writer's cache or
+/// else its latest exchanges.
+fn from_tables(
+    session: &str,
+    contexts: &mut LruCache<String, Context>,
+    counters: &mut rusqlite::CachedStatement<'_>,
+    recent: &mut rusqlite::CachedStatement<'_>,
+) -> Result<Logged, Failed> {
+    let row: Option<(i64, i64)> = counters
+        .query_row([session], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let context = match contexts.get(session) {
+        Some(context) => context.clone(),
+        None => {
+            let mut context = Context::default();
+            let mut rows = recent.query(params![session, CONTEXT_EXCHANGES as i64])?;
+            while let Some(row) = rows.next()? {
+                context.push(
+                    Arc::from(row.get_ref(0)?.as_str()?),
+                    Arc::from(row.get_ref(1)?.as_str()?),
+                );
+            }
+            context
+        }
+    };
+    let (count, next_seq) = row.unwrap_or_default();
+    Ok(Logged {
+        count,
+        next_seq,
+        new: row.is_none(),
+        context,
+    })
 }
 
 /// The caps, checked as a batch goes.
