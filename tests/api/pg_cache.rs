@@ -310,3 +310,64 @@ async fn a_database_of_the_previous_release_migrates_and_caches() {
         .unwrap();
     assert_eq!(&*page.entries[1].bot_reply, "R2");
 }
+
+/// The commit task keeps the latest exchanges of the sessions it wrote to,
+/// for the reply engine; it uses them only while nobody else changed the
+/// session: another instance's append, an edit (by an instance or by plain
+/// SQL), a delete and new beginning are all seen by the next reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reply_context_a_commit_task_keeps_yields_to_every_other_change() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let (a, b) = (open(&schema).await, open(&schema).await);
+    async fn reply(store: &PostgresStore, message: &str) -> String {
+        let exchange = NewExchange {
+            user_message: message.into(),
+            user_name: "U".into(),
+            timestamp: 1_700_000_000,
+        };
+        let answered = store
+            .append(&id("s"), exchange, Arc::new(Chatbot::default()))
+            .await
+            .unwrap();
+        answered.bot_reply.to_string()
+    }
+    const ASK: &str = "what did I just say?";
+    say(&a, "s", "tea").await;
+    assert_eq!(reply(&a, ASK).await, "You said: \"tea\"", "a's own context");
+    say(&b, "s", "coffee").await;
+    assert_eq!(reply(&a, ASK).await, "You said: \"coffee\"", "b's append");
+
+    let (dyn_a, dyn_b): (&dyn Store, &dyn Store) = (&*a, &*b);
+    say(&a, "s", "milk").await;
+    let edit = Edit {
+        user_message: Some("MILK".into()),
+        bot_reply: None,
+    };
+    dyn_b.edit(&id("s"), At::Position(4), edit).await.unwrap();
+    assert_eq!(reply(&a, ASK).await, "You said: \"MILK\"", "b's edit");
+
+    say(&a, "s", "juice").await;
+    let mut sql = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    sql.execute("UPDATE exchanges SET user_message = 'JUICE' WHERE user_message = 'juice'")
+        .await
+        .unwrap();
+    assert_eq!(reply(&a, ASK).await, "You said: \"JUICE\"", "plain SQL");
+
+    say(&a, "s", "water").await;
+    assert!(dyn_b.delete("s").await.unwrap());
+    assert_eq!(
+        reply(&a, ASK).await,
+        "You haven't said anything yet in this conversation.",
+        "deleted on b"
+    );
+    // a's own edit, too.
+    say(&a, "s", "soda").await;
+    let edit = Edit {
+        user_message: Some("SODA".into()),
+        bot_reply: None,
+    };
+    dyn_a.edit(&id("s"), At::Position(1), edit).await.unwrap();
+    assert_eq!(reply(&a, ASK).await, "You said: \"SODA\"", "a's edit");
+}

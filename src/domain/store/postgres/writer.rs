@@ -2,13 +2,17 @@
 //!
 //! Appends queue up and are written in groups (one transaction, one commit,
 //! then every request in the group is answered). Deletes and clears go
-//! through the same queue, in order. Other instances write too, so the task
-//! remembers nothing between groups: each group reads its sessions' latest
-//! exchanges after locking their rows.
+//! through the same queue, in order. Other instances write too, so what the
+//! task remembers of a session between groups (its latest exchanges, for
+//! the reply engine) is used only when the session's row comes back from
+//! the group's upsert exactly one version past where the task's own last
+//! commit left it: nobody else changed it meanwhile. Otherwise the group
+//! reads those sessions' latest exchanges after locking their rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use hashlink::LruCache;
 use sqlx::{FromRow, PgPool};
 use tokio::sync::mpsc;
 
@@ -18,6 +22,13 @@ use crate::domain::chatbot::CONTEXT_EXCHANGES;
 use crate::domain::models::ConversationEntry;
 use crate::domain::store::queue::{Command, CommitStats, MAX_BATCH, Pending};
 use crate::domain::store::{Caps, Numbered, StoreError, search_text};
+
+/// Sessions whose latest exchanges the task keeps, with the row version its
+/// own commit left them at.
+const CONTEXT_SESSIONS: usize = 4096;
+
+/// The latest exchanges of sessions this task wrote to, by session id.
+type Contexts = LruCache<String, (RowVersion, Vec<ConversationEntry>)>;
 
 /// Runs until every sender is gone: groups consecutive appends into one
 /// commit; deletes and clears run in queue order between groups.
@@ -30,12 +41,13 @@ pub(super) async fn commit_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut contexts = Contexts::new(CONTEXT_SESSIONS);
     while queue.recv_many(&mut received, MAX_BATCH).await > 0 {
         for command in received.drain(..) {
             match command {
                 Command::Append(pending) => batch.push(pending),
                 Command::Delete { session, done } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
                     let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
                         .bind(&session)
                         .execute(&pool)
@@ -49,12 +61,12 @@ pub(super) async fn commit_loop(
                     change,
                     done,
                 } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
                     let result = super::change::apply(&pool, caps, session.as_str(), change).await;
                     let _ = done.send(result);
                 }
                 Command::Clear { done } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
                     let result = sqlx::query("DELETE FROM sessions")
                         .execute(&pool)
                         .await
@@ -63,7 +75,7 @@ pub(super) async fn commit_loop(
                     let _ = done.send(result);
                 }
                 Command::Expire { before, done } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache).await;
+                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
                     let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
                         .bind(before)
                         .execute(&pool)
@@ -78,7 +90,7 @@ pub(super) async fn commit_loop(
                 }
             }
         }
-        commit_group(&pool, &mut batch, &stats, caps, &cache).await;
+        commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
     }
 }
 
@@ -89,12 +101,13 @@ async fn commit_group(
     stats: &CommitStats,
     caps: Caps,
     cache: &Cache,
+    contexts: &mut Contexts,
 ) {
     if batch.is_empty() {
         return;
     }
     let started = std::time::Instant::now();
-    match write_batch(pool, batch, caps, cache).await {
+    match write_batch(pool, batch, caps, cache, contexts).await {
         Ok(outcomes) => {
             let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
             stats.committed(stored);
@@ -236,6 +249,7 @@ async fn write_batch(
     batch: &[Pending],
     caps: Caps,
     cache: &Cache,
+    contexts: &mut Contexts,
 ) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let refusals = admit(&mut tx, batch, caps).await?;
@@ -286,9 +300,19 @@ async fn write_batch(
         }
     }
 
-    // Recent history per session row, read after the rows are locked.
+    // Recent history per session row: kept from this task's last commit
+    // to it if the upsert took the row exactly one version past that commit
+    // (nobody else changed it since), else read after the rows are locked.
     let mut context: HashMap<i64, Vec<ConversationEntry>> = HashMap::with_capacity(next_seq.len());
-    let missing: Vec<i64> = next_seq.values().map(|(row, _)| row.id).collect();
+    let mut missing = Vec::new();
+    for (session, (row, _)) in &next_seq {
+        match contexts.remove(session) {
+            Some((kept, entries)) if kept.id == row.id && kept.version + 1 == row.version => {
+                context.insert(row.id, entries);
+            }
+            _ => missing.push(row.id),
+        }
+    }
     let mut missing = missing.into_iter();
     for size in chunk_sizes(missing.len()) {
         let sql = Statements::of_size(&STATEMENTS.context, size);
@@ -352,6 +376,12 @@ async fn write_batch(
         query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    for (session, (row, _)) in &next_seq {
+        if let Some(mut entries) = context.remove(&row.id) {
+            entries.drain(..entries.len().saturating_sub(CONTEXT_EXCHANGES));
+            contexts.insert(session.clone(), (*row, entries));
+        }
+    }
 
     // Cached copies of these sessions, extended by what this batch added.
     let mut added: BTreeMap<&str, Vec<&ConversationEntry>> = BTreeMap::new();
