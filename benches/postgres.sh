@@ -3,7 +3,7 @@
 # least 0.25x memory, POST /chat at least 0.2x), the working tree against
 # the same server built from BASE_REV (default: HEAD, so an uncommitted
 # change is measured against what it changes), alternating, ROUNDS rounds,
-# 32 connections, RUST_LOG=warn. The database shares the machine's two cores
+# 32 connections (and 256 for POST), RUST_LOG=warn. The database shares the machine's two cores
 # with the server (core 0) and wrk (core 1).
 #
 #   benches/postgres.sh                       # ~5 minutes plus one release build of BASE_REV
@@ -34,6 +34,7 @@ for round in $(seq "$ROUNDS"); do
         echo "== round $round, $which" >&2
         start "$which" "$binary" --store "$store" --port "$PORT"
         R[$which/post/$round]=$(load 32 benches/post.lua /)
+        R[$which/post256/$round]=$(load 256 benches/post.lua /)
         populate h100 100
         curl -s -o /dev/null "127.0.0.1:$PORT/chat/history/h100"
         R[$which/get/$round]=$(load 32 "" /chat/history/h100)
@@ -43,12 +44,13 @@ done
 
 col() { for r in $(seq "$ROUNDS"); do cut -d' ' -f"$2" <<<"${R[$1/$r]}"; done | median; }
 echo
-echo "### PostgreSQL against memory mode: 32 connections, $ROUNDS rounds"
+echo "### PostgreSQL against memory mode: 32 connections unless said, $ROUNDS rounds"
 echo
 echo "| server | request | median req/s | p50 / p99 (µs) | vs memory | rounds (vs memory) |"
 echo "|---|---|---|---|---|---|"
-for what in post get; do
-    label="POST /chat"
+for what in post post256 get; do
+    label="POST /chat, 32 connections"
+    [ "$what" = post256 ] && label="POST /chat, 256 connections"
     [ "$what" = get ] && label="GET 100 exchanges"
     for which in memory base new; do
         rounds=$(for r in $(seq "$ROUNDS"); do
