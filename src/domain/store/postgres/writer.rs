@@ -126,104 +126,35 @@ async fn commit_group(
     }
 }
 
-/// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `columns` columns.
-fn insert_sql(head: &str, rows: usize, columns: usize, tail: &str) -> String {
-    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 6);
-    sql.push_str(head);
-    sql.push_str(" VALUES ");
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", row * columns + column + 1));
-        }
-        sql.push(')');
-    }
-    sql.push(' ');
-    sql.push_str(tail);
-    sql
-}
+/// Adds to each session row (creating missing ones) what the group adds and
+/// returns each session's row id, last exchange id and version: one
+/// statement whatever the group's size, the rows as arrays. Rows come in
+/// `session_id` order and lock in it, so two instances committing
+/// overlapping groups cannot deadlock.
+const UPSERT_SESSIONS: &str = "\
+    INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $2::bigint[]) \
+    ON CONFLICT (session_id) DO UPDATE \
+    SET message_count = sessions.message_count + excluded.message_count, \
+    next_seq = sessions.next_seq + excluded.next_seq, last_at = excluded.last_at, \
+    first_at = CASE WHEN sessions.message_count = 0 THEN excluded.first_at ELSE sessions.first_at END \
+    RETURNING id, session_id, next_seq, version";
 
-/// Adds `k` exchanges to each session row (creating missing ones) and returns
-/// each session's row id and new count. Rows lock in `session_id` order, so
-/// two instances committing overlapping batches cannot deadlock.
-fn upsert_sessions_sql(sessions: usize) -> String {
-    insert_sql(
-        "INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq)",
-        sessions,
-        5,
-        "ON CONFLICT (session_id) DO UPDATE \
-         SET message_count = sessions.message_count + excluded.message_count, \
-         next_seq = sessions.next_seq + excluded.next_seq, last_at = excluded.last_at, \
-         first_at = CASE WHEN sessions.message_count = 0 THEN excluded.first_at ELSE sessions.first_at END \
-         RETURNING id, session_id, next_seq, version",
-    )
-}
+/// The group's exchanges, as arrays: one statement whatever its size.
+const INSERT_EXCHANGES: &str = "\
+    INSERT INTO exchanges \
+    (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+    $6::bigint[], $7::text[])";
 
-fn insert_exchanges_sql(rows: usize) -> String {
-    insert_sql(
-        "INSERT INTO exchanges \
-         (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text)",
-        rows,
-        7,
-        "",
-    )
-}
-
-/// The latest exchanges of the batch's sessions, read after their rows are
-/// locked (and before this batch's are written), so each reply sees exactly
-/// the history before it. `$1` is the window; the rest are session row ids.
-fn select_context_sql(sessions: usize) -> String {
-    let ids: Vec<String> = (0..sessions).map(|i| format!("${}", i + 2)).collect();
-    format!(
-        "SELECT s.id AS session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
-         FROM sessions s CROSS JOIN LATERAL (SELECT seq, user_message, bot_reply, user_name, created_at \
-         FROM exchanges WHERE session_ref = s.id ORDER BY seq DESC LIMIT $1) e \
-         WHERE s.id IN ({}) ORDER BY s.id, e.seq",
-        ids.join(", ")
-    )
-}
-
-/// The most rows one multi-row statement has: 2^this.
-const MAX_ROWS_LOG2: u32 = 6;
-
-/// Splits `n` rows into power-of-two chunk sizes, largest first: every
-/// multi-row statement then has one of a few SQL texts, each prepared once
-/// per connection and reused (SQLite parsing a new text for every group was
-/// a third of the work of a durable write).
-fn chunk_sizes(mut n: usize) -> Vec<usize> {
-    let mut sizes = Vec::new();
-    while n > 0 {
-        let size = 1 << n.ilog2().min(MAX_ROWS_LOG2);
-        sizes.push(size);
-        n -= size;
-    }
-    sizes
-}
-
-/// The multi-row statements' SQL, one text per chunk size, built once.
-struct Statements {
-    upsert: Vec<String>,
-    context: Vec<String>,
-    insert: Vec<String>,
-}
-
-impl Statements {
-    fn of_size(texts: &[String], size: usize) -> &str {
-        &texts[size.trailing_zeros() as usize]
-    }
-}
-
-static STATEMENTS: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| {
-    let sizes = || (0..=MAX_ROWS_LOG2).map(|k| 1usize << k);
-    Statements {
-        upsert: sizes().map(upsert_sessions_sql).collect(),
-        context: sizes().map(select_context_sql).collect(),
-        insert: sizes().map(insert_exchanges_sql).collect(),
-    }
-});
+/// The latest exchanges of the sessions whose row ids are `$2`, read after
+/// their rows are locked (and before this group's are written), so each
+/// reply sees exactly the history before it. `$1` is the window.
+const SELECT_CONTEXT: &str = "\
+    SELECT s.id AS session_ref, e.user_message, e.bot_reply, e.user_name, e.created_at \
+    FROM sessions s CROSS JOIN LATERAL (SELECT seq, user_message, bot_reply, user_name, created_at \
+    FROM exchanges WHERE session_ref = s.id ORDER BY seq DESC LIMIT $1) e \
+    WHERE s.id = ANY($2::bigint[]) ORDER BY s.id, e.seq";
 
 #[derive(FromRow)]
 struct ContextRow {
@@ -282,22 +213,16 @@ async fn write_batch(
     // seq its next exchange in this batch gets. Chunks go in session-id
     // order, so rows still lock in that order.
     let mut next_seq: HashMap<String, (RowVersion, i64)> = HashMap::with_capacity(tallies.len());
-    let mut sessions = tallies.iter();
-    for size in chunk_sizes(tallies.len()) {
-        let sql = Statements::of_size(&STATEMENTS.upsert, size);
-        let mut query = sqlx::query_as::<_, (i64, String, i64, i64)>(sql);
-        for (session, tally) in sessions.by_ref().take(size) {
-            query = query
-                .bind(*session)
-                .bind(tally.count)
-                .bind(tally.first_at)
-                .bind(tally.last_at)
-                .bind(tally.count);
-        }
-        for (id, session, last_seq, version) in query.fetch_all(&mut *tx).await? {
-            let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
-            next_seq.insert(session, (RowVersion { id, version }, last_seq - added + 1));
-        }
+    let upserted: Vec<(i64, String, i64, i64)> = sqlx::query_as(UPSERT_SESSIONS)
+        .bind(tallies.keys().copied().collect::<Vec<&str>>())
+        .bind(tallies.values().map(|t| t.count).collect::<Vec<i64>>())
+        .bind(tallies.values().map(|t| t.first_at).collect::<Vec<i64>>())
+        .bind(tallies.values().map(|t| t.last_at).collect::<Vec<i64>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    for (id, session, last_seq, version) in upserted {
+        let added = tallies.get(session.as_str()).map_or(0, |t| t.count);
+        next_seq.insert(session, (RowVersion { id, version }, last_seq - added + 1));
     }
 
     // Recent history per session row: kept from this task's last commit
@@ -313,14 +238,13 @@ async fn write_batch(
             _ => missing.push(row.id),
         }
     }
-    let mut missing = missing.into_iter();
-    for size in chunk_sizes(missing.len()) {
-        let sql = Statements::of_size(&STATEMENTS.context, size);
-        let mut query = sqlx::query_as::<_, ContextRow>(sql).bind(CONTEXT_EXCHANGES as i64);
-        for id in missing.by_ref().take(size) {
-            query = query.bind(id);
-        }
-        for row in query.fetch_all(&mut *tx).await? {
+    if !missing.is_empty() {
+        let rows: Vec<ContextRow> = sqlx::query_as(SELECT_CONTEXT)
+            .bind(CONTEXT_EXCHANGES as i64)
+            .bind(missing)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
             context
                 .entry(row.session_ref)
                 .or_default()
@@ -359,22 +283,20 @@ async fn write_batch(
         });
     }
 
-    let mut written = answered.iter().zip(&rows);
-    for size in chunk_sizes(answered.len()) {
-        let sql = Statements::of_size(&STATEMENTS.insert, size);
-        let mut query = sqlx::query(sql);
-        for (entry, (session_ref, seq)) in written.by_ref().take(size) {
-            query = query
-                .bind(*session_ref)
-                .bind(*seq)
-                .bind(&*entry.user_message)
-                .bind(&*entry.bot_reply)
-                .bind(&*entry.user_name)
-                .bind(entry.timestamp)
-                .bind(search_text(&entry.user_message, &entry.bot_reply));
-        }
-        query.execute(&mut *tx).await?;
-    }
+    let searched: Vec<String> = answered
+        .iter()
+        .map(|a| search_text(&a.entry.user_message, &a.entry.bot_reply))
+        .collect();
+    sqlx::query(INSERT_EXCHANGES)
+        .bind(rows.iter().map(|(session_ref, _)| *session_ref).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|(_, seq)| *seq).collect::<Vec<i64>>())
+        .bind(answered.iter().map(|a| &*a.entry.user_message).collect::<Vec<&str>>())
+        .bind(answered.iter().map(|a| &*a.entry.bot_reply).collect::<Vec<&str>>())
+        .bind(answered.iter().map(|a| &*a.entry.user_name).collect::<Vec<&str>>())
+        .bind(answered.iter().map(|a| a.entry.timestamp).collect::<Vec<i64>>())
+        .bind(searched)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     for (session, (row, _)) in &next_seq {
         if let Some(mut entries) = context.remove(&row.id) {
@@ -485,39 +407,4 @@ async fn admit(
         refusals.push(refusal);
     }
     Ok(refusals)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_split_into_few_power_of_two_chunks() {
-        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
-        assert_eq!(chunk_sizes(1), [1]);
-        assert_eq!(chunk_sizes(13), [8, 4, 1]);
-        assert_eq!(chunk_sizes(64), [64]);
-        assert_eq!(chunk_sizes(150), [64, 64, 16, 4, 2]);
-        for n in 0..600 {
-            let sizes = chunk_sizes(n);
-            assert_eq!(sizes.iter().sum::<usize>(), n);
-            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= 64));
-            assert!(sizes.len() <= 7 + n / 64);
-        }
-        assert_eq!(
-            Statements::of_size(&STATEMENTS.insert, 4),
-            insert_exchanges_sql(4)
-        );
-    }
-
-    #[test]
-    fn multi_row_inserts_number_their_parameters() {
-        assert_eq!(
-            insert_sql("INSERT INTO t (a, b)", 2, 2, "X"),
-            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X"
-        );
-        assert!(upsert_sessions_sql(1).contains("VALUES ($1, $2, $3, $4, $5) ON CONFLICT"));
-        assert!(insert_exchanges_sql(2).ends_with("($8, $9, $10, $11, $12, $13, $14) "));
-        assert!(select_context_sql(2).contains("IN ($2, $3)"));
-    }
 }
