@@ -6,6 +6,9 @@
 # same server built from BASE_REV (default: HEAD, so an uncommitted change is
 # measured against what it changes), alternating, on one copy of one file.
 #
+# The file is filled by the working tree's server, so BASE_REV must open it:
+# d65b687 or later (its migration 0004 is the log tables).
+#
 #   benches/cold.sh                     # ~4 minutes plus one release build of BASE_REV
 #   BASE_REV=<commit> ROUNDS=5 DURATION=10s benches/cold.sh
 set -euo pipefail

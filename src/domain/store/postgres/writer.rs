@@ -288,12 +288,36 @@ async fn write_batch(
         .map(|a| search_text(&a.entry.user_message, &a.entry.bot_reply))
         .collect();
     sqlx::query(INSERT_EXCHANGES)
-        .bind(rows.iter().map(|(session_ref, _)| *session_ref).collect::<Vec<i64>>())
+        .bind(
+            rows.iter()
+                .map(|(session_ref, _)| *session_ref)
+                .collect::<Vec<i64>>(),
+        )
         .bind(rows.iter().map(|(_, seq)| *seq).collect::<Vec<i64>>())
-        .bind(answered.iter().map(|a| &*a.entry.user_message).collect::<Vec<&str>>())
-        .bind(answered.iter().map(|a| &*a.entry.bot_reply).collect::<Vec<&str>>())
-        .bind(answered.iter().map(|a| &*a.entry.user_name).collect::<Vec<&str>>())
-        .bind(answered.iter().map(|a| a.entry.timestamp).collect::<Vec<i64>>())
+        .bind(
+            answered
+                .iter()
+                .map(|a| &*a.entry.user_message)
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            answered
+                .iter()
+                .map(|a| &*a.entry.bot_reply)
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            answered
+                .iter()
+                .map(|a| &*a.entry.user_name)
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            answered
+                .iter()
+                .map(|a| a.entry.timestamp)
+                .collect::<Vec<i64>>(),
+        )
         .bind(searched)
         .execute(&mut *tx)
         .await?;

@@ -394,18 +394,13 @@ impl Writer {
             return Err(unavailable(err));
         }
         tracing::debug!(?tables, exchanges = rows, elapsed = ?started.elapsed(), "log folded");
-        let folded: Vec<String> = self
+        let folded = self
             .log
             .sessions
-            .keys()
-            .filter(|session| tables.contains(&log_table(session)))
-            .cloned()
-            .collect();
-        for session in folded {
-            if let Some(logged) = self.log.sessions.remove(&session) {
-                self.log.new -= usize::from(logged.new);
-                self.context.insert(session, logged.context);
-            }
+            .extract_if(|session, _| tables.contains(&log_table(session)));
+        for (session, logged) in folded {
+            self.log.new -= usize::from(logged.new);
+            self.context.insert(session, logged.context);
         }
         for k in tables {
             self.log.rows[*k] = 0;
