@@ -47,7 +47,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-col() { for r in $(seq "$ROUNDS"); do cut -d' ' -f"$2" <<<"${R[$1/$r]}"; done | median; }
 echo
 echo "### Cold against warm SQLite reads: 100 exchanges, 1,000 sessions in turn, 32 connections, $ROUNDS rounds"
 echo

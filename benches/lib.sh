@@ -63,3 +63,12 @@ base_binary() { # revision, work tree -> path of chatbot-api built from that rev
     fi
     echo "$tree/target/release/chatbot-api"
 }
+col() { # key prefix, field (1 rps, 2 p50, 3 p99) -> the median over ROUNDS rounds of R[prefix/round]
+    for r in $(seq "$ROUNDS"); do cut -d' ' -f"$2" <<<"${R[$1/$r]}"; done | median
+}
+ab_row() { # server, workload key, label -> one row of an A/B table against memory in the same rounds
+    local which=$1 what=$2 label=$3 rounds
+    rounds=$(for r in $(seq "$ROUNDS"); do
+        ratio "$(cut -d' ' -f1 <<<"${R[$which/$what/$r]}")" "$(cut -d' ' -f1 <<<"${R[memory/$what/$r]}")"; echo -n " "; done)
+    echo "| $which | $label | $(col "$which/$what" 1) | $(col "$which/$what" 2) / $(col "$which/$what" 3) | $(ratio "$(col "$which/$what" 1)" "$(col "memory/$what" 1)") | $rounds|"
+}

@@ -42,7 +42,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-col() { for r in $(seq "$ROUNDS"); do cut -d' ' -f"$2" <<<"${R[$1/$r]}"; done | median; }
 echo
 echo "### SQLite (default flags) against memory mode: $ROUNDS rounds"
 echo
@@ -54,11 +53,7 @@ for what in post32 post256 get; do
         post256) label="POST /chat, 256 connections" ;;
         get) label="GET 100 exchanges, 32 connections" ;;
     esac
-    for which in memory base new; do
-        rounds=$(for r in $(seq "$ROUNDS"); do
-            ratio "$(cut -d' ' -f1 <<<"${R[$which/$what/$r]}")" "$(cut -d' ' -f1 <<<"${R[memory/$what/$r]}")"; echo -n " "; done)
-        echo "| $which | $label | $(col "$which/$what" 1) | $(col "$which/$what" 2) / $(col "$which/$what" 3) | $(ratio "$(col "$which/$what" 1)" "$(col "memory/$what" 1)") | $rounds|"
-    done
+    for which in memory base new; do ab_row "$which" "$what" "$label"; done
 done
 echo
 echo "base: $(git rev-parse --short "$BASE_REV"); new: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations || echo ' + uncommitted'); machine: $(nproc) cores; duration per run: $DURATION"

@@ -469,6 +469,30 @@ async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
     );
 }
 
+/// Runs `write(store, i)` for every `i` below `sessions`, from 32 tasks at once
+/// (each its share, in order): groups of many sessions.
+async fn in_32_tasks<F>(
+    store: &Arc<SqliteStore>,
+    sessions: usize,
+    write: fn(Arc<SqliteStore>, usize) -> F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (task..sessions).step_by(32) {
+                    write(store.clone(), i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Exchanges the writer's log holds, read with a connection of the test's
 /// own: (in the log, in the tables).
 fn logged_and_folded(path: &Path) -> (i64, i64) {
@@ -496,19 +520,10 @@ async fn the_log_folds_into_the_tables_unseen() {
     let store = Arc::new(open(&path, 64 << 10).await);
     // A quarter more than the threshold: every log table passes its share.
     let sessions = SqliteStore::FOLD_ROWS * 5 / 4 / CONVERSATION.len();
-    let tasks: Vec<_> = (0..32)
-        .map(|task| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for i in (task..sessions).step_by(32) {
-                    converse(&*store, &format!("s{i}")).await;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    in_32_tasks(&store, sessions, |store, i| async move {
+        converse(&*store, &format!("s{i}")).await
+    })
+    .await;
     let written = (sessions * CONVERSATION.len()) as i64;
     let (logged, folded) = logged_and_folded(&path);
     assert_eq!(logged + folded, written);
@@ -586,26 +601,17 @@ async fn a_log_of_many_sessions_is_folded_before_its_rows_would_ask() {
     // Each log table gets about an eighth of the sessions, one row each: far
     // below its eighth of `FOLD_ROWS`.
     assert!(sessions * 2 < SqliteStore::FOLD_ROWS);
-    let tasks: Vec<_> = (0..32)
-        .map(|task| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for i in (task..sessions).step_by(32) {
-                    store
-                        .append(
-                            &id(&format!("s{i}")),
-                            exchange("Hello!", "U", 1),
-                            Arc::new(Chatbot::seed()),
-                        )
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    in_32_tasks(&store, sessions, |store, i| async move {
+        store
+            .append(
+                &id(&format!("s{i}")),
+                exchange("Hello!", "U", 1),
+                Arc::new(Chatbot::seed()),
+            )
+            .await
+            .unwrap();
+    })
+    .await;
     let (logged, folded) = logged_and_folded(&path);
     assert_eq!(logged + folded, sessions as i64);
     assert!(folded > 0, "folded for its sessions: {logged} logged");

@@ -156,6 +156,31 @@ const SELECT_CONTEXT: &str = "\
     FROM exchanges WHERE session_ref = s.id ORDER BY seq DESC LIMIT $1) e \
     WHERE s.id = ANY($2::bigint[]) ORDER BY s.id, e.seq";
 
+/// A group's exchanges as columns, one array each for [`INSERT_EXCHANGES`].
+#[derive(Default)]
+struct Columns<'a> {
+    session_ref: Vec<i64>,
+    seq: Vec<i64>,
+    user_message: Vec<&'a str>,
+    bot_reply: Vec<&'a str>,
+    user_name: Vec<&'a str>,
+    created_at: Vec<i64>,
+    search_text: Vec<String>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, session_ref: i64, seq: i64, entry: &'a ConversationEntry) {
+        self.session_ref.push(session_ref);
+        self.seq.push(seq);
+        self.user_message.push(&entry.user_message);
+        self.bot_reply.push(&entry.bot_reply);
+        self.user_name.push(&entry.user_name);
+        self.created_at.push(entry.timestamp);
+        self.search_text
+            .push(search_text(&entry.user_message, &entry.bot_reply));
+    }
+}
+
 #[derive(FromRow)]
 struct ContextRow {
     session_ref: i64,
@@ -283,42 +308,18 @@ async fn write_batch(
         });
     }
 
-    let searched: Vec<String> = answered
-        .iter()
-        .map(|a| search_text(&a.entry.user_message, &a.entry.bot_reply))
-        .collect();
+    let mut columns = Columns::default();
+    for (answer, (session_ref, seq)) in answered.iter().zip(&rows) {
+        columns.push(*session_ref, *seq, &answer.entry);
+    }
     sqlx::query(INSERT_EXCHANGES)
-        .bind(
-            rows.iter()
-                .map(|(session_ref, _)| *session_ref)
-                .collect::<Vec<i64>>(),
-        )
-        .bind(rows.iter().map(|(_, seq)| *seq).collect::<Vec<i64>>())
-        .bind(
-            answered
-                .iter()
-                .map(|a| &*a.entry.user_message)
-                .collect::<Vec<&str>>(),
-        )
-        .bind(
-            answered
-                .iter()
-                .map(|a| &*a.entry.bot_reply)
-                .collect::<Vec<&str>>(),
-        )
-        .bind(
-            answered
-                .iter()
-                .map(|a| &*a.entry.user_name)
-                .collect::<Vec<&str>>(),
-        )
-        .bind(
-            answered
-                .iter()
-                .map(|a| a.entry.timestamp)
-                .collect::<Vec<i64>>(),
-        )
-        .bind(searched)
+        .bind(columns.session_ref)
+        .bind(columns.seq)
+        .bind(columns.user_message)
+        .bind(columns.bot_reply)
+        .bind(columns.user_name)
+        .bind(columns.created_at)
+        .bind(columns.search_text)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
