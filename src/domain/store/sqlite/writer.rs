@@ -114,8 +114,8 @@ enum Committed {
         result: Result<Vec<String>, StoreError>,
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// The log is folded (a failed fold refused the command before).
     Settled {
-        result: Result<(), StoreError>,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -235,13 +235,16 @@ struct Log {
     sessions: HashMap<String, Logged>,
     /// Exchanges in each.
     rows: [usize; LOG_TABLES],
-    /// Sessions in them that `sessions` does not have yet.
-    new: usize,
 }
 
 impl Log {
     fn rows(&self) -> usize {
         self.rows.iter().sum()
+    }
+
+    /// Sessions in the log that `sessions` does not have yet.
+    fn new_sessions(&self) -> usize {
+        self.sessions.values().filter(|logged| logged.new).count()
     }
 }
 
@@ -399,7 +402,6 @@ impl Writer {
             .sessions
             .extract_if(|session, _| tables.contains(&log_table(session)));
         for (session, logged) in folded {
-            self.log.new -= usize::from(logged.new);
             self.context.insert(session, logged.context);
         }
         for k in tables {
@@ -417,10 +419,7 @@ impl Writer {
         }
         match command {
             Command::Append(_) => unreachable!("appends are batched"),
-            Command::Settle { done } => self.hand_off(Committed::Settled {
-                result: Ok(()),
-                done,
-            }),
+            Command::Settle { done } => self.hand_off(Committed::Settled { done }),
             Command::Delete { session, done } => {
                 self.context.remove(&session);
                 let result = self
@@ -526,7 +525,7 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut admitted = Admission::new(&tx, self.caps, self.log.new)?;
+        let mut admitted = Admission::new(&tx, self.caps, &self.log)?;
         let mut answers = Vec::with_capacity(batch.len());
         let mut stored = Vec::with_capacity(batch.len());
         // The batch's sessions as they will be once it has committed.
@@ -595,9 +594,6 @@ impl Writer {
             if !wrote {
                 continue;
             }
-            if logged.new && !self.log.sessions.contains_key(session) {
-                self.log.new += 1;
-            }
             self.context.remove(session);
             self.log.sessions.insert(session.to_owned(), logged);
         }
@@ -653,17 +649,13 @@ struct Admission {
 }
 
 impl Admission {
-    fn new(
-        tx: &rusqlite::Transaction<'_>,
-        caps: Caps,
-        logged_new: usize,
-    ) -> rusqlite::Result<Self> {
+    fn new(tx: &rusqlite::Transaction<'_>, caps: Caps, log: &Log) -> rusqlite::Result<Self> {
         let total = match caps.max_sessions {
             Some(_) => {
                 tx.query_row("SELECT count(*) FROM sessions", [], |row| {
                     row.get::<_, i64>(0)
                 })? as usize
-                    + logged_new
+                    + log.new_sessions()
             }
             None => 0,
         };
@@ -788,8 +780,8 @@ impl Syncer {
                     cache.removed(&session);
                     let _ = done.send(if synced { result } else { Err(unsynced()) });
                 }
-                Committed::Settled { result, done } => {
-                    let _ = done.send(if synced { result } else { Err(unsynced()) });
+                Committed::Settled { done } => {
+                    let _ = done.send(if synced { Ok(()) } else { Err(unsynced()) });
                 }
                 Committed::Cleared { result, done } => {
                     cache.cleared();
