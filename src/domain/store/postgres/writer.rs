@@ -41,86 +41,113 @@ pub(super) async fn commit_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut contexts = Contexts::new(CONTEXT_SESSIONS);
+    let mut groups = Groups {
+        pool: pool.clone(),
+        stats,
+        caps,
+        cache,
+        contexts: Contexts::new(CONTEXT_SESSIONS),
+    };
     while queue.recv_many(&mut received, MAX_BATCH).await > 0 {
         for command in received.drain(..) {
             match command {
                 Command::Append(pending) => batch.push(pending),
-                Command::Delete { session, done } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
-                    let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
-                        .bind(&session)
-                        .execute(&pool)
-                        .await
-                        .map(|done| done.rows_affected() > 0)
-                        .map_err(unavailable);
-                    let _ = done.send(result);
-                }
-                Command::Change {
-                    session,
-                    change,
-                    done,
-                } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
-                    let result = super::change::apply(&pool, caps, session.as_str(), change).await;
-                    let _ = done.send(result);
-                }
-                Command::Clear { done } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
-                    let result = sqlx::query("DELETE FROM sessions")
-                        .execute(&pool)
-                        .await
-                        .map(|_| ())
-                        .map_err(unavailable);
-                    let _ = done.send(result);
-                }
-                Command::Expire { before, done } => {
-                    commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
-                    let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
-                        .bind(before)
-                        .execute(&pool)
-                        .await
-                        .map(|done| done.rows_affected() as usize)
-                        .map_err(unavailable);
-                    let _ = done.send(result);
-                }
-                // Committed writes are where every query looks.
-                Command::Settle { done } => {
-                    let _ = done.send(Ok(()));
+                other => {
+                    groups.commit(&mut batch).await;
+                    run_other(&pool, caps, other).await;
                 }
             }
         }
-        commit_group(&pool, &mut batch, &stats, caps, &cache, &mut contexts).await;
+        groups.commit(&mut batch).await;
     }
 }
 
-/// Writes and commits `batch`, answers each of its requests, and empties it.
-async fn commit_group(
-    pool: &PgPool,
-    batch: &mut Vec<Pending>,
-    stats: &CommitStats,
-    caps: Caps,
-    cache: &Cache,
-    contexts: &mut Contexts,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let started = std::time::Instant::now();
-    match write_batch(pool, batch, caps, cache, contexts).await {
-        Ok(outcomes) => {
-            let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
-            stats.committed(stored);
-            crate::domain::store::record_commit(stored as usize, started);
-            for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                let _ = pending.done.send(outcome);
-            }
+/// Runs a command other than an append, once the group before it has
+/// committed.
+async fn run_other(pool: &PgPool, caps: Caps, command: Command) {
+    match command {
+        Command::Append(_) => unreachable!("appends are grouped"),
+        Command::Delete { session, done } => {
+            let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
+                .bind(&session)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() > 0)
+                .map_err(unavailable);
+            let _ = done.send(result);
         }
-        Err(err) => {
-            tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
-            let err = unavailable(err);
-            for pending in batch.drain(..) {
-                let _ = pending.done.send(Err(err.clone()));
+        Command::Change {
+            session,
+            change,
+            done,
+        } => {
+            let result = super::change::apply(pool, caps, session.as_str(), change).await;
+            let _ = done.send(result);
+        }
+        Command::Clear { done } => {
+            let result = sqlx::query("DELETE FROM sessions")
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(unavailable);
+            let _ = done.send(result);
+        }
+        Command::Expire { before, done } => {
+            let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() as usize)
+                .map_err(unavailable);
+            let _ = done.send(result);
+        }
+        // Committed writes are where every query looks.
+        Command::Settle { done } => {
+            let _ = done.send(Ok(()));
+        }
+    }
+}
+
+/// What committing a group needs, and what the task keeps between groups.
+struct Groups {
+    pool: PgPool,
+    stats: Arc<CommitStats>,
+    caps: Caps,
+    cache: Arc<Cache>,
+    contexts: Contexts,
+}
+
+impl Groups {
+    /// Writes and commits `batch`, answers each of its requests, and empties
+    /// it.
+    async fn commit(&mut self, batch: &mut Vec<Pending>) {
+        if batch.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match write_batch(
+            &self.pool,
+            batch,
+            self.caps,
+            &self.cache,
+            &mut self.contexts,
+        )
+        .await
+        {
+            Ok(outcomes) => {
+                let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+                self.stats.committed(stored);
+                crate::domain::store::record_commit(stored as usize, started);
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = pending.done.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
+                let err = unavailable(err);
+                for pending in batch.drain(..) {
+                    let _ = pending.done.send(Err(err.clone()));
+                }
             }
         }
     }
@@ -235,8 +262,8 @@ async fn write_batch(
             .collect());
     }
     // Each session's row (id, and version once this batch commits) and the
-    // seq its next exchange in this batch gets. Chunks go in session-id
-    // order, so rows still lock in that order.
+    // seq its next exchange in this batch gets. The upsert's rows go in
+    // session-id order (`tallies` is sorted), so rows lock in that order.
     let mut next_seq: HashMap<String, (RowVersion, i64)> = HashMap::with_capacity(tallies.len());
     let upserted: Vec<(i64, String, i64, i64)> = sqlx::query_as(UPSERT_SESSIONS)
         .bind(tallies.keys().copied().collect::<Vec<&str>>())
