@@ -371,3 +371,51 @@ async fn the_reply_context_a_commit_task_keeps_yields_to_every_other_change() {
     dyn_a.edit(&id("s"), At::Position(1), edit).await.unwrap();
     assert_eq!(reply(&a, ASK).await, "You said: \"SODA\"", "a's edit");
 }
+
+/// One group may hold a session the commit task keeps, one another instance
+/// created (which the task's one-statement write must leave to the locked
+/// way) and a new one: each reply is answered from its own history and each
+/// exchange numbered after what the database holds.
+#[tokio::test]
+async fn a_group_answers_kept_foreign_and_new_sessions_from_their_own_histories() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let (a, b) = (open(&schema).await, open(&schema).await);
+    say(&a, "kept", "tea").await;
+    say(&b, "foreign", "coffee").await;
+    say(&b, "foreign", "cocoa").await;
+    let ask = |session: &'static str| {
+        let a = Arc::clone(&a);
+        async move {
+            let exchange = NewExchange {
+                user_message: "what did I just say?".into(),
+                user_name: "U".into(),
+                timestamp: 1_700_000_000,
+            };
+            let answered = a
+                .append(&id(session), exchange, Arc::new(Chatbot::default()))
+                .await
+                .unwrap();
+            (answered.seq, answered.bot_reply.to_string())
+        }
+    };
+    let (kept, foreign, new) = tokio::join!(ask("kept"), ask("foreign"), ask("new"));
+    assert_eq!(kept, (2, "You said: \"tea\"".to_owned()));
+    assert_eq!(foreign, (3, "You said: \"cocoa\"".to_owned()));
+    assert_eq!(
+        new,
+        (
+            1,
+            "You haven't said anything yet in this conversation.".to_owned()
+        )
+    );
+    agree(
+        &a,
+        &b,
+        "foreign",
+        &["coffee", "cocoa", "what did I just say?"],
+    )
+    .await;
+    agree(&a, &b, "new", &["what did I just say?"]).await;
+}

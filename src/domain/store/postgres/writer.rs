@@ -1,13 +1,16 @@
 //! The commit task: this instance's one writer to the database.
 //!
-//! Appends queue up and are written in groups (one transaction, one commit,
-//! then every request in the group is answered). Deletes and clears go
-//! through the same queue, in order. Other instances write too, so what the
-//! task remembers of a session between groups (its latest exchanges, for
-//! the reply engine) is used only when the session's row comes back from
-//! the group's upsert exactly one version past where the task's own last
-//! commit left it: nobody else changed it meanwhile. Otherwise the group
-//! reads those sessions' latest exchanges after locking their rows.
+//! Appends queue up and are written in groups, then every request in the
+//! group is answered. Deletes and clears go through the same queue, in
+//! order. Other instances write too, so what the task remembers of a
+//! session between groups (its row's id and version after the task's own
+//! last commit to it, and its latest exchanges, for the reply engine) is
+//! used only while the row is still at that version: nobody else changed it
+//! meanwhile. With no caps set a group is one autocommit statement (one
+//! round trip) for the sessions it holds that the task keeps and that are
+//! unchanged, or that are new to the database; the rest of the group (and
+//! every group with a cap set) is written in a transaction that reads those
+//! sessions' latest exchanges after locking their rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -118,36 +121,122 @@ struct Groups {
 }
 
 impl Groups {
-    /// Writes and commits `batch`, answers each of its requests, and empties
-    /// it.
+    /// Writes and commits `batch` (empty afterwards) and answers each of
+    /// its requests: with no caps set as one [`APPEND_KNOWN`] statement
+    /// first, else the locked way ([`write_batch`]).
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
         if batch.is_empty() {
             return;
         }
-        let started = std::time::Instant::now();
-        match write_batch(
-            &self.pool,
-            batch,
-            self.caps,
-            &self.cache,
-            &mut self.contexts,
-        )
-        .await
-        {
+        let batch = std::mem::take(batch);
+        if self.caps != Caps::default() {
+            let started = std::time::Instant::now();
+            let all: Vec<&Pending> = batch.iter().collect();
+            let written = self.write_locked(&all).await;
+            return self.answer(batch, written, started);
+        }
+        match Prepared::new(batch, &mut self.contexts) {
+            Ok(prepared) => {
+                let written = prepared.execute(&self.pool).await;
+                self.finish(prepared, written).await;
+            }
+            Err((batch, err)) => self.answer(batch, Err(err), std::time::Instant::now()),
+        }
+    }
+
+    /// Answers each request of `batch` with its outcome, or all with 503.
+    fn answer(
+        &self,
+        batch: Vec<Pending>,
+        written: Result<Vec<Result<Numbered, StoreError>>, sqlx::Error>,
+        started: std::time::Instant,
+    ) {
+        match written {
             Ok(outcomes) => {
                 let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
                 self.stats.committed(stored);
                 crate::domain::store::record_commit(stored as usize, started);
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = pending.done.send(outcome);
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
                 let err = unavailable(err);
-                for pending in batch.drain(..) {
+                for pending in batch {
                     let _ = pending.done.send(Err(err.clone()));
                 }
+            }
+        }
+    }
+
+    /// Answers a group sent as one [`APPEND_KNOWN`] statement: what it
+    /// wrote, numbered; the exchanges of sessions it left out (whose rows
+    /// moved on since this task's last commit to them, or that this task
+    /// does not know and that exist) go through [`write_batch`] now, which
+    /// reads their context under their rows' locks. A session's exchanges
+    /// stay together, so its order holds.
+    async fn finish(&mut self, prepared: Prepared, written: Result<Vec<Written>, sqlx::Error>) {
+        let started = prepared.started;
+        let (batch, known) = match written {
+            Ok(written) => prepared.numbered(written, &self.cache, &mut self.contexts),
+            // Nothing of the statement committed. Its rows lock in no fixed
+            // order, so an instance writing the same sessions at once may
+            // deadlock with it: the group goes the locked way, whose rows do.
+            Err(err) if is_transient(&err) => {
+                let count = prepared.batch.len();
+                (prepared.batch, vec![None; count])
+            }
+            Err(err) => return self.answer(prepared.batch, Err(err), started),
+        };
+        let rest: Vec<&Pending> = batch
+            .iter()
+            .zip(&known)
+            .filter_map(|(pending, known)| known.is_none().then_some(pending))
+            .collect();
+        let mut retried = if rest.is_empty() {
+            Vec::new()
+        } else {
+            match self.write_locked(&rest).await {
+                Ok(retried) => retried,
+                // The first statement committed: its exchanges stand.
+                Err(err) => {
+                    tracing::error!(error = %err, exchanges = rest.len(), "group commit failed");
+                    let err = unavailable(err);
+                    rest.iter().map(|_| Err(err.clone())).collect()
+                }
+            }
+        }
+        .into_iter();
+        let outcomes = known
+            .into_iter()
+            .map(|known| match known {
+                Some(numbered) => Ok(numbered),
+                None => retried.next().unwrap_or_else(|| Err(unreachable_refusal())),
+            })
+            .collect();
+        self.answer(batch, Ok(outcomes), started);
+    }
+
+    /// [`write_batch`], tried again (up to three times in all) when the
+    /// database rolled it back for a deadlock or serialization failure.
+    async fn write_locked(
+        &mut self,
+        batch: &[&Pending],
+    ) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
+        let mut tries = 1;
+        loop {
+            match write_batch(
+                &self.pool,
+                batch,
+                self.caps,
+                &self.cache,
+                &mut self.contexts,
+            )
+            .await
+            {
+                Err(err) if tries < 3 && is_transient(&err) => tries += 1,
+                written => return written,
             }
         }
     }
@@ -183,10 +272,11 @@ const SELECT_CONTEXT: &str = "\
     FROM exchanges WHERE session_ref = s.id ORDER BY seq DESC LIMIT $1) e \
     WHERE s.id = ANY($2::bigint[]) ORDER BY s.id, e.seq";
 
-/// A group's exchanges as columns, one array each for [`INSERT_EXCHANGES`].
+/// A group's exchanges as columns, one array each for [`INSERT_EXCHANGES`]
+/// (sessions by row id) and [`APPEND_KNOWN`] (by session id).
 #[derive(Default)]
-struct Columns<'a> {
-    session_ref: Vec<i64>,
+struct Columns<'a, S> {
+    session: Vec<S>,
     seq: Vec<i64>,
     user_message: Vec<&'a str>,
     bot_reply: Vec<&'a str>,
@@ -195,9 +285,9 @@ struct Columns<'a> {
     search_text: Vec<String>,
 }
 
-impl<'a> Columns<'a> {
-    fn push(&mut self, session_ref: i64, seq: i64, entry: &'a ConversationEntry) {
-        self.session_ref.push(session_ref);
+impl<'a, S> Columns<'a, S> {
+    fn push(&mut self, session: S, seq: i64, entry: &'a ConversationEntry) {
+        self.session.push(session);
         self.seq.push(seq);
         self.user_message.push(&entry.user_message);
         self.bot_reply.push(&entry.bot_reply);
@@ -222,28 +312,11 @@ struct Tally {
     last_at: i64,
 }
 
-/// Writes a whole batch with a fixed number of statements: one upsert for
-/// all its sessions, one read of their recent history, then multi-row
-/// inserts. Returns the answered exchanges in
-/// batch order.
-#[tracing::instrument(skip_all, fields(exchanges = batch.len()))]
-async fn write_batch(
-    pool: &PgPool,
-    batch: &[Pending],
-    caps: Caps,
-    cache: &Cache,
-    contexts: &mut Contexts,
-) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let refusals = admit(&mut tx, batch, caps).await?;
-    let admitted: Vec<&Pending> = batch
-        .iter()
-        .zip(&refusals)
-        .filter_map(|(pending, refusal)| refusal.is_none().then_some(pending))
-        .collect();
-
+/// What `pendings` add to each session, in session-id order (the order
+/// rows lock in).
+fn tally<'a>(pendings: impl Iterator<Item = &'a Pending>) -> BTreeMap<&'a str, Tally> {
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-    for pending in admitted.iter().copied() {
+    for pending in pendings {
         let at = pending.exchange.timestamp;
         let tally = tallies.entry(pending.session.as_str()).or_insert(Tally {
             count: 0,
@@ -253,6 +326,217 @@ async fn write_batch(
         tally.count += 1;
         tally.last_at = at;
     }
+    tallies
+}
+
+/// Answers `pending` from `history` (the session's exchanges before it, the
+/// latest last) and appends the answered exchange to it.
+fn answer(
+    pending: &Pending,
+    history: &mut Vec<ConversationEntry>,
+) -> Result<ConversationEntry, sqlx::Error> {
+    let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
+    // A panicking reply engine must not take the commit task down with it.
+    let bot_reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pending
+            .replier
+            .reply(&pending.exchange.user_message, &window)
+    }))
+    .map_err(|_| sqlx::Error::Protocol("the reply engine panicked".into()))?;
+    let entry = pending.exchange.clone().answered(bot_reply);
+    history.push(entry.clone());
+    Ok(entry)
+}
+
+/// A group in one autocommit statement, for sessions whose context this
+/// task knows: a session it keeps a row for is updated only if that row
+/// (id and version) is still exactly what this task's last commit to it
+/// left; a session it does not keep is created only if it does not exist
+/// (it has no history). Only the sessions so written get their exchanges,
+/// numbered from the row's `next_seq`; the rest are not touched (their
+/// rows do not come back). `$1`..`$6` are the sessions (in session-id
+/// order), `$7`..`$13` the exchanges, each with its place `k` (from 1)
+/// among its session's in the group.
+const APPEND_KNOWN: &str = "\
+    WITH input AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+    $5::bigint[], $6::bigint[]) AS i(session_id, added, first_at, last_at, kept_id, kept_version)), \
+    created AS (INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
+    SELECT session_id, added, first_at, last_at, added FROM input WHERE kept_id IS NULL \
+    ORDER BY session_id ON CONFLICT (session_id) DO NOTHING \
+    RETURNING id, session_id, next_seq, version), \
+    updated AS (UPDATE sessions s SET message_count = s.message_count + input.added, \
+    next_seq = s.next_seq + input.added, last_at = input.last_at, \
+    first_at = CASE WHEN s.message_count = 0 THEN input.first_at ELSE s.first_at END \
+    FROM input WHERE s.id = input.kept_id AND s.version = input.kept_version \
+    RETURNING s.id, s.session_id, s.next_seq, s.version), \
+    up AS (SELECT * FROM created UNION ALL SELECT * FROM updated), \
+    exchanges_in AS (INSERT INTO exchanges \
+    (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
+    SELECT up.id, up.next_seq - input.added + e.k, e.user_message, e.bot_reply, e.user_name, \
+    e.created_at, e.search_text \
+    FROM unnest($7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
+    $13::text[]) AS e(session_id, k, user_message, bot_reply, user_name, created_at, search_text) \
+    JOIN up USING (session_id) JOIN input USING (session_id)) \
+    SELECT id, session_id, next_seq, version FROM up";
+
+/// A row [`APPEND_KNOWN`] wrote: id, session id, `next_seq`, version.
+type Written = (i64, String, i64, i64);
+
+/// A group ready to be sent as one [`APPEND_KNOWN`] statement (no caps
+/// set), each request answered from what this task keeps of its session.
+struct Prepared {
+    started: std::time::Instant,
+    batch: Vec<Pending>,
+    /// The answered exchanges, in batch order.
+    entries: Vec<ConversationEntry>,
+    /// Each exchange's place among its session's in the group, from 1.
+    places: Vec<i64>,
+    /// For each session (in session-id order, the order rows lock in):
+    /// what the group adds, the row this task's last commit to it left
+    /// (none for a session it treats as new), and its latest exchanges.
+    sessions: BTreeMap<String, (Tally, Option<RowVersion>, Vec<ConversationEntry>)>,
+}
+
+impl Prepared {
+    /// Takes what this task keeps of the group's sessions out of `contexts`
+    /// (it goes back once the group is written) and answers each request.
+    fn new(
+        batch: Vec<Pending>,
+        contexts: &mut Contexts,
+    ) -> Result<Self, (Vec<Pending>, sqlx::Error)> {
+        let mut sessions = BTreeMap::new();
+        for (session, tally) in tally(batch.iter()) {
+            let (row, history) = contexts
+                .remove(session)
+                .map_or((None, Vec::new()), |(row, entries)| (Some(row), entries));
+            sessions.insert(session.to_owned(), (tally, row, history));
+        }
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut places = Vec::with_capacity(batch.len());
+        let mut counted: HashMap<&str, i64> = HashMap::with_capacity(sessions.len());
+        for pending in &batch {
+            let (_, _, history) = sessions
+                .get_mut(pending.session.as_str())
+                .expect("every session is tallied");
+            match answer(pending, history) {
+                Ok(entry) => entries.push(entry),
+                Err(err) => return Err((batch, err)),
+            }
+            let place = counted.entry(pending.session.as_str()).or_insert(0);
+            *place += 1;
+            places.push(*place);
+        }
+        Ok(Self {
+            started: std::time::Instant::now(),
+            batch,
+            entries,
+            places,
+            sessions,
+        })
+    }
+
+    /// Sends the group as one autocommit statement.
+    async fn execute(&self, pool: &PgPool) -> Result<Vec<Written>, sqlx::Error> {
+        let mut columns = Columns::default();
+        for ((pending, entry), place) in self.batch.iter().zip(&self.entries).zip(&self.places) {
+            columns.push(pending.session.as_str(), *place, entry);
+        }
+        let kept = |f: fn(&RowVersion) -> i64| -> Vec<Option<i64>> {
+            self.sessions
+                .values()
+                .map(|(_, row, _)| row.as_ref().map(f))
+                .collect()
+        };
+        let tallies = || self.sessions.values().map(|(tally, _, _)| tally);
+        sqlx::query_as(APPEND_KNOWN)
+            .bind(
+                self.sessions
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(tallies().map(|t| t.count).collect::<Vec<i64>>())
+            .bind(tallies().map(|t| t.first_at).collect::<Vec<i64>>())
+            .bind(tallies().map(|t| t.last_at).collect::<Vec<i64>>())
+            .bind(kept(|row| row.id))
+            .bind(kept(|row| row.version))
+            .bind(columns.session)
+            .bind(columns.seq)
+            .bind(columns.user_message)
+            .bind(columns.bot_reply)
+            .bind(columns.user_name)
+            .bind(columns.created_at)
+            .bind(columns.search_text)
+            .fetch_all(pool)
+            .await
+    }
+
+    /// The group's requests, with `Some` for each exchange the statement
+    /// wrote (numbered from its session's row) and `None` for the rest;
+    /// what this task keeps of the written sessions goes back to
+    /// `contexts`, and cached copies of them are extended.
+    fn numbered(
+        self,
+        written: Vec<Written>,
+        cache: &Cache,
+        contexts: &mut Contexts,
+    ) -> (Vec<Pending>, Vec<Option<Numbered>>) {
+        let mut sessions = self.sessions;
+        let written: HashMap<String, (RowVersion, i64)> = written
+            .into_iter()
+            .map(|(id, session, next_seq, version)| {
+                (session, (RowVersion { id, version }, next_seq))
+            })
+            .collect();
+        let mut numbered = Vec::with_capacity(self.batch.len());
+        let mut added: BTreeMap<&str, Vec<&ConversationEntry>> = BTreeMap::new();
+        for ((pending, entry), place) in self.batch.iter().zip(&self.entries).zip(&self.places) {
+            let session = pending.session.as_str();
+            numbered.push(written.get(session).map(|(_, next_seq)| {
+                added.entry(session).or_default().push(entry);
+                Numbered {
+                    seq: (next_seq - sessions[session].0.count + place) as u64,
+                    entry: entry.clone(),
+                }
+            }));
+        }
+        for (session, entries) in added {
+            if let Some((row, _)) = written.get(session) {
+                cache.extend(session, *row, &entries);
+            }
+        }
+        for (session, (row, _)) in written {
+            if let Some((_, _, mut history)) = sessions.remove(&session) {
+                history.drain(..history.len().saturating_sub(CONTEXT_EXCHANGES));
+                contexts.insert(session, (row, history));
+            }
+        }
+        (self.batch, numbered)
+    }
+}
+
+/// Writes a whole batch with a fixed number of statements: one upsert for
+/// all its sessions, one read of their recent history, then multi-row
+/// inserts. Returns the answered exchanges in
+/// batch order.
+#[tracing::instrument(skip_all, fields(exchanges = batch.len()))]
+async fn write_batch(
+    pool: &PgPool,
+    batch: &[&Pending],
+    caps: Caps,
+    cache: &Cache,
+    contexts: &mut Contexts,
+) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let refusals = admit(&mut tx, batch, caps).await?;
+    let admitted: Vec<&Pending> = batch
+        .iter()
+        .copied()
+        .zip(&refusals)
+        .filter_map(|(pending, refusal)| refusal.is_none().then_some(pending))
+        .collect();
+
+    let tallies = tally(admitted.iter().copied());
 
     if admitted.is_empty() {
         tx.commit().await?;
@@ -317,17 +601,7 @@ async fn write_batch(
             seq,
         ) = *slot;
         slot.1 += 1;
-        let history = context.entry(session_ref).or_default();
-        let window = &history[history.len().saturating_sub(CONTEXT_EXCHANGES)..];
-        // A panicking reply engine must not take the commit task down with it.
-        let bot_reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pending
-                .replier
-                .reply(&pending.exchange.user_message, &window)
-        }))
-        .map_err(|_| sqlx::Error::Protocol("the reply engine panicked".into()))?;
-        let entry = pending.exchange.clone().answered(bot_reply);
-        history.push(entry.clone());
+        let entry = answer(pending, context.entry(session_ref).or_default())?;
         rows.push((session_ref, seq));
         answered.push(Numbered {
             seq: seq as u64,
@@ -340,7 +614,7 @@ async fn write_batch(
         columns.push(*session_ref, *seq, &answer.entry);
     }
     sqlx::query(INSERT_EXCHANGES)
-        .bind(columns.session_ref)
+        .bind(columns.session)
         .bind(columns.seq)
         .bind(columns.user_message)
         .bind(columns.bot_reply)
@@ -397,6 +671,14 @@ pub(super) async fn lock_caps(
         .map(|_| ())
 }
 
+/// A deadlock or serialization failure: the transaction was rolled back
+/// and may be tried again.
+fn is_transient(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|err| err.code())
+        .is_some_and(|code| code.starts_with("40"))
+}
+
 /// Never reached: every admitted exchange was answered.
 fn unreachable_refusal() -> StoreError {
     StoreError::Unavailable("batch bookkeeping mismatch".into())
@@ -407,7 +689,7 @@ fn unreachable_refusal() -> StoreError {
 /// cap. Reads only when a cap is set.
 async fn admit(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    batch: &[Pending],
+    batch: &[&Pending],
     caps: Caps,
 ) -> Result<Vec<Option<StoreError>>, sqlx::Error> {
     if caps == Caps::default() {
