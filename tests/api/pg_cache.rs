@@ -419,3 +419,22 @@ async fn a_group_answers_kept_foreign_and_new_sessions_from_their_own_histories(
     .await;
     agree(&a, &b, "new", &["what did I just say?"]).await;
 }
+
+/// The search index merges its pending list in small steps (migration
+/// 0005): a commit never waits behind a merge of megabytes.
+#[tokio::test]
+async fn the_search_index_keeps_its_pending_list_short() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let _store = open(&schema).await;
+    let mut sql = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    let (options,): (Vec<String>,) = sqlx::query_as(
+        "SELECT reloptions FROM pg_class WHERE relname = 'exchanges_search_text' \
+         AND relnamespace = current_schema()::regnamespace",
+    )
+    .fetch_one(&mut sql)
+    .await
+    .unwrap();
+    assert_eq!(options, ["gin_pending_list_limit=128"]);
+}
