@@ -438,3 +438,51 @@ async fn the_search_index_keeps_its_pending_list_short() {
     .unwrap();
     assert_eq!(options, ["gin_pending_list_limit=128"]);
 }
+
+/// A group goes out as one statement while that works; while another
+/// instance keeps writing the same session (so what this one keeps is
+/// stale) it goes the locked way directly, trying the one statement only
+/// now and then; and back once this instance writes alone again. Replies
+/// stay right throughout.
+#[tokio::test]
+async fn the_one_statement_is_tried_while_it_works() {
+    let Some(schema) = postgres_schema().await else {
+        return;
+    };
+    let (a, b) = (open(&schema).await, open(&schema).await);
+    let tried = || a.commit_stats().one_statement();
+    for i in 0..10 {
+        say(&a, "s", &format!("a{i}")).await;
+    }
+    assert_eq!(tried(), 10, "alone, every group is one statement");
+
+    let before = tried();
+    for i in 0..48 {
+        say(&b, "s", &format!("b{i}")).await;
+        let exchange = NewExchange {
+            user_message: "what did I just say?".into(),
+            user_name: "U".into(),
+            timestamp: 1_700_000_000,
+        };
+        let answered = a
+            .append(&id("s"), exchange, Arc::new(Chatbot::default()))
+            .await
+            .unwrap();
+        assert_eq!(&*answered.bot_reply, format!("You said: \"b{i}\""));
+    }
+    let stale = tried() - before;
+    assert!(
+        stale <= 6,
+        "{stale} of 48 stale groups tried as one statement"
+    );
+
+    let before = tried();
+    for i in 0..48 {
+        say(&a, "s", &format!("again{i}")).await;
+    }
+    let alone = tried() - before;
+    assert!(
+        alone >= 32,
+        "only {alone} of 48 groups as one statement once alone again"
+    );
+}

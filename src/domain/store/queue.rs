@@ -152,6 +152,7 @@ pub struct CommitStats {
     commits: AtomicU64,
     exchanges: AtomicU64,
     syncs: AtomicU64,
+    one_statement: AtomicU64,
 }
 
 impl CommitStats {
@@ -166,6 +167,16 @@ impl CommitStats {
     /// How many times the writer flushed its log to disk.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// How many groups the PostgreSQL commit task sent as one statement.
+    pub fn one_statement(&self) -> u64 {
+        self.one_statement.load(Ordering::Relaxed)
+    }
+
+    /// Counts a group sent as one statement.
+    pub(super) fn sent_as_one_statement(&self) {
+        self.one_statement.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a commit of `exchanges` exchanges.

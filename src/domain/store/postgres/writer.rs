@@ -10,7 +10,10 @@
 //! round trip) for the sessions it holds that the task keeps and that are
 //! unchanged, or that are new to the database; the rest of the group (and
 //! every group with a cap set) is written in a transaction that reads those
-//! sessions' latest exchanges after locking their rows.
+//! sessions' latest exchanges after locking their rows. Where the statement
+//! has mostly left sessions out lately (another instance keeps writing
+//! them), groups go that way directly and the statement is tried now and
+//! then ([`Lately`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -50,6 +53,7 @@ pub(super) async fn commit_loop(
         caps,
         cache,
         contexts: Contexts::new(CONTEXT_SESSIONS),
+        lately: Lately::default(),
     };
     while queue.recv_many(&mut received, MAX_BATCH).await > 0 {
         for command in received.drain(..) {
@@ -118,18 +122,59 @@ struct Groups {
     caps: Caps,
     cache: Arc<Cache>,
     contexts: Contexts,
+    lately: Lately,
+}
+
+/// Groups between two tries of the one statement while it mostly fails.
+const TRY_EVERY: u32 = 16;
+
+/// How the one statement ([`APPEND_KNOWN`]) has fared lately. Where
+/// another instance keeps writing the same sessions, what this task keeps
+/// is mostly stale, the statement leaves most sessions to the locked way,
+/// and trying it first only adds a round trip: groups then go the locked
+/// way directly, and the statement is tried again every [`TRY_EVERY`]
+/// groups; one that leaves nothing out brings it back.
+#[derive(Default)]
+struct Lately {
+    /// A running mean of the share of a group's exchanges left out.
+    left_out: f32,
+    skipped: u32,
+}
+
+impl Lately {
+    fn worth_trying(&mut self) -> bool {
+        if self.left_out < 0.5 {
+            return true;
+        }
+        self.skipped += 1;
+        if self.skipped < TRY_EVERY {
+            return false;
+        }
+        self.skipped = 0;
+        true
+    }
+
+    fn record(&mut self, left_out: usize, exchanges: usize) {
+        let share = left_out as f32 / exchanges.max(1) as f32;
+        self.left_out = if left_out == 0 {
+            0.0
+        } else {
+            (self.left_out + share) / 2.0
+        };
+    }
 }
 
 impl Groups {
     /// Writes and commits `batch` (empty afterwards) and answers each of
     /// its requests: with no caps set as one [`APPEND_KNOWN`] statement
-    /// first, else the locked way ([`write_batch`]).
+    /// first (unless it has mostly failed lately), else the locked way
+    /// ([`write_batch`]).
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
         if batch.is_empty() {
             return;
         }
         let batch = std::mem::take(batch);
-        if self.caps != Caps::default() {
+        if self.caps != Caps::default() || !self.lately.worth_trying() {
             let started = std::time::Instant::now();
             let all: Vec<&Pending> = batch.iter().collect();
             let written = self.write_locked(&all).await;
@@ -137,6 +182,7 @@ impl Groups {
         }
         match Prepared::new(batch, &mut self.contexts) {
             Ok(prepared) => {
+                self.stats.sent_as_one_statement();
                 let written = prepared.execute(&self.pool).await;
                 self.finish(prepared, written).await;
             }
@@ -194,6 +240,7 @@ impl Groups {
             .zip(&known)
             .filter_map(|(pending, known)| known.is_none().then_some(pending))
             .collect();
+        self.lately.record(rest.len(), batch.len());
         let mut retried = if rest.is_empty() {
             Vec::new()
         } else {
