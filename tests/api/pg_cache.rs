@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::models::{ConversationEntry, SessionId};
-use chatbot_api::domain::store::{At, Edit, NewExchange, Page, PostgresStore, Store};
+use chatbot_api::domain::store::{At, Edit, NewExchange, Numbered, Page, PostgresStore, Store};
 use sqlx::{Connection, Executor};
 
 use crate::helpers::{PgSchema, postgres_schema};
@@ -24,7 +24,8 @@ async fn open(schema: &PgSchema) -> Arc<PostgresStore> {
     )
 }
 
-async fn say(store: &PostgresStore, session: &str, message: &str) {
+/// Appends `message` to `session` and returns the answered exchange.
+async fn say(store: &PostgresStore, session: &str, message: &str) -> Numbered {
     let exchange = NewExchange {
         user_message: message.into(),
         user_name: "U".into(),
@@ -33,7 +34,15 @@ async fn say(store: &PostgresStore, session: &str, message: &str) {
     store
         .append(&id(session), exchange, Arc::new(Chatbot::default()))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// What a context reply is asked with.
+const ASK: &str = "what did I just say?";
+
+/// The reply to [`ASK`] in `session`.
+async fn ask(store: &PostgresStore, session: &str) -> String {
+    say(store, session, ASK).await.bot_reply.to_string()
 }
 
 async fn json(store: &PostgresStore, session: &str) -> Option<String> {
@@ -321,23 +330,10 @@ async fn the_reply_context_a_commit_task_keeps_yields_to_every_other_change() {
         return;
     };
     let (a, b) = (open(&schema).await, open(&schema).await);
-    async fn reply(store: &PostgresStore, message: &str) -> String {
-        let exchange = NewExchange {
-            user_message: message.into(),
-            user_name: "U".into(),
-            timestamp: 1_700_000_000,
-        };
-        let answered = store
-            .append(&id("s"), exchange, Arc::new(Chatbot::default()))
-            .await
-            .unwrap();
-        answered.bot_reply.to_string()
-    }
-    const ASK: &str = "what did I just say?";
     say(&a, "s", "tea").await;
-    assert_eq!(reply(&a, ASK).await, "You said: \"tea\"", "a's own context");
+    assert_eq!(ask(&a, "s").await, "You said: \"tea\"", "a's own context");
     say(&b, "s", "coffee").await;
-    assert_eq!(reply(&a, ASK).await, "You said: \"coffee\"", "b's append");
+    assert_eq!(ask(&a, "s").await, "You said: \"coffee\"", "b's append");
 
     let (dyn_a, dyn_b): (&dyn Store, &dyn Store) = (&*a, &*b);
     say(&a, "s", "milk").await;
@@ -346,19 +342,19 @@ async fn the_reply_context_a_commit_task_keeps_yields_to_every_other_change() {
         bot_reply: None,
     };
     dyn_b.edit(&id("s"), At::Position(4), edit).await.unwrap();
-    assert_eq!(reply(&a, ASK).await, "You said: \"MILK\"", "b's edit");
+    assert_eq!(ask(&a, "s").await, "You said: \"MILK\"", "b's edit");
 
     say(&a, "s", "juice").await;
     let mut sql = sqlx::PgConnection::connect(&schema.url).await.unwrap();
     sql.execute("UPDATE exchanges SET user_message = 'JUICE' WHERE user_message = 'juice'")
         .await
         .unwrap();
-    assert_eq!(reply(&a, ASK).await, "You said: \"JUICE\"", "plain SQL");
+    assert_eq!(ask(&a, "s").await, "You said: \"JUICE\"", "plain SQL");
 
     say(&a, "s", "water").await;
     assert!(dyn_b.delete("s").await.unwrap());
     assert_eq!(
-        reply(&a, ASK).await,
+        ask(&a, "s").await,
         "You haven't said anything yet in this conversation.",
         "deleted on b"
     );
@@ -369,7 +365,7 @@ async fn the_reply_context_a_commit_task_keeps_yields_to_every_other_change() {
         bot_reply: None,
     };
     dyn_a.edit(&id("s"), At::Position(1), edit).await.unwrap();
-    assert_eq!(reply(&a, ASK).await, "You said: \"SODA\"", "a's edit");
+    assert_eq!(ask(&a, "s").await, "You said: \"SODA\"", "a's edit");
 }
 
 /// One group may hold a session the commit task keeps, one another instance
@@ -385,22 +381,14 @@ async fn a_group_answers_kept_foreign_and_new_sessions_from_their_own_histories(
     say(&a, "kept", "tea").await;
     say(&b, "foreign", "coffee").await;
     say(&b, "foreign", "cocoa").await;
-    let ask = |session: &'static str| {
-        let a = Arc::clone(&a);
+    let answer = |session| {
+        let a = &a;
         async move {
-            let exchange = NewExchange {
-                user_message: "what did I just say?".into(),
-                user_name: "U".into(),
-                timestamp: 1_700_000_000,
-            };
-            let answered = a
-                .append(&id(session), exchange, Arc::new(Chatbot::default()))
-                .await
-                .unwrap();
+            let answered = say(a, session, ASK).await;
             (answered.seq, answered.bot_reply.to_string())
         }
     };
-    let (kept, foreign, new) = tokio::join!(ask("kept"), ask("foreign"), ask("new"));
+    let (kept, foreign, new) = tokio::join!(answer("kept"), answer("foreign"), answer("new"));
     assert_eq!(kept, (2, "You said: \"tea\"".to_owned()));
     assert_eq!(foreign, (3, "You said: \"cocoa\"".to_owned()));
     assert_eq!(
@@ -410,14 +398,8 @@ async fn a_group_answers_kept_foreign_and_new_sessions_from_their_own_histories(
             "You haven't said anything yet in this conversation.".to_owned()
         )
     );
-    agree(
-        &a,
-        &b,
-        "foreign",
-        &["coffee", "cocoa", "what did I just say?"],
-    )
-    .await;
-    agree(&a, &b, "new", &["what did I just say?"]).await;
+    agree(&a, &b, "foreign", &["coffee", "cocoa", ASK]).await;
+    agree(&a, &b, "new", &[ASK]).await;
 }
 
 /// The search index merges its pending list in small steps (migration
@@ -459,16 +441,7 @@ async fn the_one_statement_is_tried_while_it_works() {
     let before = tried();
     for i in 0..48 {
         say(&b, "s", &format!("b{i}")).await;
-        let exchange = NewExchange {
-            user_message: "what did I just say?".into(),
-            user_name: "U".into(),
-            timestamp: 1_700_000_000,
-        };
-        let answered = a
-            .append(&id("s"), exchange, Arc::new(Chatbot::default()))
-            .await
-            .unwrap();
-        assert_eq!(&*answered.bot_reply, format!("You said: \"b{i}\""));
+        assert_eq!(ask(&a, "s").await, format!("You said: \"b{i}\""));
     }
     let stale = tried() - before;
     assert!(
