@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chatbot_api::domain::chatbot::{Chatbot, History, Replier};
 use chatbot_api::domain::models::SessionId;
 use chatbot_api::domain::store::{
-    MemoryStore, NewExchange, Page, SqliteStore, Store, StoreOptions, SyncMode,
+    MemoryStore, NewExchange, Page, SqliteStore, Store, StoreError, StoreOptions, SyncMode,
 };
 
 fn exchange(message: &str, name: &str, timestamp: i64) -> NewExchange {
@@ -118,6 +118,70 @@ async fn eviction_and_reload_give_byte_identical_histories() {
     drop(store);
     let reopened = open(&dir.path().join("c.db"), 1 << 20).await;
     assert_eq!(page_json(&reopened, "s7").await.unwrap(), expected);
+}
+
+/// Rows another program wrote: replies repeated but no rule's, names that
+/// change back and forth, and text that is not UTF-8 (which SQLite stores
+/// as given). A read checks only the bytes it has not seen (a kept reply,
+/// the same name as the row before); what it has not seen is still checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_read_from_the_file_are_checked_as_text_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = open(&path, 1 << 20).await;
+    store.close().await;
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "INSERT INTO sessions (id, session_id, message_count, first_at, last_at, next_seq) VALUES
+           (1, 'other', 5, 1, 5, 5), (2, 'bad-name', 2, 1, 2, 2), (3, 'bad-reply', 2, 1, 2, 2);
+         INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at) VALUES
+           (1, 1, 'a', 'Same \"reply\"', 'Ann', 1),
+           (1, 2, 'b', 'Same \"reply\"', 'Bob', 2),
+           (1, 3, 'c', 'Same \"reply\"', 'Ann', 3),
+           (1, 4, 'd', 'once', 'Ann', 4),
+           (1, 5, 'e', 'Same \"reply\"', 'Zo\u{eb}', 5),
+           (2, 1, 'a', 'ok', 'Ann', 1),
+           (2, 2, 'b', 'ok', CAST(x'416eff' AS TEXT), 2),
+           (3, 1, 'a', 'fine', 'Ann', 1),
+           (3, 2, 'b', CAST(x'66696eff' AS TEXT), 'Ann', 2);",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = open(&path, 1 << 20).await;
+    let page = store
+        .history("other", Page::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let rows: Vec<(&str, &str, &str)> = page
+        .entries
+        .iter()
+        .map(|e| (&*e.user_message, &*e.bot_reply, &*e.user_name))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("a", "Same \"reply\"", "Ann"),
+            ("b", "Same \"reply\"", "Bob"),
+            ("c", "Same \"reply\"", "Ann"),
+            ("d", "once", "Ann"),
+            ("e", "Same \"reply\"", "Zo\u{eb}"),
+        ]
+    );
+    assert_eq!(
+        page_json(&store, "other").await.unwrap(),
+        serde_json::to_string(&page.entries).unwrap()
+    );
+    for bad in ["bad-name", "bad-reply"] {
+        let read = store.history_json(bad, Page::default()).await;
+        assert!(
+            matches!(read, Err(StoreError::Unavailable(_))),
+            "{bad}: refused, not served or a panic"
+        );
+    }
+    assert_eq!(store.cache_usage().1, 1, "only the good session is kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

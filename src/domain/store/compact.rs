@@ -84,8 +84,10 @@ impl Shared {
 #[derive(Debug, Default, Clone)]
 pub(super) struct Replies {
     list: Arc<Vec<Shared>>,
-    /// Where each text is in `list`.
-    index: Arc<HashMap<Arc<str>, u32>>,
+    /// Where each text is in `list`, by its bytes (a file's row is looked up
+    /// before it is checked as UTF-8). Looked up for every exchange read back
+    /// from a file: foldhash, where SipHash was 5% of a cold read.
+    index: Arc<HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>>,
 }
 
 impl Replies {
@@ -116,15 +118,26 @@ impl Replies {
             return None;
         }
         let index = self.list.len() as u32;
-        Arc::make_mut(&mut self.list).push(Shared::new(text.clone()));
-        Arc::make_mut(&mut self.index).insert(text, index);
+        Arc::make_mut(&mut self.index).insert(text.as_bytes().into(), index);
+        Arc::make_mut(&mut self.list).push(Shared::new(text));
         Some(index)
     }
 
     /// The index of a reply already kept once with this text (for
     /// exchanges read back from a file, which share no `Arc` with a rule).
     pub fn known(&self, reply: &str) -> Option<u32> {
+        self.known_bytes(reply.as_bytes())
+    }
+
+    /// [`Replies::known`] for text not yet checked as UTF-8, with the text
+    /// kept (which is).
+    pub fn known_bytes(&self, reply: &[u8]) -> Option<u32> {
         self.index.get(reply).copied()
+    }
+
+    /// The text kept at `index`.
+    pub fn text(&self, index: u32) -> Option<&str> {
+        Some(&self.list.get(index as usize)?.text)
     }
 }
 
@@ -151,6 +164,21 @@ pub(super) struct Meta {
 }
 
 impl Session {
+    /// An empty session with room for `exchanges` exchanges and `text`
+    /// bytes of their text.
+    pub fn with_capacity(exchanges: usize, text: usize) -> Self {
+        Self {
+            text: String::with_capacity(text),
+            exchanges: Vec::with_capacity(exchanges),
+            ..Self::default()
+        }
+    }
+
+    /// Room for `text` more bytes of text.
+    pub fn reserve_text(&mut self, text: usize) {
+        self.text.reserve(text);
+    }
+
     /// An empty conversation created with `meta`.
     pub fn created(meta: Meta) -> Self {
         Self {
@@ -387,7 +415,25 @@ impl Session {
         timestamp: i64,
         replies: &Replies,
     ) -> Result<(), StoreError> {
-        let shared = replies.known(bot_reply);
+        self.push_read(
+            user_message,
+            bot_reply,
+            replies.known(bot_reply),
+            user_name,
+            timestamp,
+        )
+    }
+
+    /// [`Session::push_row`] with the reply already looked up in the
+    /// store's replies (`shared`).
+    pub fn push_read(
+        &mut self,
+        user_message: &str,
+        bot_reply: &str,
+        shared: Option<u32>,
+        user_name: &str,
+        timestamp: i64,
+    ) -> Result<(), StoreError> {
         // Consecutive exchanges mostly share a name: reuse the kept one.
         let name = match self.names.last() {
             Some(last) if *last.text == *user_name => last.text.clone(),

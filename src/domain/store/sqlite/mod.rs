@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
@@ -199,8 +199,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Reads a session that is not cached from the file (one indexed
-    /// query), answers `read` from it, and caches it if nothing wrote to
+    /// Reads a session that is not cached from the file (its row, then its
+    /// exchanges by their primary key), answers `read` from it, and caches it if nothing wrote to
     /// it meanwhile. `None` when the file has no such session.
     async fn cold<T>(
         &self,
@@ -238,9 +238,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// A session's id and count, then its exchanges.
+const SELECT_SESSION_COUNT: &str = "SELECT id, message_count FROM sessions WHERE session_id = ?1";
 const SELECT_SESSION: &str = "\
     SELECT user_message, bot_reply, user_name, created_at FROM exchanges \
-    WHERE session_ref = (SELECT id FROM sessions WHERE session_id = ?1) ORDER BY seq";
+    WHERE session_ref = ?1 ORDER BY seq";
 
 const SELECT_SUMMARY: &str = "\
     SELECT session_id, message_count, first_at, last_at FROM sessions WHERE session_id = ?1";
@@ -271,27 +273,63 @@ fn load(
     mut replies: Replies,
     cache: &Mutex<Cache>,
 ) -> Result<(Option<Session>, Replies), StoreError> {
+    let found = conn
+        .prepare_cached(SELECT_SESSION_COUNT)?
+        .query_row([key], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    let Some((id, count)) = found else {
+        return Ok((None, replies));
+    };
     let mut statement = conn.prepare_cached(SELECT_SESSION)?;
-    let mut rows = statement.query([key])?;
-    let mut session = Session::default();
-    let mut seen: HashSet<Box<str>> = HashSet::new();
+    let mut rows = statement.query([id])?;
+    let count = usize::try_from(count).unwrap_or(0);
+    let mut session = Session::with_capacity(count, 0);
+    let mut seen: HashSet<Box<[u8]>> = HashSet::new();
+    // Texts are checked as UTF-8 only where they are new: a reply the store
+    // already keeps, or the same name as the row before, is known good.
+    let mut name = String::new();
     while let Some(row) = rows.next()? {
-        let reply = row.get_ref(1)?.as_str()?;
-        if replies.known(reply).is_none() && !seen.insert(reply.into()) {
+        let message = row.get_ref(0)?.as_str()?;
+        let reply_bytes = row.get_ref(1)?.as_bytes()?;
+        let mut shared = replies.known_bytes(reply_bytes);
+        if session.is_empty() {
+            // Room for all the text, guessing from the first: no growing
+            // (a copy each time) while 100 rows come in.
+            let inline = if shared.is_some() {
+                0
+            } else {
+                reply_bytes.len()
+            };
+            session.reserve_text(count.saturating_mul(message.len() + inline));
+        }
+        if shared.is_none() && !seen.insert(reply_bytes.into()) {
+            // Twice in this session: kept once for the store from now on.
+            let text = utf8(reply_bytes)?;
             replies = cache
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .intern_reply(reply);
+                .intern_reply(text);
+            shared = replies.known_bytes(reply_bytes);
         }
-        session.push_row(
-            row.get_ref(0)?.as_str()?,
-            reply,
-            row.get_ref(2)?.as_str()?,
-            row.get(3)?,
-            &replies,
-        )?;
+        let reply = match shared.and_then(|index| replies.text(index)) {
+            Some(text) => text,
+            None => utf8(reply_bytes)?,
+        };
+        let name_bytes = row.get_ref(2)?.as_bytes()?;
+        if name_bytes != name.as_bytes() {
+            name = utf8(name_bytes)?.to_owned();
+        }
+        session.push_read(message, reply, shared, &name, row.get(3)?)?;
     }
     Ok(((!session.is_empty()).then_some(session), replies))
+}
+
+/// A text column's bytes as text, or the error `as_str` gives.
+fn utf8(bytes: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(bytes)
+        .map_err(|err| rusqlite::types::FromSqlError::Other(Box::new(err)).into())
 }
 
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
