@@ -121,8 +121,8 @@ async fn eviction_and_reload_give_byte_identical_histories() {
 }
 
 /// Rows another program wrote: replies repeated but no rule's, names that
-/// change back and forth, and text that is not UTF-8 (which SQLite stores
-/// as given). A read checks only the bytes it has not seen (a kept reply,
+/// change back and forth, text that is not UTF-8 (which SQLite stores as
+/// given), a count far past the rows. A read checks only the bytes it has not seen (a kept reply,
 /// the same name as the row before); what it has not seen is still checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_read_from_the_file_are_checked_as_text_once_each() {
@@ -134,7 +134,8 @@ async fn rows_read_from_the_file_are_checked_as_text_once_each() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "INSERT INTO sessions (id, session_id, message_count, first_at, last_at, next_seq) VALUES
-           (1, 'other', 5, 1, 5, 5), (2, 'bad-name', 2, 1, 2, 2), (3, 'bad-reply', 2, 1, 2, 2);
+           (1, 'other', 5, 1, 5, 5), (2, 'bad-name', 2, 1, 2, 2), (3, 'bad-reply', 2, 1, 2, 2),
+           (4, 'huge-count', 9000000000000000000, 1, 1, 1);
          INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at) VALUES
            (1, 1, 'a', 'Same \"reply\"', 'Ann', 1),
            (1, 2, 'b', 'Same \"reply\"', 'Bob', 2),
@@ -144,7 +145,8 @@ async fn rows_read_from_the_file_are_checked_as_text_once_each() {
            (2, 1, 'a', 'ok', 'Ann', 1),
            (2, 2, 'b', 'ok', CAST(x'416eff' AS TEXT), 2),
            (3, 1, 'a', 'fine', 'Ann', 1),
-           (3, 2, 'b', CAST(x'66696eff' AS TEXT), 'Ann', 2);",
+           (3, 2, 'b', CAST(x'66696eff' AS TEXT), 'Ann', 2),
+           (4, 1, 'a', 'ok', 'Ann', 1);",
     )
     .unwrap();
     drop(conn);
@@ -182,6 +184,13 @@ async fn rows_read_from_the_file_are_checked_as_text_once_each() {
         );
     }
     assert_eq!(store.cache_usage().1, 1, "only the good session is kept");
+    // A count no session could hold only sizes the read within reason.
+    let huge = store
+        .history("huge-count", Page::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(huge.entries.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,6 +238,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The most exchanges, and bytes of their text, a session read from the
+/// file is made with room for before its rows come in.
+const PRESIZE_EXCHANGES: usize = 1 << 16;
+const PRESIZE_TEXT: usize = 16 << 20;
+
 /// A session's id and count, then its exchanges.
 const SELECT_SESSION_COUNT: &str = "SELECT id, message_count FROM sessions WHERE session_id = ?1";
 const SELECT_SESSION: &str = "\
@@ -284,7 +289,9 @@ fn load(
     };
     let mut statement = conn.prepare_cached(SELECT_SESSION)?;
     let mut rows = statement.query([id])?;
-    let count = usize::try_from(count).unwrap_or(0);
+    // The row's count sizes the session, within reason: another program
+    // may have written any number there.
+    let count = usize::try_from(count).unwrap_or(0).min(PRESIZE_EXCHANGES);
     let mut session = Session::with_capacity(count, 0);
     let mut seen: HashSet<Box<[u8]>> = HashSet::new();
     // Texts are checked as UTF-8 only where they are new: a reply the store
@@ -302,7 +309,8 @@ fn load(
             } else {
                 reply_bytes.len()
             };
-            session.reserve_text(count.saturating_mul(message.len() + inline));
+            let text = count.saturating_mul(message.len() + inline);
+            session.reserve_text(text.min(PRESIZE_TEXT));
         }
         if shared.is_none() && !seen.insert(reply_bytes.into()) {
             // Twice in this session: kept once for the store from now on.
