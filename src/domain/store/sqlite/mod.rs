@@ -16,6 +16,7 @@ mod writer;
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -400,8 +401,13 @@ fn read_loop(path: &Path, queue: &crossbeam_channel::Receiver<ReadJob>) {
     while let Ok(job) = queue.recv() {
         match kept.take().map_or_else(|| open_reader(path), Ok) {
             Ok(conn) => {
-                job(Ok(&conn));
-                kept = Some(conn);
+                // A read that panics (a bug) fails its request alone: its
+                // answer is dropped (a 503), the thread goes on, and the
+                // connection it may have left mid-statement is not reused.
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&conn))));
+                if ran.is_ok() {
+                    kept = Some(conn);
+                }
             }
             // Not opened: the read gets why, the next one tries again.
             Err(err) => job(Err(err)),
@@ -565,5 +571,30 @@ impl Store for SqliteStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that panics fails alone: more reads than there are reader
+    /// threads, each after a panicking one, are all answered.
+    #[tokio::test]
+    async fn a_panicking_read_fails_its_request_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        Connection::open(&path).unwrap();
+        let readers = Readers::new(path).unwrap();
+        for _ in 0..2 * READERS {
+            let failed = readers
+                .run(|_| -> Result<(), StoreError> { panic!("a bug in a read") })
+                .await;
+            assert!(matches!(failed, Err(StoreError::Unavailable(_))));
+            let answered = readers
+                .run(|conn| Ok(conn.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0))?))
+                .await;
+            assert_eq!(answered.unwrap(), 42);
+        }
     }
 }
