@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hashlink::LruCache;
-use sqlx::{FromRow, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, Encode, FromRow, PgPool, Postgres, Type};
 use tokio::sync::mpsc;
 
 use super::cache::{Cache, RowVersion};
@@ -320,7 +321,8 @@ const SELECT_CONTEXT: &str = "\
     WHERE s.id = ANY($2::bigint[]) ORDER BY s.id, e.seq";
 
 /// A group's exchanges as columns, one array each for [`INSERT_EXCHANGES`]
-/// (sessions by row id) and [`APPEND_KNOWN`] (by session id).
+/// (sessions by row id) and [`APPEND_KNOWN`] (by session id), which both
+/// take them as their first seven parameters.
 #[derive(Default)]
 struct Columns<'a, S> {
     session: Vec<S>,
@@ -342,6 +344,25 @@ impl<'a, S> Columns<'a, S> {
         self.created_at.push(entry.timestamp);
         self.search_text
             .push(search_text(&entry.user_message, &entry.bot_reply));
+    }
+
+    /// The columns as the statement's first seven parameters, in order.
+    fn arguments(self) -> Result<PgArguments, sqlx::Error>
+    where
+        Vec<S>: Encode<'a, Postgres> + Type<Postgres> + 'a,
+    {
+        let mut args = PgArguments::default();
+        let add = || -> Result<(), sqlx::error::BoxDynError> {
+            args.add(self.session)?;
+            args.add(self.seq)?;
+            args.add(self.user_message)?;
+            args.add(self.bot_reply)?;
+            args.add(self.user_name)?;
+            args.add(self.created_at)?;
+            args.add(self.search_text)
+        };
+        add().map_err(sqlx::Error::Encode)?;
+        Ok(args)
     }
 }
 
@@ -405,8 +426,8 @@ fn answer(
 /// order), `$7`..`$13` the exchanges, each with its place `k` (from 1)
 /// among its session's in the group.
 const APPEND_KNOWN: &str = "\
-    WITH input AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
-    $5::bigint[], $6::bigint[]) AS i(session_id, added, first_at, last_at, kept_id, kept_version)), \
+    WITH input AS (SELECT * FROM unnest($8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
+    $12::bigint[], $13::bigint[]) AS i(session_id, added, first_at, last_at, kept_id, kept_version)), \
     created AS (INSERT INTO sessions (session_id, message_count, first_at, last_at, next_seq) \
     SELECT session_id, added, first_at, last_at, added FROM input WHERE kept_id IS NULL \
     ORDER BY session_id ON CONFLICT (session_id) DO NOTHING \
@@ -421,8 +442,8 @@ const APPEND_KNOWN: &str = "\
     (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
     SELECT up.id, up.next_seq - input.added + e.k, e.user_message, e.bot_reply, e.user_name, \
     e.created_at, e.search_text \
-    FROM unnest($7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
-    $13::text[]) AS e(session_id, k, user_message, bot_reply, user_name, created_at, search_text) \
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+    $7::text[]) AS e(session_id, k, user_message, bot_reply, user_name, created_at, search_text) \
     JOIN up USING (session_id) JOIN input USING (session_id)) \
     SELECT id, session_id, next_seq, version FROM up";
 
@@ -495,7 +516,7 @@ impl Prepared {
                 .collect()
         };
         let tallies = || self.sessions.values().map(|(tally, _, _)| tally);
-        sqlx::query_as(APPEND_KNOWN)
+        sqlx::query_as_with(APPEND_KNOWN, columns.arguments()?)
             .bind(
                 self.sessions
                     .keys()
@@ -507,13 +528,6 @@ impl Prepared {
             .bind(tallies().map(|t| t.last_at).collect::<Vec<i64>>())
             .bind(kept(|row| row.id))
             .bind(kept(|row| row.version))
-            .bind(columns.session)
-            .bind(columns.seq)
-            .bind(columns.user_message)
-            .bind(columns.bot_reply)
-            .bind(columns.user_name)
-            .bind(columns.created_at)
-            .bind(columns.search_text)
             .fetch_all(pool)
             .await
     }
@@ -660,14 +674,7 @@ async fn write_batch(
     for (answer, (session_ref, seq)) in answered.iter().zip(&rows) {
         columns.push(*session_ref, *seq, &answer.entry);
     }
-    sqlx::query(INSERT_EXCHANGES)
-        .bind(columns.session)
-        .bind(columns.seq)
-        .bind(columns.user_message)
-        .bind(columns.bot_reply)
-        .bind(columns.user_name)
-        .bind(columns.created_at)
-        .bind(columns.search_text)
+    sqlx::query_with(INSERT_EXCHANGES, columns.arguments()?)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
