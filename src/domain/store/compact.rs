@@ -164,11 +164,9 @@ pub(super) struct Meta {
 }
 
 impl Session {
-    /// An empty session with room for `exchanges` exchanges and `text`
-    /// bytes of their text.
-    pub fn with_capacity(exchanges: usize, text: usize) -> Self {
+    /// An empty session with room for `exchanges` exchanges.
+    pub fn with_capacity(exchanges: usize) -> Self {
         Self {
-            text: String::with_capacity(text),
             exchanges: Vec::with_capacity(exchanges),
             ..Self::default()
         }

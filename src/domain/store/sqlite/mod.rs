@@ -201,8 +201,9 @@ impl SqliteStore {
     }
 
     /// Reads a session that is not cached from the file (its row, then its
-    /// exchanges by their primary key), answers `read` from it, and caches it if nothing wrote to
-    /// it meanwhile. `None` when the file has no such session.
+    /// exchanges by their primary key), answers `read` from it, and caches
+    /// it if nothing wrote to it meanwhile. `None` when the file has no
+    /// such session.
     async fn cold<T>(
         &self,
         key: &str,
@@ -293,7 +294,7 @@ fn load(
     // The row's count sizes the session, within reason: another program
     // may have written any number there.
     let count = usize::try_from(count).unwrap_or(0).min(PRESIZE_EXCHANGES);
-    let mut session = Session::with_capacity(count, 0);
+    let mut session = Session::with_capacity(count);
     let mut seen: HashSet<Box<[u8]>> = HashSet::new();
     // Texts are checked as UTF-8 only where they are new: a reply the store
     // already keeps, or the same name as the row before, is known good.
