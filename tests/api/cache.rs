@@ -542,6 +542,98 @@ async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
     );
 }
 
+/// A file of the previous release (migrations up to 0004: a lower-cased
+/// copy of each message and reply in `exchanges` and in the log tables),
+/// with an exchange a crash left in the log, opens: migration 0005 drops the
+/// copies, the log is folded, and history and case-insensitive search (now
+/// lower-casing as it reads) see both exchanges, non-ASCII text included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_the_previous_release_drops_its_search_copies() {
+    use sqlx::{ConnectOptions, Executor, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("previous.db");
+    let previous = dir.path().join("migrations");
+    std::fs::create_dir(&previous).unwrap();
+    let mut copied = 0;
+    for entry in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
+    {
+        let entry = entry.unwrap();
+        if entry.file_name().to_str().unwrap() < "0005" {
+            std::fs::copy(entry.path(), previous.join(entry.file_name())).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, 4);
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let mut conn = options
+        .clone()
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(previous.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    conn.execute(
+        "INSERT INTO sessions (id, session_id, message_count, first_at, last_at, next_seq) VALUES (1, 'prev', 1, 10, 10, 1);
+         INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) VALUES
+           (1, 1, 'Grüße aus MÜNCHEN', 'Hello Ann!', 'Ann', 10, 'grüße aus münchen' || char(31) || 'hello ann!');
+         INSERT INTO exchange_log_3 (session_id, seq, user_message, bot_reply, user_name, created_at, search_text) VALUES
+           ('prev', 2, 'Zürich next', 'Noted.', 'Ann', 20, 'zürich next' || char(31) || 'noted.');",
+    )
+    .await
+    .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+
+    let store = open(&path, 1 << 20).await;
+    let page = store
+        .history("prev", Page::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let said: Vec<&str> = page.entries.iter().map(|e| &*e.user_message).collect();
+    assert_eq!(said, ["Grüße aus MÜNCHEN", "Zürich next"]);
+    let search = |text: &str| chatbot_api::domain::store::Search {
+        prefix: String::new(),
+        text: text.into(),
+        session_id: None,
+        limit: 10,
+    };
+    for (text, hits) in [
+        ("münchen", 1),
+        ("zürich", 1),
+        ("ann", 1),
+        ("noted", 1),
+        ("e", 2),
+        ("paris", 0),
+        // the copy joined message and reply: a search no longer spans them
+        ("münchen\u{1f}hello", 0),
+    ] {
+        let found = store.search(&search(text)).await.unwrap();
+        assert_eq!(found.len(), hits, "{text:?}");
+    }
+    drop(store);
+    let mut conn = options.connect().await.unwrap();
+    for table in ["exchanges", "exchange_log_3"] {
+        let columns: Vec<String> =
+            sqlx::query(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+        assert!(
+            !columns.iter().any(|c| c == "search_text"),
+            "{table}: {columns:?}"
+        );
+    }
+}
+
 /// Runs `write(store, i)` for every `i` below `sessions`, from 32 tasks at once
 /// (each its share, in order): groups of many sessions.
 async fn in_32_tasks<F>(

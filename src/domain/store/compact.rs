@@ -350,7 +350,7 @@ impl Session {
 
     /// Whether exchange `i`'s message or reply contains `text` (lower-cased).
     pub fn matches(&self, i: usize, replies: &[Shared], text: &str) -> bool {
-        super::search_text(self.message(i), &self.reply(i, replies)).contains(text)
+        super::finds(self.message(i), &self.reply(i, replies), text)
     }
 
     /// The timestamp of exchange `i`.

@@ -383,8 +383,39 @@ pub struct Search {
     pub limit: usize,
 }
 
-/// The lower-cased text a search looks in: message and reply, kept apart by
-/// a separator no query contains.
+/// Whether a search for `text` (lower-cased, as [`Search::text`] is) finds
+/// an exchange: its message or its reply, lower-cased, contains it. The
+/// memory and SQLite stores search with this; PostgreSQL's index needs the
+/// text stored ([`search_text`]).
+pub fn finds(user_message: &str, bot_reply: &str, text: &str) -> bool {
+    contains_lowered(user_message.as_bytes(), text) || contains_lowered(bot_reply.as_bytes(), text)
+}
+
+/// Whether `haystack` (UTF-8, or searched as if it were), lower-cased,
+/// contains `needle`. ASCII text (most of it) is compared as it is: the
+/// needle's first byte found in either case, then the rest checked.
+pub(crate) fn contains_lowered(haystack: &[u8], needle: &str) -> bool {
+    if !haystack.is_ascii() {
+        return String::from_utf8_lossy(haystack)
+            .to_lowercase()
+            .contains(needle);
+    }
+    let needle = needle.as_bytes();
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), haystack).any(|at| {
+        haystack[at..].get(..needle.len()).is_some_and(|window| {
+            window
+                .iter()
+                .zip(needle)
+                .all(|(h, n)| h.to_ascii_lowercase() == *n)
+        })
+    })
+}
+
+/// The lower-cased text PostgreSQL's search index covers: message and
+/// reply, kept apart by a separator.
 pub fn search_text(user_message: &str, bot_reply: &str) -> String {
     format!(
         "{}\u{1f}{}",
@@ -656,6 +687,37 @@ impl fmt::Debug for StoreKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_finds_what_the_stored_search_text_held() {
+        let cases = [
+            ("Hello There", "Hi!", "lo th", true),
+            ("Hello There", "Hi!", "hi!", true),
+            ("Hello There", "Hi!", "HELLO", false), // the query comes lower-cased
+            ("ÉCOLE", "…", "école", true),
+            ("Straße", "", "straße", true),
+            ("ΟΔΟΣ", "", "οδος", true), // a final sigma lowers to ς
+            ("ΟΔΟΣ", "", "οδος".trim_end_matches('ς'), true),
+            ("abc", "xyz", "", true),
+            ("abc", "xyz", "abcx", false),
+        ];
+        for (message, reply, text, found) in cases {
+            let stored = search_text(message, reply).contains(text);
+            assert_eq!(
+                finds(message, reply, text),
+                found,
+                "{message:?} {reply:?} {text:?}"
+            );
+            assert_eq!(
+                stored, found,
+                "as the stored text did: {message:?} {text:?}"
+            );
+        }
+        // Nor across the two: the stored text joined them with U+001F.
+        assert!(search_text("ab", "cd").contains("b\u{1f}c"));
+        assert!(!finds("ab", "cd", "b\u{1f}c"));
+        assert!(finds("a\u{1f}b", "", "a\u{1f}b"));
+    }
 
     #[test]
     fn store_values_parse() {

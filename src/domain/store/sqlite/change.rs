@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use crate::domain::models::ConversationEntry;
 use crate::domain::store::{
     At, Caps, Change, Changed, Conversation, Edited, Numbered, StoreError, metadata_from_json,
-    metadata_json, search_text,
+    metadata_json,
 };
 
 /// Adds one exchange to a session's counters and returns its id.
@@ -19,8 +19,8 @@ const COUNT_EXCHANGE: &str = "\
     WHERE id = ?1 RETURNING next_seq";
 const INSERT_EXCHANGE: &str = "\
     INSERT INTO exchanges \
-    (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    (session_ref, seq, user_message, bot_reply, user_name, created_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const EXCHANGE_COLUMNS: &str = "seq, user_message, bot_reply, user_name, created_at";
 
 /// Applies `change` to `session` in one transaction.
@@ -99,15 +99,14 @@ pub(super) fn apply(
                 Some(old) => Changed::Edited(Some(match edit.apply(&old.entry) {
                     Some(entry) => {
                         tx.prepare_cached(
-                            "UPDATE exchanges SET user_message = ?3, bot_reply = ?4, \
-                             search_text = ?5 WHERE session_ref = ?1 AND seq = ?2",
+                            "UPDATE exchanges SET user_message = ?3, bot_reply = ?4 \
+                             WHERE session_ref = ?1 AND seq = ?2",
                         )?
                         .execute(params![
                             id,
                             old.seq as i64,
                             &*entry.user_message,
                             &*entry.bot_reply,
-                            search_text(&entry.user_message, &entry.bot_reply),
                         ])?;
                         Edited::Kept(Numbered {
                             seq: old.seq,
@@ -144,7 +143,6 @@ fn insert(
             &*entry.bot_reply,
             &*entry.user_name,
             entry.timestamp,
-            search_text(&entry.user_message, &entry.bot_reply),
         ])?;
         ids.push(seq as u64);
     }

@@ -7,7 +7,8 @@
 //! `--cache-mb`. Writes go through one writer thread with group commit and a
 //! separate flush ([`writer`]); they reach the cache only once on disk. The
 //! session list and search cover sessions not in RAM too, so they are
-//! indexed queries on reader connections.
+//! queries on reader connections (search tests each exchange with
+//! [`finds`](crate::domain::store::finds), as memory mode does).
 
 mod analytics;
 mod cache;
@@ -34,7 +35,7 @@ use super::queue::{CommitStats, Writes};
 use super::{
     AnalyticsCounts, AnalyticsQuery, Change, Changed, Conversation, Found, HistoryPage, JsonPage,
     NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError, StoreOptions, Totals,
-    contains_pattern, prefix_end,
+    contains_lowered, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -267,7 +268,7 @@ const TOTALS: &str = "\
 const SEARCH: &str = "\
     SELECT s.session_id, e.user_message, e.bot_reply, e.user_name, e.created_at \
     FROM exchanges e JOIN sessions s ON s.id = e.session_ref \
-    WHERE e.search_text LIKE ?1 ESCAPE '\\' AND (?2 = '' OR s.session_id = ?2) \
+    WHERE chatbot_finds(e.user_message, e.bot_reply, ?1) AND (?2 = '' OR s.session_id = ?2) \
     AND s.session_id >= ?4 AND (?5 = '' OR s.session_id < ?5) \
     ORDER BY e.created_at DESC, s.session_id DESC, e.seq DESC LIMIT ?3";
 
@@ -419,7 +420,27 @@ fn read_loop(path: &Path, queue: &crossbeam_channel::Receiver<ReadJob>) {
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = open_connection(path)?;
     conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
+    register_finds(&conn)?;
     Ok(conn)
+}
+
+/// `chatbot_finds(message, reply, text)`: whether a search for `text`
+/// finds the exchange ([`finds`](crate::domain::store::finds)). Text that
+/// is not UTF-8 (written by another program) is searched as if it were.
+fn register_finds(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "chatbot_finds",
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let text = String::from_utf8_lossy(ctx.get_raw(2).as_bytes()?);
+            let finds = |i| -> rusqlite::Result<bool> {
+                Ok(contains_lowered(ctx.get_raw(i).as_bytes()?, &text))
+            };
+            Ok(finds(0)? || finds(1)?)
+        },
+    )
 }
 
 #[async_trait]
@@ -510,7 +531,7 @@ impl Store for SqliteStore {
     }
 
     async fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
-        let pattern = contains_pattern(&search.text);
+        let text = search.text.clone();
         let only = search.session_id.clone().unwrap_or_default();
         let from = search.prefix.clone();
         let to = prefix_end(&search.prefix).unwrap_or_default();
@@ -518,7 +539,7 @@ impl Store for SqliteStore {
         self.query(move |conn| {
             let found = conn
                 .prepare_cached(SEARCH)?
-                .query_map(params![pattern, only, limit, from, to], |row| {
+                .query_map(params![text, only, limit, from, to], |row| {
                     Ok(Found {
                         session_id: row.get(0)?,
                         entry: ConversationEntry {

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::Cache;
 use crate::domain::chatbot::{CONTEXT_EXCHANGES, History};
 use crate::domain::store::queue::{Command, CommitStats, MAX_BATCH, Pending, Reply};
-use crate::domain::store::{Caps, Changed, Numbered, StoreError, search_text};
+use crate::domain::store::{Caps, Changed, Numbered, StoreError};
 
 /// Sessions whose latest exchanges the writer keeps for the reply engine
 /// (besides those with exchanges in the log, which it keeps until a fold).
@@ -169,8 +169,8 @@ static LOG_SQL: std::sync::LazyLock<Vec<LogSql>> = std::sync::LazyLock::new(|| {
         .map(|k| LogSql {
             insert: format!(
                 "INSERT INTO exchange_log_{k} \
-                 (session_id, seq, user_message, bot_reply, user_name, created_at, search_text) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                 (session_id, seq, user_message, bot_reply, user_name, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             ),
             fold: [
                 format!(
@@ -184,9 +184,9 @@ static LOG_SQL: std::sync::LazyLock<Vec<LogSql>> = std::sync::LazyLock::new(|| {
                 ),
                 format!(
                     "INSERT INTO exchanges \
-                     (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) \
-                     SELECT s.id, l.seq, l.user_message, l.bot_reply, l.user_name, l.created_at, \
-                     l.search_text FROM exchange_log_{k} l JOIN sessions s ON s.session_id = l.session_id \
+                     (session_ref, seq, user_message, bot_reply, user_name, created_at) \
+                     SELECT s.id, l.seq, l.user_message, l.bot_reply, l.user_name, l.created_at \
+                     FROM exchange_log_{k} l JOIN sessions s ON s.session_id = l.session_id \
                      ORDER BY s.id, l.seq"
                 ),
                 format!("DELETE FROM exchange_log_{k}"),
@@ -577,7 +577,6 @@ impl Writer {
                     &*bot_reply,
                     &*exchange.user_name,
                     exchange.timestamp,
-                    search_text(&exchange.user_message, &bot_reply),
                 ])?;
                 *wrote = true;
                 logged_rows[table] += 1;
