@@ -6,8 +6,8 @@
 # same server built from BASE_REV (default: HEAD, so an uncommitted change is
 # measured against what it changes), alternating, on one copy of one file.
 #
-# The file is filled by the working tree's server, so BASE_REV must open it:
-# d65b687 or later (its migration 0004 is the log tables).
+# Each server reads a file it filled itself (the same requests), so a
+# BASE_REV with an older file format is measured on its own format.
 #
 #   benches/cold.sh                     # ~4 minutes plus one release build of BASE_REV
 #   BASE_REV=<commit> ROUNDS=5 DURATION=10s benches/cold.sh
@@ -22,10 +22,14 @@ source benches/lib.sh
 
 BASE_BINARY=$(base_binary "$BASE_REV" "${BASE_TREE:-$PWD/target/cold-base}")
 
-echo "== filling one file: 1,000 sessions of 100 exchanges" >&2
-start fill target/release/chatbot-api --store "sqlite:$WORK/filled.db" --port "$PORT"
-populate "" 100000
-stop
+for which in base new; do
+    binary=target/release/chatbot-api
+    [ "$which" = base ] && binary=$BASE_BINARY
+    echo "== $which fills its file: 1,000 sessions of 100 exchanges" >&2
+    start "fill-$which" "$binary" --store "sqlite:$WORK/filled-$which.db" --port "$PORT"
+    populate "" 100000
+    stop
+done
 
 declare -A R
 for round in $(seq "$ROUNDS"); do
@@ -34,7 +38,7 @@ for round in $(seq "$ROUNDS"); do
         [ "$which" = base ] && binary=$BASE_BINARY
         for cache in warm cold; do
             rm -f "$WORK"/run.db*
-            cp "$WORK/filled.db" "$WORK/run.db"
+            cp "$WORK/filled-$which.db" "$WORK/run.db"
             mb=256
             [ "$cache" = cold ] && mb=1
             echo "== round $round, $which, $cache" >&2

@@ -22,21 +22,25 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 
 BASE_BINARY=$(base_binary "$BASE_REV" "${BASE_TREE:-$PWD/target/cold-base}")
 
-echo "== filling one file: 1,000 sessions of 100 exchanges" >&2
-start fill target/release/chatbot-api --store "sqlite:$WORK/filled.db" --port "$PORT"
-populate "" 100000
-stop
+for which in base new; do
+    binary=target/release/chatbot-api
+    [ "$which" = base ] && binary=$BASE_BINARY
+    echo "== $which fills its file: 1,000 sessions of 100 exchanges" >&2
+    start "fill-$which" "$binary" --store "sqlite:$WORK/filled-$which.db" --port "$PORT"
+    populate "" 100000
+    stop
+done
 
-counted() { # binary, reads -> instructions of the whole process
+counted() { # binary, which file, reads -> instructions of the whole process
     rm -f "$WORK"/run.db*
-    cp "$WORK/filled.db" "$WORK/run.db"
+    cp "$WORK/filled-$2.db" "$WORK/run.db"
     BENCH_PORT=$PORT RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
         "$1" --store "sqlite:$WORK/run.db" --port "$PORT" --cache-mb 1 2>"$WORK/valgrind.log" &
     PID=$!
     for _ in $(seq 600); do curl -s -o /dev/null "127.0.0.1:$PORT/" && break; sleep 0.1; done
     # One keep-alive connection, sessions in turn as get_many.lua reads them
     # (wrk would wait out its whole -d after the last answer).
-    python3 - "$PORT" "$2" <<'PY'
+    python3 - "$PORT" "$3" <<'PY'
 import http.client, sys
 conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for n in range(1, int(sys.argv[2]) + 1):
@@ -58,8 +62,8 @@ for which in base new; do
     binary=target/release/chatbot-api
     [ "$which" = base ] && binary=$BASE_BINARY
     echo "== $which" >&2
-    idle=$(counted "$binary" 0)
-    busy=$(counted "$binary" "$N")
+    idle=$(counted "$binary" "$which" 0)
+    busy=$(counted "$binary" "$which" "$N")
     echo "| $which | $(( (busy - idle) / N )) |"
 done
 echo
