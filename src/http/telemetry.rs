@@ -150,17 +150,41 @@ pub fn flush_access_lines() {
 }
 
 /// One access line, appended to `line`: `stamp` is the timestamp to the
-/// second.
+/// second. Pieces are copied and numbers written with `itoa`: through
+/// `write!` a line took ~1,500 instructions (callgrind), this way ~400, of
+/// a memory-mode `POST`'s ~40,000.
 fn format_access_line(
     line: &mut String,
     stamp: &str,
     subsec_micros: u32,
     (method, uri, status, micros): (&axum::http::Method, &axum::http::Uri, u16, u64),
 ) {
-    let _ = writeln!(
-        line,
-        "{stamp}.{subsec_micros:06}Z  INFO {ACCESS_TARGET}: request method={method} uri={uri} status={status} micros={micros}",
-    );
+    let mut number = itoa::Buffer::new();
+    line.push_str(stamp);
+    line.push('.');
+    let fraction = number.format(subsec_micros.min(999_999));
+    line.extend(std::iter::repeat_n('0', 6 - fraction.len()));
+    line.push_str(fraction);
+    line.push_str("Z  INFO ");
+    line.push_str(ACCESS_TARGET);
+    line.push_str(": request method=");
+    line.push_str(method.as_str());
+    line.push_str(" uri=");
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        // What `Uri`'s `Display` writes for a path (with its query).
+        line.push_str(uri.path());
+        if let Some(query) = uri.query() {
+            line.push('?');
+            line.push_str(query);
+        }
+    } else {
+        let _ = write!(line, "{uri}");
+    }
+    line.push_str(" status=");
+    line.push_str(number.format(status));
+    line.push_str(" micros=");
+    line.push_str(number.format(micros));
+    line.push('\n');
 }
 
 /// Whether the filter lets access-log lines through; checked once, when the
@@ -205,40 +229,86 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_direct_access_line_is_the_subscribers_line() {
+    /// The subscriber's line for one request.
+    fn theirs(
+        method: &axum::http::Method,
+        uri: &axum::http::Uri,
+        status: u16,
+        micros: u64,
+    ) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        let method = axum::http::Method::PATCH;
-        let uri: axum::http::Uri = "/chat/history/a%20b?limit=2&offset=1".parse().unwrap();
-        let (status, micros) = (422u16, 1234u64);
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: ACCESS_TARGET, %method, %uri, status, micros, "request");
         });
-        let theirs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
 
+    #[test]
+    fn the_direct_access_line_is_the_subscribers_line() {
+        let method = axum::http::Method::PATCH;
+        let uri: axum::http::Uri = "/chat/history/a%20b?limit=2&offset=1".parse().unwrap();
         let mut ours = String::new();
         format_access_line(
             &mut ours,
             "2026-11-28T14:20:30",
             7,
-            (&method, &uri, status, micros),
+            (&method, &uri, 422, 1234),
         );
         assert_eq!(
             ours,
             "2026-11-28T14:20:30.000007Z  INFO chatbot_api::access: request method=PATCH \
              uri=/chat/history/a%20b?limit=2&offset=1 status=422 micros=1234\n"
         );
-        // The same after the timestamp, and a timestamp of the same shape.
-        let (their_stamp, their_rest) = theirs.split_once(' ').unwrap();
-        let (our_stamp, our_rest) = ours.split_once(' ').unwrap();
-        assert_eq!(our_rest, their_rest);
-        assert_eq!(our_stamp.len(), their_stamp.len(), "{their_stamp}");
-        assert_eq!(their_stamp.as_bytes()[10], b'T');
-        assert!(their_stamp.ends_with('Z'));
+        let cases = [
+            ("GET", "/", 200, 0, 0),
+            ("POST", "/chat", 200, 35, 999_999),
+            (
+                "GET",
+                "/chat/search?q=",
+                422,
+                18_446_744_073_709_551_615,
+                123_456,
+            ),
+            (
+                "DELETE",
+                "http://example.com:8000/chat/history/x?y=1",
+                204,
+                9,
+                10,
+            ),
+            ("PURGE", "*", 405, 12, 100_000),
+            (
+                "GET",
+                "/chat/history/%E2%98%95?limit=1&offset=0",
+                404,
+                77,
+                5,
+            ),
+        ];
+        for (method, uri, status, micros, subsec) in cases {
+            let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap();
+            let uri: axum::http::Uri = uri.parse().unwrap();
+            let theirs = theirs(&method, &uri, status, micros);
+            let mut ours = String::new();
+            format_access_line(
+                &mut ours,
+                "2026-11-28T14:20:30",
+                subsec,
+                (&method, &uri, status, micros),
+            );
+            // The same after the timestamp, and a timestamp of the same shape.
+            let (their_stamp, their_rest) = theirs.split_once(' ').unwrap();
+            let (our_stamp, our_rest) = ours.split_once(' ').unwrap();
+            assert_eq!(our_rest, their_rest);
+            assert_eq!(our_stamp.len(), their_stamp.len(), "{their_stamp}");
+            assert_eq!(their_stamp.as_bytes()[10], b'T');
+            assert!(their_stamp.ends_with('Z'));
+            assert_eq!(our_stamp, format!("2026-11-28T14:20:30.{subsec:06}Z"));
+        }
     }
 }
