@@ -22,14 +22,7 @@ source benches/lib.sh
 
 BASE_BINARY=$(base_binary "$BASE_REV" "${BASE_TREE:-$PWD/target/cold-base}")
 
-for which in base new; do
-    binary=target/release/chatbot-api
-    [ "$which" = base ] && binary=$BASE_BINARY
-    echo "== $which fills its file: 1,000 sessions of 100 exchanges" >&2
-    start "fill-$which" "$binary" --store "sqlite:$WORK/filled-$which.db" --port "$PORT"
-    populate "" 100000
-    stop
-done
+fill_each_format
 
 declare -A R
 for round in $(seq "$ROUNDS"); do

@@ -22,14 +22,7 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 
 BASE_BINARY=$(base_binary "$BASE_REV" "${BASE_TREE:-$PWD/target/cold-base}")
 
-for which in base new; do
-    binary=target/release/chatbot-api
-    [ "$which" = base ] && binary=$BASE_BINARY
-    echo "== $which fills its file: 1,000 sessions of 100 exchanges" >&2
-    start "fill-$which" "$binary" --store "sqlite:$WORK/filled-$which.db" --port "$PORT"
-    populate "" 100000
-    stop
-done
+fill_each_format
 
 counted() { # binary, which file, reads -> instructions of the whole process
     rm -f "$WORK"/run.db*

@@ -72,3 +72,15 @@ ab_row() { # server, workload key, label -> one row of an A/B table against memo
         ratio "$(cut -d' ' -f1 <<<"${R[$which/$what/$r]}")" "$(cut -d' ' -f1 <<<"${R[memory/$what/$r]}")"; echo -n " "; done)
     echo "| $which | $label | $(col "$which/$what" 1) | $(col "$which/$what" 2) / $(col "$which/$what" 3) | $(ratio "$(col "$which/$what" 1)" "$(col "memory/$what" 1)") | $rounds|"
 }
+fill_each_format() { # base and new each fill $WORK/filled-<which>.db: 1,000 sessions of 100 exchanges
+    # (each reads a file of its own format; the same requests fill both).
+    local which binary
+    for which in base new; do
+        binary=target/release/chatbot-api
+        [ "$which" = base ] && binary=$BASE_BINARY
+        echo "== $which fills its file: 1,000 sessions of 100 exchanges" >&2
+        start "fill-$which" "$binary" --store "sqlite:$WORK/filled-$which.db" --port "$PORT"
+        populate "" 100000
+        stop
+    done
+}

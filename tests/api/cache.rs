@@ -468,45 +468,53 @@ async fn acknowledged_writes_are_flushed_once_per_group_unless_told_otherwise() 
     }
 }
 
-/// A file as the first release wrote it (only the first migration, rows
-/// without search text) opens: the later migration runs, and history,
-/// search and new writes work.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
+/// A file at `path` as a release that had the migrations before `upto`
+/// (a file name prefix, e.g. "0002") left it, then `sql` run on it.
+async fn file_of_release(dir: &Path, path: &Path, upto: &str, sql: &str) {
     use sqlx::{ConnectOptions, Executor};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
-    let first_only = dir.path().join("migrations");
-    std::fs::create_dir(&first_only).unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/sqlite/0001_sessions_and_exchanges.sql"
-        ),
-        first_only.join("0001_sessions_and_exchanges.sql"),
-    )
-    .unwrap();
+    let migrations = dir.join(format!("migrations-before-{upto}"));
+    std::fs::create_dir(&migrations).unwrap();
+    for entry in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
+    {
+        let entry = entry.unwrap();
+        if entry.file_name().to_str().unwrap() < upto {
+            std::fs::copy(entry.path(), migrations.join(entry.file_name())).unwrap();
+        }
+    }
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
+        .filename(path)
         .create_if_missing(true)
         .connect()
         .await
         .unwrap();
-    sqlx::migrate::Migrator::new(first_only.as_path())
+    sqlx::migrate::Migrator::new(migrations.as_path())
         .await
         .unwrap()
         .run(&mut conn)
         .await
         .unwrap();
-    conn.execute(
+    conn.execute(sql).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+}
+
+/// A file as the first release wrote it (only the first migration, rows
+/// without search text) opens: the later migration runs, and history,
+/// search and new writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    file_of_release(
+        dir.path(),
+        &path,
+        "0002",
         "INSERT INTO sessions (id, session_id, message_count, first_at, last_at) VALUES (1, 'old', 2, 10, 20);
          INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at) VALUES
            (1, 1, 'Hello!', 'Hi there! How can I help you today?', 'Ann', 10),
            (1, 2, 'Tell me about FastAPI', 'FastAPI is a modern, fast Python web framework for building APIs. It''s awesome!', 'Ann', 20);",
     )
-    .await
-    .unwrap();
-    sqlx::Connection::close(conn).await.unwrap();
+    .await;
 
     let store = open(&path, 1 << 20).await;
     let page = store
@@ -549,45 +557,20 @@ async fn a_file_written_by_an_earlier_version_opens_and_migrates() {
 /// lower-casing as it reads) see both exchanges, non-ASCII text included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_of_the_previous_release_drops_its_search_copies() {
-    use sqlx::{ConnectOptions, Executor, Row};
+    use sqlx::{ConnectOptions, Row};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("previous.db");
-    let previous = dir.path().join("migrations");
-    std::fs::create_dir(&previous).unwrap();
-    let mut copied = 0;
-    for entry in
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
-    {
-        let entry = entry.unwrap();
-        if entry.file_name().to_str().unwrap() < "0005" {
-            std::fs::copy(entry.path(), previous.join(entry.file_name())).unwrap();
-            copied += 1;
-        }
-    }
-    assert_eq!(copied, 4);
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-    let mut conn = options
-        .clone()
-        .create_if_missing(true)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(previous.as_path())
-        .await
-        .unwrap()
-        .run(&mut conn)
-        .await
-        .unwrap();
-    conn.execute(
+    file_of_release(
+        dir.path(),
+        &path,
+        "0005",
         "INSERT INTO sessions (id, session_id, message_count, first_at, last_at, next_seq) VALUES (1, 'prev', 1, 10, 10, 1);
          INSERT INTO exchanges (session_ref, seq, user_message, bot_reply, user_name, created_at, search_text) VALUES
            (1, 1, 'Grüße aus MÜNCHEN', 'Hello Ann!', 'Ann', 10, 'grüße aus münchen' || char(31) || 'hello ann!');
          INSERT INTO exchange_log_3 (session_id, seq, user_message, bot_reply, user_name, created_at, search_text) VALUES
            ('prev', 2, 'Zürich next', 'Noted.', 'Ann', 20, 'zürich next' || char(31) || 'noted.');",
     )
-    .await
-    .unwrap();
-    sqlx::Connection::close(conn).await.unwrap();
+    .await;
 
     let store = open(&path, 1 << 20).await;
     let page = store
@@ -617,7 +600,11 @@ async fn a_file_of_the_previous_release_drops_its_search_copies() {
         assert_eq!(found.len(), hits, "{text:?}");
     }
     drop(store);
-    let mut conn = options.connect().await.unwrap();
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
     for table in ["exchanges", "exchange_log_3"] {
         let columns: Vec<String> =
             sqlx::query(&format!("SELECT name FROM pragma_table_info('{table}')"))
