@@ -350,7 +350,11 @@ impl Session {
 
     /// Whether exchange `i`'s message or reply contains `text` (lower-cased).
     pub fn matches(&self, i: usize, replies: &[Shared], text: &str) -> bool {
-        super::finds(self.message(i), &self.reply(i, replies), text)
+        super::finds(
+            self.message(i).as_bytes(),
+            self.reply(i, replies).as_bytes(),
+            text,
+        )
     }
 
     /// The timestamp of exchange `i`.

@@ -384,17 +384,18 @@ pub struct Search {
 }
 
 /// Whether a search for `text` (lower-cased, as [`Search::text`] is) finds
-/// an exchange: its message or its reply, lower-cased, contains it. The
+/// an exchange: its message or its reply (UTF-8, or searched as if it
+/// were: SQLite hands over a row's bytes), lower-cased, contains it. The
 /// memory and SQLite stores search with this; PostgreSQL's index needs the
 /// text stored ([`search_text`]).
-pub fn finds(user_message: &str, bot_reply: &str, text: &str) -> bool {
-    contains_lowered(user_message.as_bytes(), text) || contains_lowered(bot_reply.as_bytes(), text)
+pub fn finds(user_message: &[u8], bot_reply: &[u8], text: &str) -> bool {
+    contains_lowered(user_message, text) || contains_lowered(bot_reply, text)
 }
 
 /// Whether `haystack` (UTF-8, or searched as if it were), lower-cased,
 /// contains `needle`. ASCII text (most of it) is compared as it is: the
 /// needle's first byte found in either case, then the rest checked.
-pub(crate) fn contains_lowered(haystack: &[u8], needle: &str) -> bool {
+fn contains_lowered(haystack: &[u8], needle: &str) -> bool {
     if !haystack.is_ascii() {
         return String::from_utf8_lossy(haystack)
             .to_lowercase()
@@ -704,7 +705,7 @@ mod tests {
         for (message, reply, text, found) in cases {
             let stored = search_text(message, reply).contains(text);
             assert_eq!(
-                finds(message, reply, text),
+                finds(message.as_bytes(), reply.as_bytes(), text),
                 found,
                 "{message:?} {reply:?} {text:?}"
             );
@@ -715,8 +716,8 @@ mod tests {
         }
         // Nor across the two: the stored text joined them with U+001F.
         assert!(search_text("ab", "cd").contains("b\u{1f}c"));
-        assert!(!finds("ab", "cd", "b\u{1f}c"));
-        assert!(finds("a\u{1f}b", "", "a\u{1f}b"));
+        assert!(!finds(b"ab", b"cd", "b\u{1f}c"));
+        assert!(finds("a\u{1f}b".as_bytes(), b"", "a\u{1f}b"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::queue::{CommitStats, Writes};
 use super::{
     AnalyticsCounts, AnalyticsQuery, Change, Changed, Conversation, Found, HistoryPage, JsonPage,
     NewExchange, Numbered, Page, Search, SessionSummary, Store, StoreError, StoreOptions, Totals,
-    contains_lowered, prefix_end,
+    finds, prefix_end,
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
@@ -425,7 +425,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// `chatbot_finds(message, reply, text)`: whether a search for `text`
-/// finds the exchange ([`finds`](crate::domain::store::finds)). Text that
+/// finds the exchange ([`finds`]). Text that
 /// is not UTF-8 (written by another program) is searched as if it were.
 fn register_finds(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
@@ -435,10 +435,11 @@ fn register_finds(conn: &Connection) -> rusqlite::Result<()> {
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
             let text = String::from_utf8_lossy(ctx.get_raw(2).as_bytes()?);
-            let finds = |i| -> rusqlite::Result<bool> {
-                Ok(contains_lowered(ctx.get_raw(i).as_bytes()?, &text))
-            };
-            Ok(finds(0)? || finds(1)?)
+            Ok(finds(
+                ctx.get_raw(0).as_bytes()?,
+                ctx.get_raw(1).as_bytes()?,
+                &text,
+            ))
         },
     )
 }
