@@ -162,6 +162,19 @@ pub struct Config {
     #[arg(long, env = "CHATBOT_SESSION_TTL", value_parser = clap::value_parser!(u64).range(1..))]
     pub session_ttl: Option<u64>,
 
+    /// Redis shared by several instances (`redis://[user:pass@]host:port/db`;
+    /// give a password through the environment): one rate limit for the
+    /// whole fleet, a session cache in front of PostgreSQL, one expiry sweep
+    /// per period. Optional: without it, or while it is unreachable, each
+    /// instance limits on its own and checks the database.
+    #[arg(long, env = "CHATBOT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this server writes, so that several
+    /// deployments can share one Redis.
+    #[arg(long, env = "CHATBOT_REDIS_PREFIX", default_value = "chatbot:")]
+    pub redis_prefix: String,
+
     /// An origin allowed to call the API from a browser (CORS); repeatable.
     /// Also CHATBOT_CORS_ORIGINS, comma-separated. None by default.
     #[arg(

@@ -7,6 +7,7 @@ use axum::http::HeaderValue;
 use chatbot_api::config::Config;
 use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::model::ModelClient;
+use chatbot_api::domain::redis::Redis;
 use chatbot_api::domain::store::spawn_expiry;
 use chatbot_api::domain::store::{Caps, StoreOptions};
 use chatbot_api::http::auth::{ApiKeys, Jwt};
@@ -84,10 +85,23 @@ async fn run(config: Config) -> ExitCode {
         max_sessions: config.max_sessions,
         max_messages_per_session: config.max_messages_per_session,
     };
+    let redis = match config
+        .redis_url
+        .as_deref()
+        .map(|url| Redis::open(url, &config.redis_prefix))
+        .transpose()
+    {
+        Ok(redis) => redis,
+        Err(err) => {
+            eprintln!("chatbot-api: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = StoreOptions {
         caps,
         cache_bytes: usize::try_from(config.cache_mb << 20).unwrap_or(usize::MAX),
         sync: config.sync,
+        redis: redis.clone(),
     };
     let store = match config.store.open_tuned(config.db_pool_size, options).await {
         Ok(store) => store,
@@ -112,11 +126,16 @@ async fn run(config: Config) -> ExitCode {
             keys = config.api_keys.len(),
             admin_keys = config.admin_api_keys.len(),
             jwt = ?jwt,
+            redis = redis.as_ref().map(|r| r.shown()),
             "listening on http://{addr}"
         );
     }
     if let Some(ttl) = config.session_ttl {
-        spawn_expiry(store.clone(), std::time::Duration::from_secs(ttl));
+        spawn_expiry(
+            store.clone(),
+            std::time::Duration::from_secs(ttl),
+            redis.clone(),
+        );
     }
 
     let mut state = AppState::new(store.clone(), chatbot, config.limits())
@@ -132,6 +151,9 @@ async fn run(config: Config) -> ExitCode {
         let rules_first = config.rules.is_some();
         tracing::info!(model = %model.config().model, rules_first, "replies from a model");
         state = state.with_model(model, rules_first);
+    }
+    if let Some(redis) = redis {
+        state = state.with_redis(redis);
     }
     if let Some(per_second) = config.rate_limit {
         state = state.with_rate_limit(per_second, config.rate_limit_burst);

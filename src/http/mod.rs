@@ -47,6 +47,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use self::validate::Limits;
 use crate::domain::chatbot::Replier;
 use crate::domain::model::ModelClient;
+use crate::domain::redis::Redis;
 use crate::domain::replies::Replies;
 use crate::domain::store::Store;
 
@@ -65,6 +66,8 @@ pub struct AppState {
     pub rate_limit: Option<(u32, u32)>,
     /// Origins allowed to call the API from a browser.
     pub cors_origins: Vec<HeaderValue>,
+    /// What the fleet shares (`--redis-url`): here, the rate limit's buckets.
+    pub redis: Option<Arc<Redis>>,
 }
 
 impl AppState {
@@ -77,6 +80,7 @@ impl AppState {
             auth: Arc::default(),
             rate_limit: None,
             cors_origins: Vec::new(),
+            redis: None,
         }
     }
 
@@ -113,6 +117,12 @@ impl AppState {
     /// The same state limiting each client to `per_second` with a `burst`.
     pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
         self.rate_limit = Some((per_second, burst));
+        self
+    }
+
+    /// The same state sharing its rate limit with every instance on `redis`.
+    pub fn with_redis(mut self, redis: Arc<Redis>) -> Self {
+        self.redis = Some(redis);
         self
     }
 
@@ -225,9 +235,16 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         ));
     }
     if let Some((per_second, burst)) = state.rate_limit {
-        let limiter = ratelimit::limiter(per_second, burst, state.auth.clone());
-        conversations = conversations.route_layer(ratelimit::layer(&limiter));
-        openai = openai.route_layer(ratelimit::openai_layer(&limiter));
+        let limiter =
+            ratelimit::limiter(per_second, burst, state.auth.clone(), state.redis.clone());
+        conversations = conversations.route_layer(middleware::from_fn_with_state(
+            limiter.clone(),
+            ratelimit::limit,
+        ));
+        openai = openai.route_layer(middleware::from_fn_with_state(
+            limiter,
+            ratelimit::limit_openai,
+        ));
     }
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(conversations)

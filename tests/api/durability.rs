@@ -13,10 +13,9 @@ use chatbot_api::domain::store::{NewExchange, PostgresStore, SqliteStore, Store}
 
 use crate::helpers::all;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{Server, TestApp, open_sqlite, postgres_schema};
+use crate::helpers::{Proxy, Server, TestApp, open_sqlite, postgres_schema};
 
 fn entry(message: &str) -> ConversationEntry {
     ConversationEntry {
@@ -340,93 +339,6 @@ async fn two_instances_never_pass_the_session_cap_together() {
         .unwrap();
     assert_eq!(rows, 5, "sessions stored by both instances");
     assert_eq!(stored, 5, "acknowledged creations");
-}
-
-/// A TCP proxy that can be cut (every connection dropped, new ones refused) and restored.
-struct Proxy {
-    addr: SocketAddr,
-    target: SocketAddr,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// While set, bytes are held back: the database seems to hang.
-    frozen: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Self {
-            addr: listener.local_addr().unwrap(),
-            target,
-            tasks: Arc::default(),
-            frozen: Arc::default(),
-        };
-        proxy.accept_on(listener);
-        proxy
-    }
-
-    fn accept_on(&self, listener: TcpListener) {
-        let (tasks, target, frozen) = (self.tasks.clone(), self.target, self.frozen.clone());
-        let accept = tokio::spawn({
-            let tasks = tasks.clone();
-            async move {
-                while let Ok((inbound, _)) = listener.accept().await {
-                    let frozen = frozen.clone();
-                    let link = tokio::spawn(async move {
-                        if let Ok(outbound) = TcpStream::connect(target).await {
-                            let (from_client, to_client) = inbound.into_split();
-                            let (from_server, to_server) = outbound.into_split();
-                            tokio::join!(
-                                Self::forward(from_client, to_server, frozen.clone()),
-                                Self::forward(from_server, to_client, frozen),
-                            );
-                        }
-                    });
-                    tasks.lock().unwrap().push(link);
-                }
-            }
-        });
-        tasks.lock().unwrap().push(accept);
-    }
-
-    /// Copies one direction, holding bytes back while frozen.
-    async fn forward(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        frozen: Arc<std::sync::atomic::AtomicBool>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = vec![0; 16 * 1024];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            while frozen.load(std::sync::atomic::Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if to.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn freeze(&self, frozen: bool) {
-        self.frozen
-            .store(frozen, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn cut(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    async fn restore(&self) {
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind the proxy port");
-        self.accept_on(listener);
-    }
 }
 
 /// An app on a PostgreSQL store that reaches `schema` through a [`Proxy`].

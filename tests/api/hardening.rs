@@ -296,7 +296,7 @@ async fn the_expiry_task_slides_with_each_write() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let app = TestApp::with_store(store.clone(), Default::default());
     app.say("quiet", "U", "hello").await;
-    let task = chatbot_api::domain::store::spawn_expiry(store, Duration::from_secs(2));
+    let task = chatbot_api::domain::store::spawn_expiry(store, Duration::from_secs(2), None);
     // Keep one session busy while the other goes quiet.
     for _ in 0..8 {
         app.say("chatty", "U", "still here").await;

@@ -1,6 +1,8 @@
 //! Shared test plumbing: build the app in-process and send it requests.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -10,6 +12,8 @@ use chatbot_api::http::validate::Limits;
 use chatbot_api::{AppState, app};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 /// The router over a store, and the state it was built from.
@@ -487,4 +491,219 @@ macro_rules! on_every_store {
             )*
         }
     };
+}
+
+/// A TCP proxy that can be cut (every connection dropped, new ones refused) and restored.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// While set, bytes are held back: the database seems to hang.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            addr: listener.local_addr().unwrap(),
+            target,
+            tasks: Arc::default(),
+            frozen: Arc::default(),
+        };
+        proxy.accept_on(listener);
+        proxy
+    }
+
+    fn accept_on(&self, listener: TcpListener) {
+        let (tasks, target, frozen) = (self.tasks.clone(), self.target, self.frozen.clone());
+        let accept = tokio::spawn({
+            let tasks = tasks.clone();
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let frozen = frozen.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            let (from_client, to_client) = inbound.into_split();
+                            let (from_server, to_server) = outbound.into_split();
+                            tokio::join!(
+                                Self::forward(from_client, to_server, frozen.clone()),
+                                Self::forward(from_server, to_client, frozen),
+                            );
+                        }
+                    });
+                    tasks.lock().unwrap().push(link);
+                }
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+    }
+
+    /// Copies one direction, holding bytes back while frozen.
+    async fn forward(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while frozen.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub async fn restore(&self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the proxy port");
+        self.accept_on(listener);
+    }
+}
+
+/// The Redis tests use: `CHATBOT_TEST_REDIS_URL` (default
+/// `redis://127.0.0.1:6379/`), or `None` (with a notice) when it does not
+/// answer and `CHATBOT_REQUIRE_REDIS` is not `1`.
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("CHATBOT_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
+    if redis_answers(&url).await {
+        return Some(url);
+    }
+    if std::env::var("CHATBOT_REQUIRE_REDIS").as_deref() == Ok("1") {
+        panic!("Redis required (CHATBOT_REQUIRE_REDIS=1) but {url} does not answer");
+    }
+    eprintln!("NOTICE: skipping a Redis test: {url} does not answer");
+    None
+}
+
+async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let connected = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await;
+    let Ok(Ok(mut connection)) = connected else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut connection)
+        .await
+        .is_ok()
+}
+
+/// A key prefix no other test uses.
+pub fn redis_prefix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "chatbot-test:{}:{}:{}:",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        chrono::Utc::now().timestamp_micros()
+    )
+}
+
+/// A raw connection, to look at or tamper with what the server keeps.
+pub async fn redis_raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A `redis-server` of the test's own, on a port of its own, killed when
+/// dropped; `None` as [`redis_url`] when there is no Redis to test with.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> Option<Self> {
+        redis_url().await?;
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+        };
+        server.restart().await;
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (everything it held is gone: it keeps nothing).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if redis_answers(&self.url()).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 10 ms until it holds, for at most `within`;
+/// returns how long it took, or `None` if it never held.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
 }

@@ -8,6 +8,7 @@ mod cache;
 mod concurrency;
 mod durability;
 mod errors;
+mod fleet;
 mod hardening;
 mod jwt;
 mod manage;

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, ReadStats};
 pub use queue::CommitStats;
 pub use sqlite::{SqliteStore, SyncMode};
 
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
 pub use crate::domain::models::{Found, SessionSummary};
+use crate::domain::redis::Redis;
 
 /// A user's message, before the bot has answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,13 +293,15 @@ pub struct JsonPage {
 }
 
 /// How to open a store, besides where it is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct StoreOptions {
     pub caps: Caps,
     /// The read cache's budget in bytes (SQLite and PostgreSQL).
     pub cache_bytes: usize,
     /// When a SQLite write is acknowledged.
     pub sync: SyncMode,
+    /// PostgreSQL: the cache shared with the other instances (`--redis-url`).
+    pub redis: Option<Arc<Redis>>,
 }
 
 impl Default for StoreOptions {
@@ -307,6 +310,7 @@ impl Default for StoreOptions {
             caps: Caps::default(),
             cache_bytes: 256 << 20,
             sync: SyncMode::default(),
+            redis: None,
         }
     }
 }
@@ -506,10 +510,14 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Removes sessions untouched for `ttl`, checking every `ttl / 4` (between
-/// one second and a minute), for as long as the store lives.
+/// one second and a minute), for as long as the store lives. With `redis`,
+/// one instance of the fleet sweeps each period ([`expiry_turn`]); while
+/// Redis is unreachable each sweeps on its own (a sweep deletes what is
+/// expired, so two sweeps delete it once).
 pub fn spawn_expiry(
     store: Arc<dyn Store>,
     ttl: std::time::Duration,
+    redis: Option<Arc<Redis>>,
 ) -> tokio::task::JoinHandle<()> {
     let every = (ttl / 4).clamp(
         std::time::Duration::from_secs(1),
@@ -519,6 +527,11 @@ pub fn spawn_expiry(
         let mut ticks = tokio::time::interval(every);
         loop {
             ticks.tick().await;
+            if let Some(redis) = &redis
+                && !expiry_turn(redis, every).await
+            {
+                continue;
+            }
             let before =
                 crate::domain::models::now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
             match store.expire(before).await {
@@ -528,6 +541,20 @@ pub fn spawn_expiry(
             }
         }
     })
+}
+
+/// Whether this instance sweeps expired sessions this period: the first
+/// to ask in a period of `every` does; if Redis cannot say, each does.
+pub async fn expiry_turn(redis: &Redis, every: std::time::Duration) -> bool {
+    let mut claim = redis::cmd("SET");
+    claim
+        .arg(redis.key("expiry"))
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1));
+    let claimed: Result<Option<String>, _> = redis.query(&claim).await;
+    !matches!(claimed, Ok(None))
 }
 
 impl dyn Store {
@@ -655,9 +682,16 @@ impl StoreKind {
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::with_caps(caps)),
             Self::Sqlite(path) => Arc::new(SqliteStore::open(path, options).await?),
-            Self::Postgres(url) => {
-                Arc::new(PostgresStore::connect(url, pool_size, caps, options.cache_bytes).await?)
-            }
+            Self::Postgres(url) => Arc::new(
+                PostgresStore::connect_shared(
+                    url,
+                    pool_size,
+                    caps,
+                    options.cache_bytes,
+                    options.redis,
+                )
+                .await?,
+            ),
         })
     }
 }

@@ -12,9 +12,12 @@ mod analytics;
 mod cache;
 mod change;
 mod checks;
+mod listen;
+mod shared;
 mod writer;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +27,7 @@ use sqlx::{Connection, FromRow, Row};
 
 use cache::{Cache, Copy, RowVersion};
 use checks::Checks;
+use shared::{Known, Mode, Put, Shared};
 use writer::commit_loop;
 
 use super::compact::Session;
@@ -35,6 +39,7 @@ use super::{
 };
 use crate::domain::chatbot::Replier;
 use crate::domain::models::{ConversationEntry, SessionId};
+use crate::domain::redis::Redis;
 use crate::domain::wire::{HistoryWriter, Text};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -132,7 +137,7 @@ fn page_exchange(row: &PgRow) -> Result<(&str, &str, &str, i64), StoreError> {
 /// the read, or the page's rows and the session's size.
 enum Read {
     Copy(Arc<Copy>),
-    Rows(usize, Vec<PgRow>),
+    Rows(RowVersion, usize, Vec<PgRow>),
 }
 
 fn to_i64(n: usize) -> i64 {
@@ -146,6 +151,48 @@ pub struct PostgresStore {
     stats: Arc<CommitStats>,
     cache: Arc<Cache>,
     checks: Checks,
+    /// The cache shared with the other instances, with `--redis-url`.
+    shared: Option<Arc<Shared>>,
+    reads: ReadStats,
+}
+
+/// Marks this program's connections, so that the database's triggers tell
+/// only the writes of others (plain SQL, an earlier release) to the
+/// instances' listeners (migration 0006).
+const WRITER_SETTING: (&str, &str) = ("chatbot.writer", "chatbot-api");
+
+/// Where history reads were answered from, since the store opened.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// This instance's copy, current by Redis.
+    pub instance: AtomicU64,
+    /// The copy in Redis.
+    pub redis: AtomicU64,
+    /// The database: its version check or its rows.
+    pub database: AtomicU64,
+}
+
+impl ReadStats {
+    /// (instance, redis, database).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.instance.load(Ordering::Relaxed),
+            self.redis.load(Ordering::Relaxed),
+            self.database.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a read answered `from` there, here and in
+    /// `chatbot_session_reads_total{from}`.
+    fn count(&self, from: &'static str) {
+        let counter = match from {
+            "instance" => &self.instance,
+            "redis" => &self.redis,
+            _ => &self.database,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("chatbot_session_reads_total", "from" => from).increment(1);
+    }
 }
 
 impl PostgresStore {
@@ -160,7 +207,20 @@ impl PostgresStore {
         caps: Caps,
         cache_bytes: usize,
     ) -> Result<Self, StoreError> {
+        Self::connect_shared(url, pool_size, caps, cache_bytes, None).await
+    }
+
+    /// [`PostgresStore::connect`], sharing versions and sessions with the
+    /// other instances through `redis` if given (see [`shared`]).
+    pub async fn connect_shared(
+        url: &str,
+        pool_size: u32,
+        caps: Caps,
+        cache_bytes: usize,
+        redis: Option<Arc<Redis>>,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
+        let options = options.options([WRITER_SETTING]);
         let probe = PgConnection::connect_with(&options)
             .await
             .map_err(unavailable)?;
@@ -182,12 +242,17 @@ impl PostgresStore {
         let (writes, queue) = Writes::channel();
         let stats = Arc::new(CommitStats::default());
         let cache = Arc::new(Cache::new(cache_bytes));
+        let shared = redis.map(|redis| Arc::new(Shared::new(redis)));
+        if let Some(shared) = &shared {
+            tokio::spawn(listen::listen(pool.clone(), shared.clone()));
+        }
         tokio::spawn(commit_loop(
             pool.clone(),
             queue,
             stats.clone(),
             caps,
             cache.clone(),
+            shared.clone(),
         ));
         Ok(Self {
             pool,
@@ -195,12 +260,19 @@ impl PostgresStore {
             stats,
             cache,
             checks: Checks::start(options),
+            shared,
+            reads: ReadStats::default(),
         })
     }
 
     /// Group-commit counters since start.
     pub fn commit_stats(&self) -> Arc<CommitStats> {
         self.stats.clone()
+    }
+
+    /// Where history reads were answered from.
+    pub fn read_stats(&self) -> &ReadStats {
+        &self.reads
     }
 
     /// Bytes and sessions in the read cache.
@@ -213,6 +285,67 @@ impl PostgresStore {
     /// [`checks`]), else from the rows in one query, kept as the new copy
     /// when they are the whole session. `None` when there is no session.
     async fn read(&self, session: &str, page: Page) -> Result<Option<Read>, StoreError> {
+        let Some(shared) = self.shared.as_ref().filter(|shared| shared.is_up()) else {
+            return self.read_database(session, page).await;
+        };
+        let Ok(seen) = shared.lookup(session).await else {
+            return self.read_database(session, page).await;
+        };
+        match seen.known {
+            Known::Gone => {
+                self.cache.remove(session);
+                self.reads.count("redis");
+                return Ok(None);
+            }
+            Known::Current(row) => {
+                if let Some(copy) = self.cache.get(session).filter(|copy| copy.row == row) {
+                    self.reads.count("instance");
+                    return Ok(Some(Read::Copy(copy)));
+                }
+                if let Some(whole) = shared.body(session, row, self.cache.replies()).await {
+                    self.reads.count("redis");
+                    let copy = Copy {
+                        row,
+                        session: whole,
+                    };
+                    return Ok(Some(Read::Copy(self.cache.put(session, copy))));
+                }
+            }
+            Known::Unknown => {}
+        }
+        let read = self.read_database(session, page).await?;
+        // What the database said, for the next reader on any instance.
+        let put = match &read {
+            Some(Read::Copy(copy)) => Some(Put {
+                key: session,
+                row: copy.row,
+                records: (copy.session.len() <= shared::MOST_SHARED).then(|| {
+                    copy.session
+                        .entries(Page::default(), self.cache.replies().list())
+                        .entries
+                        .iter()
+                        .map(shared::record)
+                        .collect()
+                }),
+            }),
+            Some(Read::Rows(row, _, _)) => Some(Put {
+                key: session,
+                row: *row,
+                records: None,
+            }),
+            None => None,
+        };
+        if let Some(put) = put {
+            // A failure only means the next reader asks the database too.
+            let _ = shared.put(seen.epoch.as_deref(), Mode::Whole, &[put]).await;
+        }
+        Ok(read)
+    }
+
+    /// [`PostgresStore::read`] from the database alone: the copy checked
+    /// there, or the rows.
+    async fn read_database(&self, session: &str, page: Page) -> Result<Option<Read>, StoreError> {
+        self.reads.count("database");
         if let Some(copy) = self.cache.get(session) {
             match self.checks.check(session).await? {
                 Some(row) if row == copy.row => return Ok(Some(Read::Copy(copy))),
@@ -265,7 +398,11 @@ impl PostgresStore {
                 return Ok(Some(Read::Copy(self.cache.put(session, copy))));
             }
         }
-        Ok(Some(Read::Rows(usize::try_from(total).unwrap_or(0), rows)))
+        Ok(Some(Read::Rows(
+            row,
+            usize::try_from(total).unwrap_or(0),
+            rows,
+        )))
     }
 }
 
@@ -304,7 +441,7 @@ impl Store for PostgresStore {
                     copy.session.entries(page, self.cache.replies().list()),
                 ));
             }
-            Some(Read::Rows(total, rows)) => (total, rows),
+            Some(Read::Rows(_, total, rows)) => (total, rows),
         };
         let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -333,7 +470,7 @@ impl Store for PostgresStore {
                 let copied = copy.session.copy_page(page, self.cache.replies().list());
                 return Ok(Some(copied.into_json()));
             }
-            Some(Read::Rows(total, rows)) => (total, rows),
+            Some(Read::Rows(_, total, rows)) => (total, rows),
         };
         let mut texts = Vec::with_capacity(rows.len());
         let mut bytes = 0;

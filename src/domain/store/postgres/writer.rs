@@ -24,6 +24,7 @@ use sqlx::{Arguments, Encode, FromRow, PgPool, Postgres, Type};
 use tokio::sync::mpsc;
 
 use super::cache::{Cache, RowVersion};
+use super::shared::{self, GONE, Mode, Put, Shared};
 use super::{ExchangeRow, unavailable};
 use crate::domain::chatbot::CONTEXT_EXCHANGES;
 use crate::domain::models::ConversationEntry;
@@ -45,6 +46,7 @@ pub(super) async fn commit_loop(
     stats: Arc<CommitStats>,
     caps: Caps,
     cache: Arc<Cache>,
+    shared: Option<Arc<Shared>>,
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -53,6 +55,8 @@ pub(super) async fn commit_loop(
         stats,
         caps,
         cache,
+        shared,
+        touched: Vec::new(),
         contexts: Contexts::new(CONTEXT_SESSIONS),
         lately: Lately::default(),
     };
@@ -62,7 +66,7 @@ pub(super) async fn commit_loop(
                 Command::Append(pending) => batch.push(pending),
                 other => {
                     groups.commit(&mut batch).await;
-                    run_other(&pool, caps, other).await;
+                    run_other(&pool, caps, groups.shared.as_deref(), other).await;
                 }
             }
         }
@@ -71,17 +75,28 @@ pub(super) async fn commit_loop(
 }
 
 /// Runs a command other than an append, once the group before it has
-/// committed.
-async fn run_other(pool: &PgPool, caps: Caps, command: Command) {
+/// committed; what it changed is reported to `shared` (if any) before it
+/// is answered.
+async fn run_other(pool: &PgPool, caps: Caps, shared: Option<&Shared>, command: Command) {
+    let epoch = shared.and_then(Shared::known_epoch);
+    let report = |rows: Vec<(String, i64, i64)>| publish(pool, shared, epoch.clone(), rows);
     match command {
         Command::Append(_) => unreachable!("appends are grouped"),
         Command::Delete { session, done } => {
-            let result = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
-                .bind(&session)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected() > 0)
-                .map_err(unavailable);
+            let result: Result<Option<(i64,)>, _> =
+                sqlx::query_as("DELETE FROM sessions WHERE session_id = $1 RETURNING id")
+                    .bind(&session)
+                    .fetch_optional(pool)
+                    .await;
+            let result = match result {
+                Ok(deleted) => {
+                    if let Some((id,)) = deleted {
+                        report(vec![(session, id, GONE)]).await;
+                    }
+                    Ok(deleted.is_some())
+                }
+                Err(err) => Err(unavailable(err)),
+            };
             let _ = done.send(result);
         }
         Command::Change {
@@ -90,23 +105,55 @@ async fn run_other(pool: &PgPool, caps: Caps, command: Command) {
             done,
         } => {
             let result = super::change::apply(pool, caps, session.as_str(), change).await;
+            if result.is_ok() && shared.is_some() {
+                let row: Result<Option<(i64, i64)>, _> =
+                    sqlx::query_as("SELECT id, version FROM sessions WHERE session_id = $1")
+                        .bind(session.as_str())
+                        .fetch_optional(pool)
+                        .await;
+                match row {
+                    Ok(Some((id, version))) => {
+                        report(vec![(session.as_str().to_owned(), id, version)]).await;
+                    }
+                    Ok(None) => {}
+                    // Committed, but unknown to the others: a reader
+                    // could miss it, so the caller is not told it worked.
+                    Err(err) => {
+                        let _ = done.send(Err(unavailable(err)));
+                        return;
+                    }
+                }
+            }
             let _ = done.send(result);
         }
         Command::Clear { done } => {
-            let result = sqlx::query("DELETE FROM sessions")
-                .execute(pool)
-                .await
-                .map(|_| ())
-                .map_err(unavailable);
+            let result: Result<Vec<(String, i64)>, _> =
+                sqlx::query_as("DELETE FROM sessions RETURNING session_id, id")
+                    .fetch_all(pool)
+                    .await;
+            let result = match result {
+                Ok(gone) => {
+                    report(gone.into_iter().map(|(s, id)| (s, id, GONE)).collect()).await;
+                    Ok(())
+                }
+                Err(err) => Err(unavailable(err)),
+            };
             let _ = done.send(result);
         }
         Command::Expire { before, done } => {
-            let result = sqlx::query("DELETE FROM sessions WHERE last_at < $1")
-                .bind(before)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected() as usize)
-                .map_err(unavailable);
+            let result: Result<Vec<(String, i64)>, _> =
+                sqlx::query_as("DELETE FROM sessions WHERE last_at < $1 RETURNING session_id, id")
+                    .bind(before)
+                    .fetch_all(pool)
+                    .await;
+            let result = match result {
+                Ok(gone) => {
+                    let count = gone.len();
+                    report(gone.into_iter().map(|(s, id)| (s, id, GONE)).collect()).await;
+                    Ok(count)
+                }
+                Err(err) => Err(unavailable(err)),
+            };
             let _ = done.send(result);
         }
         // Committed writes are where every query looks.
@@ -116,12 +163,81 @@ async fn run_other(pool: &PgPool, caps: Caps, command: Command) {
     }
 }
 
+/// Reports sessions (key, row id, version; [`GONE`] for a deleted one) a
+/// command changed to `shared`, as versions without bodies. If Redis
+/// cannot be told, the database's listeners are (the notification the
+/// triggers send for other writers), so the other instances learn of it
+/// all the same, a moment later.
+async fn publish(
+    pool: &PgPool,
+    shared: Option<&Shared>,
+    epoch: Option<String>,
+    rows: Vec<(String, i64, i64)>,
+) {
+    let Some(shared) = shared else {
+        return;
+    };
+    for chunk in rows.chunks(256) {
+        let puts: Vec<Put<'_>> = chunk
+            .iter()
+            .map(|(key, id, version)| Put {
+                key,
+                row: RowVersion {
+                    id: *id,
+                    version: *version,
+                },
+                records: None,
+            })
+            .collect();
+        if shared
+            .put(epoch.as_deref(), Mode::Whole, &puts)
+            .await
+            .is_err()
+        {
+            notify(pool, chunk.iter().map(|(k, i, v)| (k.as_str(), *i, *v))).await;
+        }
+    }
+}
+
+/// Sends the notifications migration 0006's trigger sends for other
+/// writers, for sessions Redis could not be told about.
+async fn notify<'a>(pool: &PgPool, rows: impl Iterator<Item = (&'a str, i64, i64)>) {
+    let payloads: Vec<String> = rows
+        .map(|(key, id, version)| {
+            if version == GONE {
+                format!("{id}:gone:{key}")
+            } else {
+                format!("{id}:{version}:{key}")
+            }
+        })
+        .collect();
+    let sent = sqlx::query("SELECT pg_notify($2, p) FROM unnest($1::text[]) p")
+        .bind(&payloads)
+        .bind(super::listen::CHANNEL)
+        .execute(pool)
+        .await;
+    if let Err(err) = sent {
+        tracing::error!(error = %err, sessions = payloads.len(), "could not tell the other instances of a change");
+    }
+}
+
+/// A session a group appended to: its row after the commit and what was
+/// added, for the local copy and the shared cache.
+struct Touched {
+    session: String,
+    row: RowVersion,
+    entries: Vec<ConversationEntry>,
+}
+
 /// What committing a group needs, and what the task keeps between groups.
 struct Groups {
     pool: PgPool,
     stats: Arc<CommitStats>,
     caps: Caps,
     cache: Arc<Cache>,
+    shared: Option<Arc<Shared>>,
+    /// The sessions the group being committed appended to.
+    touched: Vec<Touched>,
     contexts: Contexts,
     lately: Lately,
 }
@@ -175,29 +291,72 @@ impl Groups {
             return;
         }
         let batch = std::mem::take(batch);
+        // Known before the commit, as the shared cache asks (see `shared`).
+        let epoch = self.shared.as_ref().and_then(|shared| shared.known_epoch());
+        self.touched.clear();
         if self.caps != Caps::default() || !self.lately.worth_trying() {
             let started = std::time::Instant::now();
             let all: Vec<&Pending> = batch.iter().collect();
             let written = self.write_locked(&all).await;
-            return self.answer(batch, written, started);
+            return self.answer(batch, written, started, epoch).await;
         }
         match Prepared::new(batch, &mut self.contexts) {
             Ok(prepared) => {
                 self.stats.sent_as_one_statement();
                 let written = prepared.execute(&self.pool).await;
-                self.finish(prepared, written).await;
+                self.finish(prepared, written, epoch).await;
             }
-            Err((batch, err)) => self.answer(batch, Err(err), std::time::Instant::now()),
+            Err((batch, err)) => {
+                self.answer(batch, Err(err), std::time::Instant::now(), epoch)
+                    .await;
+            }
         }
     }
 
-    /// Answers each request of `batch` with its outcome, or all with 503.
-    fn answer(
-        &self,
+    /// Extends the local copies of the sessions the group appended to and
+    /// reports them to the shared cache, before anyone is answered.
+    async fn publish(&mut self, epoch: Option<String>) {
+        let touched = std::mem::take(&mut self.touched);
+        for touched in &touched {
+            let entries: Vec<&ConversationEntry> = touched.entries.iter().collect();
+            self.cache.extend(&touched.session, touched.row, &entries);
+        }
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let puts: Vec<Put<'_>> = touched
+            .iter()
+            .map(|touched| Put {
+                key: &touched.session,
+                row: touched.row,
+                records: Some(touched.entries.iter().map(shared::record).collect()),
+            })
+            .collect();
+        if shared
+            .put(epoch.as_deref(), Mode::Append, &puts)
+            .await
+            .is_err()
+        {
+            notify(
+                &self.pool,
+                touched
+                    .iter()
+                    .map(|t| (t.session.as_str(), t.row.id, t.row.version)),
+            )
+            .await;
+        }
+    }
+
+    /// Answers each request of `batch` with its outcome, or all with 503,
+    /// once what it committed is published.
+    async fn answer(
+        &mut self,
         batch: Vec<Pending>,
         written: Result<Vec<Result<Numbered, StoreError>>, sqlx::Error>,
         started: std::time::Instant,
+        epoch: Option<String>,
     ) {
+        self.publish(epoch).await;
         match written {
             Ok(outcomes) => {
                 let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
@@ -223,10 +382,15 @@ impl Groups {
     /// does not know and that exist) go through [`write_batch`] now, which
     /// reads their context under their rows' locks. A session's exchanges
     /// stay together, so its order holds.
-    async fn finish(&mut self, prepared: Prepared, written: Result<Vec<Written>, sqlx::Error>) {
+    async fn finish(
+        &mut self,
+        prepared: Prepared,
+        written: Result<Vec<Written>, sqlx::Error>,
+        epoch: Option<String>,
+    ) {
         let started = prepared.started;
         let (batch, known) = match written {
-            Ok(written) => prepared.numbered(written, &self.cache, &mut self.contexts),
+            Ok(written) => prepared.numbered(written, &mut self.touched, &mut self.contexts),
             // Nothing of the statement committed. Its rows lock in no fixed
             // order, so an instance writing the same sessions at once may
             // deadlock with it: the group goes the locked way, whose rows do.
@@ -234,7 +398,7 @@ impl Groups {
                 let count = prepared.batch.len();
                 (prepared.batch, vec![None; count])
             }
-            Err(err) => return self.answer(prepared.batch, Err(err), started),
+            Err(err) => return self.answer(prepared.batch, Err(err), started, epoch).await,
         };
         let rest: Vec<&Pending> = batch
             .iter()
@@ -263,7 +427,7 @@ impl Groups {
                 None => retried.next().unwrap_or_else(|| Err(unreachable_refusal())),
             })
             .collect();
-        self.answer(batch, Ok(outcomes), started);
+        self.answer(batch, Ok(outcomes), started, epoch).await;
     }
 
     /// [`write_batch`], tried again (up to three times in all) when the
@@ -278,7 +442,7 @@ impl Groups {
                 &self.pool,
                 batch,
                 self.caps,
-                &self.cache,
+                &mut self.touched,
                 &mut self.contexts,
             )
             .await
@@ -539,7 +703,7 @@ impl Prepared {
     fn numbered(
         self,
         written: Vec<Written>,
-        cache: &Cache,
+        touched: &mut Vec<Touched>,
         contexts: &mut Contexts,
     ) -> (Vec<Pending>, Vec<Option<Numbered>>) {
         let mut sessions = self.sessions;
@@ -550,11 +714,11 @@ impl Prepared {
             })
             .collect();
         let mut numbered = Vec::with_capacity(self.batch.len());
-        let mut added: BTreeMap<&str, Vec<&ConversationEntry>> = BTreeMap::new();
+        let mut added: BTreeMap<&str, Vec<ConversationEntry>> = BTreeMap::new();
         for ((pending, entry), place) in self.batch.iter().zip(&self.entries).zip(&self.places) {
             let session = pending.session.as_str();
             numbered.push(written.get(session).map(|(_, next_seq)| {
-                added.entry(session).or_default().push(entry);
+                added.entry(session).or_default().push(entry.clone());
                 Numbered {
                     seq: (next_seq - sessions[session].0.count + place) as u64,
                     entry: entry.clone(),
@@ -563,7 +727,11 @@ impl Prepared {
         }
         for (session, entries) in added {
             if let Some((row, _)) = written.get(session) {
-                cache.extend(session, *row, &entries);
+                touched.push(Touched {
+                    session: session.to_owned(),
+                    row: *row,
+                    entries,
+                });
             }
         }
         for (session, (row, _)) in written {
@@ -585,7 +753,7 @@ async fn write_batch(
     pool: &PgPool,
     batch: &[&Pending],
     caps: Caps,
-    cache: &Cache,
+    touched: &mut Vec<Touched>,
     contexts: &mut Contexts,
 ) -> Result<Vec<Result<Numbered, StoreError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -685,17 +853,21 @@ async fn write_batch(
         }
     }
 
-    // Cached copies of these sessions, extended by what this batch added.
-    let mut added: BTreeMap<&str, Vec<&ConversationEntry>> = BTreeMap::new();
+    // What this batch added to each session, for its copies.
+    let mut added: BTreeMap<&str, Vec<ConversationEntry>> = BTreeMap::new();
     for (pending, numbered) in admitted.iter().zip(&answered) {
         added
             .entry(pending.session.as_str())
             .or_default()
-            .push(&numbered.entry);
+            .push(numbered.entry.clone());
     }
     for (session, entries) in added {
         if let Some((row, _)) = next_seq.get(session) {
-            cache.extend(session, *row, &entries);
+            touched.push(Touched {
+                session: session.to_owned(),
+                row: *row,
+                entries,
+            });
         }
     }
 

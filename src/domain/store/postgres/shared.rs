@@ -1,0 +1,445 @@
+//! The session cache the instances share in Redis (`--redis-url`), in front
+//! of the database: which version of each session is current, and the
+//! session itself, so that a read of a session any instance has recently
+//! read or written asks the database nothing.
+//!
+//! Per session, under the deployment's prefix:
+//! - `v:{key}`: `id:version:mark`, the newest row (id and version, as the
+//!   database's triggers number them) any instance has committed or read.
+//!   It only ever moves forward (a larger id, or the same id and a larger
+//!   version), whatever order the instances' updates arrive in. `mark` is
+//!   the epoch it was vouched for under, or `-`: a version learned without
+//!   proof that nothing newer was missed, which readers check with the
+//!   database. A deleted session's version is [`GONE`].
+//! - `b:{key}`: a list, a header (`chatbot/1 id version count key`) and
+//!   then the session's exchanges, one JSON array each; served only when
+//!   its header names the current version, the key asked for and as many
+//!   exchanges as it holds.
+//! - `epoch`: a random token. Every instance's listener replaces it when
+//!   it (re)connects to the database, since it may have missed writes made
+//!   meanwhile with plain SQL; Redis restarted empty has none. A version is
+//!   trusted only when marked with the current epoch, and an instance marks
+//!   its updates only with an epoch it knew before it committed (or read)
+//!   what it reports.
+//!
+//! An acknowledged write has been reported here before its answer left,
+//! so the next read on any instance sees its version. See `docs/DEPLOYING.md`
+//! for the cases that are only bounded (Redis unreachable from one
+//! instance, writes with plain SQL).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use redis::Script;
+
+use super::cache::RowVersion;
+use crate::domain::models::ConversationEntry;
+use crate::domain::redis::{Redis, RedisFailure};
+use crate::domain::store::compact::{Replies, Session};
+
+/// The version that marks a deleted session (2^53 - 1: Lua's numbers are
+/// doubles, exact up to there).
+pub(super) const GONE: i64 = (1 << 53) - 1;
+/// The most exchanges a session kept whole in Redis holds (larger ones are
+/// read from the database by each instance once, then kept locally).
+pub(super) const MOST_SHARED: usize = 2_000;
+/// Seconds an entry lives in Redis after its last update.
+const TTL_SECONDS: u64 = 3_600;
+
+/// Updates the entries of several sessions at once (see the module's
+/// doc). `KEYS[1]`: the epoch; then each session's `v:` and `b:` keys.
+/// `ARGV`: the epoch the caller knew, the TTL, the mode (`append`: the
+/// records are exchanges added by the commit that made this version;
+/// `whole`: they are the whole session; `mark`: never trusted), the most
+/// exchanges a body holds; then per session its key, id, version, the
+/// count of records (-1: no body given) and the records. Returns the
+/// current epoch.
+const PUT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+local mode = ARGV[3]
+local trusted = epoch and epoch == ARGV[1] and mode ~= 'mark'
+local ttl = ARGV[2]
+local most = tonumber(ARGV[4])
+local at = 5
+for i = 2, #KEYS, 2 do
+  local vkey, bkey = KEYS[i], KEYS[i + 1]
+  local key, id, version = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local n = tonumber(ARGV[at + 3])
+  local first = at + 4
+  if n > 0 then at = first + n else at = first end
+  local nid, nver = tonumber(id), tonumber(version)
+  local cur = redis.pcall('GET', vkey)
+  local cid, cver
+  if type(cur) == 'string' then
+    local a, b = string.match(cur, '^(%d+):(%d+):')
+    cid, cver = tonumber(a), tonumber(b)
+  end
+  local newer = cid == nil or nid > cid or (nid == cid and nver > cver)
+  local same = cid ~= nil and nid == cid and nver == cver
+  if newer or (same and trusted) then
+    local mark = '-'
+    if trusted then mark = epoch end
+    redis.call('SET', vkey, id .. ':' .. version .. ':' .. mark, 'EX', ttl)
+  end
+  if mode == 'append' and newer then
+    local count = nil
+    if nver == 0 then
+      count = 0
+      redis.call('DEL', bkey)
+    else
+      local head = redis.pcall('LINDEX', bkey, 0)
+      if type(head) == 'string' then
+        local hid, hver, hcount = string.match(head, '^chatbot/1 (%d+) (%d+) (%d+) ')
+        if hid == id and tonumber(hver) == nver - 1 then count = tonumber(hcount) end
+      end
+    end
+    if count ~= nil and n >= 0 and count + n <= most then
+      local header = 'chatbot/1 ' .. id .. ' ' .. version .. ' ' .. string.format('%d', count + n) .. ' ' .. key
+      if count == 0 then redis.call('RPUSH', bkey, header) else redis.call('LSET', bkey, 0, header) end
+      for j = first, first + n - 1 do redis.call('RPUSH', bkey, ARGV[j]) end
+      redis.call('EXPIRE', bkey, ttl)
+    else
+      redis.call('DEL', bkey)
+    end
+  elseif mode == 'whole' and n >= 0 and (newer or same) then
+    redis.call('DEL', bkey)
+    redis.call('RPUSH', bkey, 'chatbot/1 ' .. id .. ' ' .. version .. ' ' .. string.format('%d', n) .. ' ' .. key)
+    for j = first, first + n - 1 do redis.call('RPUSH', bkey, ARGV[j]) end
+    redis.call('EXPIRE', bkey, ttl)
+  elseif newer then
+    redis.call('DEL', bkey)
+  end
+end
+return epoch
+";
+
+/// What Redis says of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Known {
+    /// This is its current row, trusted.
+    Current(RowVersion),
+    /// It was deleted, trusted.
+    Gone,
+    /// Nothing trusted: ask the database.
+    Unknown,
+}
+
+/// A lookup's answer, with the epoch current when it was made (to report
+/// what the database then says, see [`Shared::put`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub epoch: Option<String>,
+    pub known: Known,
+}
+
+/// How [`Shared::put`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A commit of this instance appended the records.
+    Append,
+    /// The records (if any) are the whole session at this version.
+    Whole,
+    /// A version learned from elsewhere (a notification), never trusted.
+    Mark,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Append => "append",
+            Self::Whole => "whole",
+            Self::Mark => "mark",
+        }
+    }
+}
+
+/// One session's report to [`Shared::put`].
+pub(super) struct Put<'a> {
+    pub key: &'a str,
+    /// The row; version [`GONE`] for a deleted session.
+    pub row: RowVersion,
+    /// The records, one per exchange ([`record`]); `None`: no body.
+    pub records: Option<Vec<String>>,
+}
+
+/// The shared cache's side of the PostgreSQL store.
+pub(super) struct Shared {
+    redis: Arc<Redis>,
+    put: Script,
+    /// The epoch Redis last showed this instance.
+    epoch: Mutex<Option<String>>,
+}
+
+/// An exchange as it is kept in a body.
+pub(super) fn record(entry: &ConversationEntry) -> String {
+    serde_json::to_string(&(
+        &*entry.user_message,
+        &*entry.bot_reply,
+        &*entry.user_name,
+        entry.timestamp,
+    ))
+    .unwrap_or_default()
+}
+
+impl Shared {
+    pub fn new(redis: Arc<Redis>) -> Self {
+        Self {
+            redis,
+            put: Script::new(PUT),
+            epoch: Mutex::new(None),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.redis.is_up()
+    }
+
+    /// The epoch Redis last showed this instance.
+    pub fn known_epoch(&self) -> Option<String> {
+        self.epoch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn learn(&self, epoch: Option<&str>) {
+        let mut known = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.as_deref() != epoch {
+            *known = epoch.map(str::to_owned);
+        }
+    }
+
+    fn version_key(&self, key: &str) -> String {
+        self.redis.key(&format!("v:{key}"))
+    }
+
+    fn body_key(&self, key: &str) -> String {
+        self.redis.key(&format!("b:{key}"))
+    }
+
+    /// What Redis says of `key`, in one round trip.
+    pub async fn lookup(&self, key: &str) -> Result<Seen, RedisFailure> {
+        let mut mget = redis::cmd("MGET");
+        mget.arg(self.redis.key("epoch")).arg(self.version_key(key));
+        let values: Vec<Option<String>> = self.redis.query(&mget).await?;
+        let mut values = values.into_iter();
+        let (epoch, version) = (values.next().flatten(), values.next().flatten());
+        self.learn(epoch.as_deref());
+        if epoch.is_none() {
+            self.new_epoch(false).await;
+        }
+        let known = match (&epoch, version.as_deref().and_then(parse_version)) {
+            (Some(epoch), Some((row, mark))) if mark == epoch => {
+                if row.version == GONE {
+                    Known::Gone
+                } else {
+                    Known::Current(row)
+                }
+            }
+            _ => Known::Unknown,
+        };
+        Ok(Seen { epoch, known })
+    }
+
+    /// The session at `row` from its body in Redis, if that body is sound
+    /// and of that very row; anything else (missing, another version or
+    /// key, truncated, not ours) is `None`.
+    pub async fn body(&self, key: &str, row: RowVersion, replies: &Replies) -> Option<Session> {
+        let mut lrange = redis::cmd("LRANGE");
+        lrange.arg(self.body_key(key)).arg(0).arg(-1);
+        let items: Vec<Vec<u8>> = self.redis.query(&lrange).await.ok()?;
+        parse_body(&items, key, row, replies)
+    }
+
+    /// Reports `puts` (see [`PUT`]); `epoch` is the one this instance knew
+    /// before it committed or read what it reports.
+    pub async fn put(
+        &self,
+        epoch: Option<&str>,
+        mode: Mode,
+        puts: &[Put<'_>],
+    ) -> Result<(), RedisFailure> {
+        if puts.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.put.key(self.redis.key("epoch"));
+        invocation
+            .arg(epoch.unwrap_or(""))
+            .arg(TTL_SECONDS)
+            .arg(mode.name())
+            .arg(MOST_SHARED);
+        for put in puts {
+            invocation
+                .key(self.version_key(put.key))
+                .key(self.body_key(put.key));
+            invocation.arg(put.key).arg(put.row.id).arg(put.row.version);
+            match &put.records {
+                Some(records) => {
+                    invocation.arg(records.len());
+                    for record in records {
+                        invocation.arg(record.as_str());
+                    }
+                }
+                None => {
+                    invocation.arg(-1);
+                }
+            }
+        }
+        let current: Option<String> = self.redis.script(&invocation).await?;
+        self.learn(current.as_deref());
+        Ok(())
+    }
+
+    /// A new epoch: every version in Redis is to be checked with the
+    /// database again. `replace`: even if there is one (this instance may
+    /// have missed notifications); else only where there is none.
+    pub async fn new_epoch(&self, replace: bool) -> bool {
+        let mut token = [0u8; 16];
+        if getrandom::fill(&mut token).is_err() {
+            return false;
+        }
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let mut set = redis::cmd("SET");
+        set.arg(self.redis.key("epoch")).arg(&token);
+        if !replace {
+            set.arg("NX");
+        }
+        let done: Result<Option<String>, _> = self.redis.query(&set).await;
+        match done {
+            Ok(Some(_)) => {
+                self.learn(Some(&token));
+                true
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+/// `id:version:mark` of a `v:` entry.
+fn parse_version(value: &str) -> Option<(RowVersion, &str)> {
+    let mut parts = value.splitn(3, ':');
+    let id = parts.next()?.parse().ok()?;
+    let version = parts.next()?.parse().ok()?;
+    let mark = parts.next()?;
+    Some((RowVersion { id, version }, mark))
+}
+
+/// A body's items as a session, if sound and of `key` at `row`.
+fn parse_body(items: &[Vec<u8>], key: &str, row: RowVersion, replies: &Replies) -> Option<Session> {
+    let (header, records) = items.split_first()?;
+    let header = std::str::from_utf8(header).ok()?;
+    let mut parts = header.splitn(5, ' ');
+    let sound = parts.next() == Some("chatbot/1")
+        && parts.next()?.parse::<i64>().ok()? == row.id
+        && parts.next()?.parse::<i64>().ok()? == row.version
+        && parts.next()?.parse::<usize>().ok()? == records.len()
+        && parts.next()? == key;
+    if !sound || records.is_empty() {
+        return None;
+    }
+    let mut session = Session::with_capacity(records.len());
+    for record in records {
+        let (message, reply, name, at): (String, String, String, i64) =
+            serde_json::from_slice(record).ok()?;
+        session
+            .push_row(&message, &reply, &name, at, replies)
+            .ok()?;
+    }
+    Some(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(message: &str) -> ConversationEntry {
+        ConversationEntry {
+            user_message: message.into(),
+            bot_reply: "a \"reply\"\n".into(),
+            user_name: "Ann".into(),
+            timestamp: 1_700_000_000,
+        }
+    }
+
+    fn body(header: &str, messages: &[&str]) -> Vec<Vec<u8>> {
+        std::iter::once(header.as_bytes().to_vec())
+            .chain(messages.iter().map(|m| record(&entry(m)).into_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_body_is_served_only_when_sound_and_of_the_row_asked_for() {
+        let row = RowVersion { id: 7, version: 3 };
+        let replies = Replies::default();
+        let good = body("chatbot/1 7 3 2 alice chat", &["one", "two"]);
+        let session = parse_body(&good, "alice chat", row, &replies).expect("sound");
+        assert_eq!(session.len(), 2);
+        assert_eq!(session.entry(1, &[]), entry("two"));
+
+        for (what, items, key) in [
+            (
+                "another version",
+                body("chatbot/1 7 2 2 alice chat", &["one", "two"]),
+                "alice chat",
+            ),
+            (
+                "another row",
+                body("chatbot/1 8 3 2 alice chat", &["one", "two"]),
+                "alice chat",
+            ),
+            ("another key", good.clone(), "bob chat"),
+            (
+                "truncated",
+                body("chatbot/1 7 3 2 alice chat", &["one"]),
+                "alice chat",
+            ),
+            (
+                "not ours",
+                body("something else", &["one", "two"]),
+                "alice chat",
+            ),
+            ("empty", Vec::new(), "alice chat"),
+            (
+                "a record that is not ours",
+                vec![
+                    b"chatbot/1 7 3 1 alice chat".to_vec(),
+                    b"{\"x\":1}".to_vec(),
+                ],
+                "alice chat",
+            ),
+            (
+                "a record cut short",
+                vec![
+                    b"chatbot/1 7 3 1 alice chat".to_vec(),
+                    b"[\"a\",\"b\"".to_vec(),
+                ],
+                "alice chat",
+            ),
+            (
+                "not UTF-8",
+                vec![
+                    b"chatbot/1 7 3 1 alice chat".to_vec(),
+                    b"[\"\xff\",\"b\",\"c\",1]".to_vec(),
+                ],
+                "alice chat",
+            ),
+        ] {
+            assert!(parse_body(&items, key, row, &replies).is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn versions_parse_with_their_mark() {
+        assert_eq!(
+            parse_version("12:5:abc"),
+            Some((RowVersion { id: 12, version: 5 }, "abc"))
+        );
+        assert_eq!(
+            parse_version("12:5:-"),
+            Some((RowVersion { id: 12, version: 5 }, "-"))
+        );
+        for bad in ["", "12", "12:5", "x:5:e", "12:y:e", "-1x:5:e"] {
+            assert_eq!(parse_version(bad), None, "{bad:?}");
+        }
+    }
+}

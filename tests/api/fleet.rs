@@ -1,0 +1,610 @@
+//! Several instances as one service through Redis (`--redis-url`): one
+//! rate limit for the fleet (and each instance's own while Redis is away),
+//! and the session cache shared in front of PostgreSQL, whose reads see
+//! every acknowledged write on every instance. The cases that can only be
+//! bounded (Redis unreachable from one instance, writes with plain SQL)
+//! are held to the bound `docs/DEPLOYING.md` states: 2 seconds here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chatbot_api::AppState;
+use chatbot_api::domain::chatbot::Chatbot;
+use chatbot_api::domain::models::SessionId;
+use chatbot_api::domain::redis::Redis;
+use chatbot_api::domain::store::{
+    MemoryStore, NewExchange, Page, PostgresStore, Store, expiry_turn,
+};
+use sqlx::{Connection, Executor};
+
+use crate::helpers::{
+    PgSchema, Proxy, RedisServer, Server, TestApp, eventually, postgres_schema, redis_prefix,
+    redis_raw, redis_url,
+};
+
+/// What the bounded cases are held to.
+const BOUND: Duration = Duration::from_secs(2);
+
+async fn redis(url: &str, prefix: &str) -> Arc<Redis> {
+    Redis::connect(url, prefix).await.expect("Redis answers")
+}
+
+/// An in-process instance on its own memory store, limited to `per_second`
+/// with `burst`, sharing its buckets through `redis` if given.
+fn limited(redis: Option<Arc<Redis>>, per_second: u32, burst: u32) -> TestApp {
+    let mut state = AppState::new(
+        Arc::new(MemoryStore::new()),
+        Chatbot::seed(),
+        Default::default(),
+    )
+    .with_rate_limit(per_second, burst);
+    if let Some(redis) = redis {
+        state = state.with_redis(redis);
+    }
+    TestApp::from_state(state)
+}
+
+/// Sends `requests` requests over `apps` in turn; how many were let through.
+async fn passed(apps: &[TestApp], requests: usize) -> usize {
+    let mut passed = 0;
+    for i in 0..requests {
+        let response = apps[i % apps.len()].get("/chat/history/nobody").await;
+        match response.status {
+            StatusCode::NOT_FOUND => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait: u64 = response.header("retry-after").unwrap().parse().unwrap();
+                assert!(wait >= 1, "Retry-After {wait}");
+                assert_eq!(response.text(), r#"{"detail":"Rate limit exceeded"}"#);
+            }
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    passed
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_the_fleets_over_two_and_three_instances() {
+    let Some(url) = redis_url().await else {
+        return;
+    };
+    for instances in [1, 2, 3] {
+        let prefix = redis_prefix();
+        let mut apps = Vec::new();
+        for _ in 0..instances {
+            apps.push(limited(Some(redis(&url, &prefix).await), 2, 5));
+        }
+        // 30 requests take well under half a second: the burst of 5 and
+        // at most one more from the refill at 2/s, however many instances.
+        let fleet = passed(&apps, 30).await;
+        assert!((5..=6).contains(&fleet), "{instances} instances: {fleet}");
+    }
+    // Without Redis each instance has a bucket of its own: the bug.
+    let apps: Vec<TestApp> = (0..3).map(|_| limited(None, 2, 5)).collect();
+    let alone = passed(&apps, 30).await;
+    assert!((15..=18).contains(&alone), "{alone}");
+}
+
+#[tokio::test]
+async fn without_redis_each_instance_limits_on_its_own_then_shares_again() {
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let handles = [
+        redis(&server.url(), &prefix).await,
+        redis(&server.url(), &prefix).await,
+    ];
+    let apps: Vec<TestApp> = handles
+        .iter()
+        .map(|redis| limited(Some(redis.clone()), 1, 3))
+        .collect();
+    assert_eq!(passed(&apps, 12).await, 3, "shared");
+
+    server.kill();
+    // The first request finds Redis gone and is decided locally; so are
+    // the rest, without waiting for Redis.
+    let started = std::time::Instant::now();
+    let during = passed(&apps, 12).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        (6..=8).contains(&during),
+        "each instance's own burst of 3: {during}"
+    );
+    assert!(handles.iter().all(|redis| !redis.is_up()));
+
+    server.restart().await;
+    for redis in &handles {
+        assert!(
+            eventually(Duration::from_secs(5), || async { redis.is_up() })
+                .await
+                .is_some(),
+            "back within the probe's period"
+        );
+    }
+    // Redis came back empty: one fresh bucket for both.
+    assert_eq!(passed(&apps, 12).await, 3, "shared again");
+}
+
+#[tokio::test]
+async fn the_local_fallback_is_counted_in_metrics() {
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    let app = limited(Some(redis(&server.url(), &redis_prefix()).await), 100, 100);
+    server.kill();
+    let before = local_decisions(&app).await;
+    for _ in 0..5 {
+        app.get("/chat/history/nobody").await;
+    }
+    // Other tests in this binary may count too: at least ours.
+    assert!(local_decisions(&app).await >= before + 5.0);
+    let metrics = app.get("/metrics").await;
+    assert!(metrics.text().contains("chatbot_redis_outages_total"));
+}
+
+/// `chatbot_rate_limit_local_total` as `app` reports it.
+async fn local_decisions(app: &TestApp) -> f64 {
+    let metrics = app.get("/metrics").await;
+    metrics
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("chatbot_rate_limit_local_total "))
+        .map_or(0.0, |n| n.parse().unwrap())
+}
+
+fn id(session: &str) -> SessionId {
+    SessionId::parse(session.into()).unwrap()
+}
+
+async fn instance(schema: &PgSchema, redis: Option<Arc<Redis>>) -> Arc<PostgresStore> {
+    Arc::new(
+        PostgresStore::connect_shared(&schema.url, 4, Default::default(), 16 << 20, redis)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Two instances on one database and one Redis prefix.
+async fn two(schema: &PgSchema, url: &str) -> (Arc<PostgresStore>, Arc<PostgresStore>) {
+    let prefix = redis_prefix();
+    let a = instance(schema, Some(redis(url, &prefix).await)).await;
+    let b = instance(schema, Some(redis(url, &prefix).await)).await;
+    (a, b)
+}
+
+async fn say(store: &PostgresStore, session: &str, message: &str) {
+    let exchange = NewExchange {
+        user_message: message.into(),
+        user_name: "U".into(),
+        timestamp: 1_700_000_000,
+    };
+    store
+        .append(&id(session), exchange, Arc::new(Chatbot::default()))
+        .await
+        .unwrap();
+}
+
+async fn messages(store: &PostgresStore, session: &str) -> Option<Vec<String>> {
+    let page = store.history(session, Page::default()).await.unwrap()?;
+    Some(
+        page.entries
+            .iter()
+            .map(|e| e.user_message.to_string())
+            .collect(),
+    )
+}
+
+async fn last(store: &PostgresStore, session: &str) -> Option<String> {
+    messages(store, session).await?.pop()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_see_acknowledged_writes_on_every_instance_10_000_times() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let (a, b) = two(&schema, &url).await;
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let (a, b) = (a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            let session = format!("ryw-{task}");
+            for i in 0..625 {
+                let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let message = format!("{task}-{i}");
+                say(writer, &session, &message).await;
+                // The full history, or a page of the last one.
+                let seen = if i % 5 == 4 {
+                    let page = Page {
+                        offset: i,
+                        limit: Some(1),
+                    };
+                    let page = reader.history(&session, page).await.unwrap().unwrap();
+                    page.entries.last().map(|e| e.user_message.to_string())
+                } else {
+                    last(reader, &session).await
+                };
+                assert_eq!(seen.as_deref(), Some(message.as_str()), "read after write");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Most reads asked the database nothing.
+    let (instance, redis, database) = b.read_stats().snapshot();
+    assert!(
+        instance + redis > 4 * database,
+        "instance {instance}, redis {redis}, database {database}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_of_a_session_another_instance_wrote_asks_the_database_nothing() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let (a, b) = two(&schema, &url).await;
+    for i in 0..100 {
+        say(&a, "warm", &format!("m{i}")).await;
+    }
+    let before = b.read_stats().snapshot();
+    for _ in 0..50 {
+        assert_eq!(messages(&b, "warm").await.unwrap().len(), 100);
+    }
+    let (instance, redis, database) = b.read_stats().snapshot();
+    assert_eq!(database, before.2, "no read of b went to the database");
+    assert_eq!(redis - before.1, 1, "the first read took the copy in Redis");
+    assert_eq!(instance - before.0, 49, "the others, b's own copy");
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_or_gone_serves_nothing_stale() {
+    let (Some(schema), Some(mut server)) = (postgres_schema().await, RedisServer::start().await)
+    else {
+        return;
+    };
+    let (a, b) = two(&schema, &server.url()).await;
+    say(&a, "s", "one").await;
+    assert_eq!(last(&b, "s").await.as_deref(), Some("one"));
+
+    server.kill();
+    say(&a, "s", "two").await;
+    assert_eq!(
+        last(&b, "s").await.as_deref(),
+        Some("two"),
+        "down: the database"
+    );
+    say(&b, "s", "three").await;
+    assert_eq!(last(&a, "s").await.as_deref(), Some("three"));
+
+    server.restart().await;
+    for store in [&a, &b] {
+        assert_eq!(last(store, "s").await.as_deref(), Some("three"), "empty");
+    }
+    say(&a, "s", "four").await;
+    assert_eq!(last(&b, "s").await.as_deref(), Some("four"), "back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_by_an_instance_cut_off_from_redis_reaches_the_others_within_the_bound() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let target = {
+        let parsed = url::Url::parse(&url).unwrap();
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(6379)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(target).await;
+    let prefix = redis_prefix();
+    let cut_off = instance(
+        &schema,
+        Some(redis(&format!("redis://{}/", proxy.addr), &prefix).await),
+    )
+    .await;
+    let other = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    say(&other, "s", "one").await;
+    assert_eq!(last(&other, "s").await.as_deref(), Some("one"));
+    assert_eq!(last(&cut_off, "s").await.as_deref(), Some("one"));
+
+    proxy.cut();
+    say(&cut_off, "s", "two").await;
+    assert_eq!(last(&cut_off, "s").await.as_deref(), Some("two"), "its own");
+    let took = eventually(BOUND, || async {
+        last(&other, "s").await.as_deref() == Some("two")
+    })
+    .await;
+    assert!(took.is_some(), "the other instance never saw it");
+    // And it goes on seeing it (no older version comes back).
+    for _ in 0..20 {
+        assert_eq!(last(&other, "s").await.as_deref(), Some("two"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_plain_sql_reach_every_instance_within_the_bound() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let (a, b) = two(&schema, &url).await;
+    say(&a, "plain", "typed").await;
+    say(&a, "plain", "second").await;
+    assert_eq!(last(&b, "plain").await.as_deref(), Some("second"));
+
+    let mut sql = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    sql.execute(
+        "UPDATE exchanges SET user_message = 'edited by hand' WHERE seq = 2 \
+         AND session_ref = (SELECT id FROM sessions WHERE session_id = 'plain')",
+    )
+    .await
+    .unwrap();
+    for store in [&a, &b] {
+        let took = eventually(BOUND, || async {
+            last(store, "plain").await.as_deref() == Some("edited by hand")
+        })
+        .await;
+        assert!(took.is_some(), "an edit with plain SQL");
+    }
+
+    sql.execute("DELETE FROM sessions WHERE session_id = 'plain'")
+        .await
+        .unwrap();
+    for store in [&a, &b] {
+        let took = eventually(BOUND, || async { messages(store, "plain").await.is_none() }).await;
+        assert!(took.is_some(), "a delete with plain SQL");
+    }
+}
+
+#[tokio::test]
+async fn deletes_and_expiry_are_seen_by_every_instance_at_once() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let (a, b) = two(&schema, &url).await;
+    for session in ["deleted", "expired"] {
+        say(&a, session, "hello").await;
+        assert!(messages(&b, session).await.is_some());
+    }
+    assert!(a.delete("deleted").await.unwrap());
+    assert_eq!(messages(&b, "deleted").await, None);
+    assert_eq!(a.expire(1_700_000_001).await.unwrap(), 1);
+    assert_eq!(messages(&b, "expired").await, None);
+    // Begun again under the same id, it is a new session everywhere.
+    say(&b, "deleted", "again").await;
+    assert_eq!(
+        messages(&a, "deleted").await,
+        Some(vec!["again".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_writing_one_session_at_once_agree() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let (a, b) = two(&schema, &url).await;
+    let mut tasks = Vec::new();
+    for (name, store) in [("a", a.clone()), ("b", b.clone())] {
+        for writer in 0..4 {
+            let (store, other) = (
+                store.clone(),
+                if name == "a" { b.clone() } else { a.clone() },
+            );
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let message = format!("{name}{writer}-{i}");
+                    say(&store, "shared", &message).await;
+                    let seen = messages(&other, "shared").await.unwrap();
+                    assert!(seen.contains(&message), "{message} missing on the other");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let on_a = messages(&a, "shared").await.unwrap();
+    assert_eq!(on_a.len(), 200);
+    assert_eq!(messages(&b, "shared").await.unwrap(), on_a);
+    let database = instance(&schema, None).await;
+    assert_eq!(messages(&database, "shared").await.unwrap(), on_a);
+}
+
+#[tokio::test]
+async fn a_key_never_reads_another_keys_session_from_redis() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let a = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    let b = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    // Two owners' sessions (owner prefixes, as API keys give them).
+    say(&a, "k1.chat", "secret of k1").await;
+    say(&a, "k2.chat", "k2's own").await;
+    assert!(messages(&a, "k1.chat").await.is_some());
+    assert!(messages(&a, "k2.chat").await.is_some());
+    // Someone copies k1's entries over k2's.
+    let mut raw = redis_raw(&url).await;
+    for kind in ["v", "b"] {
+        let copied: i64 = redis::cmd("COPY")
+            .arg(format!("{prefix}{kind}:k1.chat"))
+            .arg(format!("{prefix}{kind}:k2.chat"))
+            .arg("REPLACE")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(copied, 1);
+    }
+    assert_eq!(
+        messages(&b, "k2.chat").await,
+        Some(vec!["k2's own".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let a = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    say(&a, "s", "one").await;
+    say(&a, "s", "two").await;
+    let truth = Some(vec!["one".to_owned(), "two".to_owned()]);
+    let mut raw = redis_raw(&url).await;
+    let (v, b) = (format!("{prefix}v:s"), format!("{prefix}b:s"));
+    // Once the instance's listener has begun its epoch and a read vouched
+    // for the session under it.
+    let mut epoch = None;
+    for _ in 0..200 {
+        assert_eq!(
+            messages(&a, "s").await,
+            Some(vec!["one".into(), "two".into()])
+        );
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(format!("{prefix}epoch"))
+            .arg(&v)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if let [Some(e), Some(current)] = &values[..]
+            && current.ends_with(e.as_str())
+        {
+            epoch = Some(e.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let epoch = epoch.expect("a vouched version");
+    let current: String = redis::cmd("GET")
+        .arg(&v)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let (id, version) = {
+        let mut parts = current.split(':');
+        (
+            parts.next().unwrap().to_owned(),
+            parts.next().unwrap().to_owned(),
+        )
+    };
+    let header = |count: usize| format!("chatbot/1 {id} {version} {count} s");
+    let record = r#"["forged","reply","U",1700000000]"#;
+    let cases: Vec<(&str, Vec<redis::Cmd>)> = vec![
+        ("a version that is not ours", vec![set(&v, "garbage")]),
+        (
+            "a version from the future",
+            vec![set(&v, &format!("{id}:999:{epoch}"))],
+        ),
+        (
+            "a body of another type",
+            vec![del(&b), set(&b, "not a list")],
+        ),
+        (
+            "a body cut short",
+            vec![del(&b), rpush(&b, &[&header(3), record])],
+        ),
+        (
+            "a body of another version",
+            vec![
+                del(&b),
+                rpush(&b, &[&format!("chatbot/1 {id} 0 1 s"), record]),
+            ],
+        ),
+        (
+            "a body that is not ours",
+            vec![del(&b), rpush(&b, &["hello", record])],
+        ),
+        (
+            "records that are not ours",
+            vec![del(&b), rpush(&b, &[&header(2), "{}", "[1]"])],
+        ),
+    ];
+    for (what, commands) in cases {
+        for command in commands {
+            command.query_async::<()>(&mut raw).await.unwrap();
+        }
+        // A fresh instance has no copy of its own: only Redis or the database.
+        let fresh = instance(&schema, Some(redis(&url, &prefix).await)).await;
+        assert_eq!(messages(&fresh, "s").await, truth, "{what}");
+        assert_eq!(
+            messages(&a, "s").await,
+            truth,
+            "{what}, an instance with a copy"
+        );
+    }
+}
+
+fn set(key: &str, value: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
+    cmd
+}
+
+fn del(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(key);
+    cmd
+}
+
+fn rpush(key: &str, values: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("RPUSH");
+    cmd.arg(key).arg(values);
+    cmd
+}
+
+#[tokio::test]
+async fn one_instance_sweeps_expired_sessions_each_period() {
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let (a, b) = (
+        redis(&server.url(), &prefix).await,
+        redis(&server.url(), &prefix).await,
+    );
+    let every = Duration::from_millis(300);
+    assert!(expiry_turn(&a, every).await);
+    assert!(!expiry_turn(&b, every).await);
+    assert!(!expiry_turn(&a, every).await);
+    tokio::time::sleep(every + Duration::from_millis(50)).await;
+    assert!(expiry_turn(&b, every).await, "the next period");
+    server.kill();
+    assert!(expiry_turn(&a, every).await, "without Redis each sweeps");
+    assert!(expiry_turn(&b, every).await);
+}
+
+#[test]
+fn the_redis_password_is_never_logged() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let port = crate::helpers::free_port();
+    let url = format!("redis://app:s3cret-pw@127.0.0.1:{port}/");
+    let mut server = Server::start_with(
+        &[
+            "--store",
+            "memory",
+            "--redis-url",
+            &url,
+            "--rate-limit",
+            "5",
+        ],
+        &[("RUST_LOG", "info")],
+        log.reopen().unwrap().into(),
+    );
+    // Redis is not there: the outage is logged too.
+    std::thread::sleep(Duration::from_millis(700));
+    server.signal("TERM");
+    server.wait(Duration::from_secs(10));
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("redis://app:***@127.0.0.1"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}
