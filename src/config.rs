@@ -5,6 +5,7 @@ use clap::{ArgGroup, Parser};
 use crate::domain::model::ModelConfig;
 use crate::domain::store::{StoreKind, SyncMode};
 use crate::http::auth::{JwtSettings, KeySource};
+use crate::http::ratelimit::ProxyRange;
 use crate::http::validate::Limits;
 
 /// A conversation-history chat server, wire-compatible with the FastAPI tutorial server.
@@ -149,6 +150,14 @@ pub struct Config {
     #[arg(long, env = "CHATBOT_RATE_LIMIT_BURST", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_burst: u32,
+
+    /// A load balancer or proxy (an address, or a network such as
+    /// 10.0.0.0/8) whose requests the rate limit counts against the client
+    /// its `X-Forwarded-For` names; repeatable. Also CHATBOT_TRUSTED_PROXIES,
+    /// comma-separated. None by default: the peer address counts.
+    #[arg(long = "trusted-proxy", env = "CHATBOT_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = ProxyRange::parse)]
+    pub trusted_proxies: Vec<ProxyRange>,
 
     /// Most sessions kept (507 for a new one past it); unlimited by default.
     #[arg(long, env = "CHATBOT_MAX_SESSIONS")]
@@ -318,6 +327,7 @@ mod tests {
             ],
             &["chatbot-api", "--jwt-issuer", "https://id"],
             &["chatbot-api", "--jwt-audience", "chatbot"],
+            &["chatbot-api", "--trusted-proxy", "10.0.0.0/33"],
         ] {
             assert!(Config::try_parse_from(args).is_err(), "{args:?}");
         }

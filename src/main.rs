@@ -142,7 +142,8 @@ async fn run(config: Config) -> ExitCode {
         .with_debug_endpoints(config.debug_endpoints)
         .with_api_keys(ApiKeys::new(&config.api_keys))
         .with_admin_keys(ApiKeys::new(&config.admin_api_keys))
-        .with_cors_origins(origins);
+        .with_cors_origins(origins)
+        .with_trusted_proxies(config.trusted_proxies.clone());
     if let Some(jwt) = jwt {
         jwt.prefetch();
         state = state.with_jwt(jwt);

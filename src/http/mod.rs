@@ -68,6 +68,8 @@ pub struct AppState {
     pub cors_origins: Vec<HeaderValue>,
     /// What the fleet shares (`--redis-url`): here, the rate limit's buckets.
     pub redis: Option<Arc<Redis>>,
+    /// Proxies whose `X-Forwarded-For` names the client the limit counts.
+    pub trusted_proxies: Vec<ratelimit::ProxyRange>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             rate_limit: None,
             cors_origins: Vec::new(),
             redis: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -123,6 +126,13 @@ impl AppState {
     /// The same state sharing its rate limit with every instance on `redis`.
     pub fn with_redis(mut self, redis: Arc<Redis>) -> Self {
         self.redis = Some(redis);
+        self
+    }
+
+    /// The same state counting requests from `proxies` against the client
+    /// they forward for.
+    pub fn with_trusted_proxies(mut self, proxies: Vec<ratelimit::ProxyRange>) -> Self {
+        self.trusted_proxies = proxies;
         self
     }
 
@@ -235,8 +245,13 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         ));
     }
     if let Some((per_second, burst)) = state.rate_limit {
-        let limiter =
-            ratelimit::limiter(per_second, burst, state.auth.clone(), state.redis.clone());
+        let limiter = ratelimit::limiter(
+            per_second,
+            burst,
+            state.auth.clone(),
+            state.redis.clone(),
+            state.trusted_proxies.clone(),
+        );
         conversations = conversations.route_layer(middleware::from_fn_with_state(
             limiter.clone(),
             ratelimit::limit,

@@ -8,8 +8,13 @@
 //! decide alone while Redis is unreachable: then the limit is per instance
 //! (each request so decided counts in `chatbot_rate_limit_local_total`),
 //! and shared again as soon as Redis answers.
+//!
+//! Behind a load balancer every connection comes from the balancer: with
+//! `--trusted-proxy`, a request from one of those addresses is counted
+//! against the client `X-Forwarded-For` names (the nearest address in it
+//! that is not itself a trusted proxy).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +37,7 @@ use crate::http::v1::error::OpenAiError;
 /// both drain the same one.
 pub struct Limiter {
     auth: Arc<Auth>,
+    trusted: Vec<ProxyRange>,
     local: DefaultKeyedRateLimiter<String>,
     fleet: Option<FleetLimit>,
 }
@@ -46,6 +52,7 @@ pub fn limiter(
     burst: u32,
     auth: Arc<Auth>,
     redis: Option<Arc<Redis>>,
+    trusted: Vec<ProxyRange>,
 ) -> SharedLimiter {
     let period = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
     let quota = Quota::with_period(period)
@@ -53,6 +60,7 @@ pub fn limiter(
         .allow_burst(NonZeroU32::new(burst.max(1)).expect("at least 1"));
     Arc::new(Limiter {
         auth,
+        trusted,
         local: RateLimiter::keyed(quota),
         fleet: redis.map(|redis| FleetLimit::new(redis, per_second, burst)),
     })
@@ -67,13 +75,38 @@ impl Limiter {
             return owner.prefix().to_owned();
         }
         // In-process tests have no peer address; they share one bucket.
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(
-                || "local".to_owned(),
-                |ConnectInfo(addr)| addr.ip().to_string(),
-            )
+        let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
+            return "local".to_owned();
+        };
+        self.client(peer.ip(), request).to_string()
+    }
+
+    /// The client's address: the peer's, or, from a trusted proxy, the
+    /// nearest untrusted address the proxies forwarded for.
+    fn client(&self, peer: IpAddr, request: &Request) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let forwarded = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect::<Vec<_>>();
+        for hop in forwarded.iter().rev() {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(addr) if self.is_trusted(addr) => continue,
+                Ok(addr) => return addr,
+                // Not an address: nothing further left can be trusted.
+                Err(_) => break,
+            }
+        }
+        peer
+    }
+
+    fn is_trusted(&self, addr: IpAddr) -> bool {
+        self.trusted.iter().any(|range| range.contains(addr))
     }
 
     /// `None` if a request from `bucket` may go, else how long until it
@@ -118,6 +151,52 @@ pub async fn limit_openai(
     }
 }
 
+/// An address or a network (`10.0.0.0/8`, `::1`) whose requests come
+/// from a proxy that sets `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl ProxyRange {
+    /// Parses `ADDRESS` or `ADDRESS/PREFIX`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not an IP address or network (e.g. 10.0.0.0/8)");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let most = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix.trim().parse::<u8>().map_err(|_| bad())?,
+            None => most,
+        };
+        if prefix > most {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    fn contains(&self, addr: IpAddr) -> bool {
+        let (network, addr, bits) = match (self.addr, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                (u128::from(n.to_bits()), u128::from(a.to_bits()), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => (n.to_bits(), a.to_bits(), 128),
+            _ => return false,
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        let mask = if host_bits >= 128 {
+            0
+        } else {
+            u128::MAX << host_bits
+        };
+        network & mask == addr & mask
+    }
+}
+
 /// Whole seconds to wait, rounded up, at least 1.
 fn seconds(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
@@ -154,6 +233,63 @@ fn too_many_openai(wait: u64) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_ranges() {
+        let range = |text| ProxyRange::parse(text).unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(range("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!range("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(range("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!range("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(range("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(range("fd00::/8").contains(ip("fd12::1")));
+        assert!(!range("fd00::/8").contains(ip("10.0.0.1")));
+        for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
+            assert!(ProxyRange::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn limiter_trusting(proxies: &[&str]) -> Limiter {
+        let trusted = proxies
+            .iter()
+            .map(|p| ProxyRange::parse(p).unwrap())
+            .collect();
+        Arc::into_inner(limiter(1, 1, Arc::default(), None, trusted)).unwrap()
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_counted() {
+        let limiter = limiter_trusting(&["10.0.0.0/8"]);
+        let request = |forwarded: &[&str]| {
+            let mut builder = Request::builder();
+            for value in forwarded {
+                builder = builder.header("x-forwarded-for", *value);
+            }
+            builder.body(Body::empty()).unwrap()
+        };
+        let client = |peer: &str, forwarded: &[&str]| {
+            limiter
+                .client(peer.parse().unwrap(), &request(forwarded))
+                .to_string()
+        };
+        // Straight from a client: its own address, whatever it claims.
+        assert_eq!(client("203.0.113.9", &["1.2.3.4"]), "203.0.113.9");
+        // Through the balancer: whom it forwarded for.
+        assert_eq!(client("10.0.0.2", &["198.51.100.7"]), "198.51.100.7");
+        // A client's own claim, left of the hop the balancer added, is not believed.
+        assert_eq!(
+            client("10.0.0.2", &["1.2.3.4, 198.51.100.7"]),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client("10.0.0.2", &["1.2.3.4", "198.51.100.7, 10.0.0.3"]),
+            "198.51.100.7"
+        );
+        // Nothing usable: the balancer's address.
+        assert_eq!(client("10.0.0.2", &[]), "10.0.0.2");
+        assert_eq!(client("10.0.0.2", &["unknown"]), "10.0.0.2");
+    }
 
     #[test]
     fn waits_round_up_to_whole_seconds() {

@@ -174,7 +174,17 @@ async fn two(schema: &PgSchema, url: &str) -> (Arc<PostgresStore>, Arc<PostgresS
     let prefix = redis_prefix();
     let a = instance(schema, Some(redis(url, &prefix).await)).await;
     let b = instance(schema, Some(redis(url, &prefix).await)).await;
+    for store in [&a, &b] {
+        sharing(store).await;
+    }
     (a, b)
+}
+
+/// Waits until `store` reads through Redis (its listener has begun its
+/// epoch).
+async fn sharing(store: &PostgresStore) {
+    let took = eventually(Duration::from_secs(5), || async { store.shares_reads() }).await;
+    assert!(took.is_some(), "the instance never shared its reads");
 }
 
 async fn say(store: &PostgresStore, session: &str, message: &str) {
@@ -312,6 +322,8 @@ async fn a_write_by_an_instance_cut_off_from_redis_reaches_the_others_within_the
     )
     .await;
     let other = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    sharing(&cut_off).await;
+    sharing(&other).await;
     say(&other, "s", "one").await;
     assert_eq!(last(&other, "s").await.as_deref(), Some("one"));
     assert_eq!(last(&cut_off, "s").await.as_deref(), Some("one"));
@@ -427,6 +439,8 @@ async fn a_key_never_reads_another_keys_session_from_redis() {
     let prefix = redis_prefix();
     let a = instance(&schema, Some(redis(&url, &prefix).await)).await;
     let b = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    sharing(&a).await;
+    sharing(&b).await;
     // Two owners' sessions (owner prefixes, as API keys give them).
     say(&a, "k1.chat", "secret of k1").await;
     say(&a, "k2.chat", "k2's own").await;
@@ -457,39 +471,13 @@ async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
     };
     let prefix = redis_prefix();
     let a = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    sharing(&a).await;
     say(&a, "s", "one").await;
     say(&a, "s", "two").await;
     let truth = Some(vec!["one".to_owned(), "two".to_owned()]);
     let mut raw = redis_raw(&url).await;
     let (v, b) = (format!("{prefix}v:s"), format!("{prefix}b:s"));
-    // Once the instance's listener has begun its epoch and a read vouched
-    // for the session under it.
-    let mut epoch = None;
-    for _ in 0..200 {
-        assert_eq!(
-            messages(&a, "s").await,
-            Some(vec!["one".into(), "two".into()])
-        );
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(format!("{prefix}epoch"))
-            .arg(&v)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        if let [Some(e), Some(current)] = &values[..]
-            && current.ends_with(e.as_str())
-        {
-            epoch = Some(e.clone());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let epoch = epoch.expect("a vouched version");
-    let current: String = redis::cmd("GET")
-        .arg(&v)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let current = vouched(&a, &mut raw, &prefix).await.1;
     let (id, version) = {
         let mut parts = current.split(':');
         (
@@ -499,42 +487,51 @@ async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
     };
     let header = |count: usize| format!("chatbot/1 {id} {version} {count} s");
     let record = r#"["forged","reply","U",1700000000]"#;
-    let cases: Vec<(&str, Vec<redis::Cmd>)> = vec![
-        ("a version that is not ours", vec![set(&v, "garbage")]),
+    type Tamper<'a> = Box<dyn Fn(&str) -> Vec<redis::Cmd> + 'a>;
+    let cases: Vec<(&str, Tamper)> = vec![
+        (
+            "a version that is not ours",
+            Box::new(|_| vec![set(&v, "garbage")]),
+        ),
         (
             "a version from the future",
-            vec![set(&v, &format!("{id}:999:{epoch}"))],
+            Box::new(|epoch| vec![set(&v, &format!("{id}:999:{epoch}"))]),
         ),
         (
             "a body of another type",
-            vec![del(&b), set(&b, "not a list")],
+            Box::new(|_| vec![del(&b), set(&b, "not a list")]),
         ),
         (
             "a body cut short",
-            vec![del(&b), rpush(&b, &[&header(3), record])],
+            Box::new(|_| vec![del(&b), rpush(&b, &[&header(3), record])]),
         ),
         (
             "a body of another version",
-            vec![
-                del(&b),
-                rpush(&b, &[&format!("chatbot/1 {id} 0 1 s"), record]),
-            ],
+            Box::new(|_| {
+                vec![
+                    del(&b),
+                    rpush(&b, &[&format!("chatbot/1 {id} 0 1 s"), record]),
+                ]
+            }),
         ),
         (
             "a body that is not ours",
-            vec![del(&b), rpush(&b, &["hello", record])],
+            Box::new(|_| vec![del(&b), rpush(&b, &["hello", record])]),
         ),
         (
             "records that are not ours",
-            vec![del(&b), rpush(&b, &[&header(2), "{}", "[1]"])],
+            Box::new(|_| vec![del(&b), rpush(&b, &[&header(2), "{}", "[1]"])]),
         ),
     ];
-    for (what, commands) in cases {
-        for command in commands {
-            command.query_async::<()>(&mut raw).await.unwrap();
-        }
+    for (what, tamper) in cases {
         // A fresh instance has no copy of its own: only Redis or the database.
         let fresh = instance(&schema, Some(redis(&url, &prefix).await)).await;
+        sharing(&fresh).await;
+        // Its listener began a new epoch: the version vouched again under it.
+        let (epoch, _) = vouched(&a, &mut raw, &prefix).await;
+        for command in tamper(&epoch) {
+            command.query_async::<()>(&mut raw).await.unwrap();
+        }
         assert_eq!(messages(&fresh, "s").await, truth, "{what}");
         assert_eq!(
             messages(&a, "s").await,
@@ -542,6 +539,34 @@ async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
             "{what}, an instance with a copy"
         );
     }
+}
+
+/// Reads session `s` through `store` until Redis holds its version vouched
+/// for under the current epoch; the epoch and that version.
+async fn vouched(
+    store: &PostgresStore,
+    raw: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> (String, String) {
+    for _ in 0..300 {
+        assert!(messages(store, "s").await.is_some());
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(format!("{prefix}epoch"))
+            .arg(format!("{prefix}v:s"))
+            .query_async(raw)
+            .await
+            .unwrap();
+        if let [Some(epoch), Some(version)] = &values[..]
+            && version.ends_with(&format!(":{epoch}"))
+        {
+            return (epoch.clone(), version.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the version was never vouched for: shares {}",
+        store.shares_reads()
+    );
 }
 
 fn set(key: &str, value: &str) -> redis::Cmd {

@@ -11,7 +11,6 @@
 //! passed on to Redis, as soon as Redis answers again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -32,8 +31,7 @@ pub(super) async fn listen(pool: PgPool, shared: Arc<Shared>) {
         .max_connections(1)
         .connect_lazy_with(pool.connect_options().as_ref().clone());
     drop(pool);
-    let owed = Arc::new(AtomicBool::new(false));
-    tokio::spawn(settle_owed(shared.clone(), owed.clone()));
+    tokio::spawn(settle(shared.clone()));
     loop {
         let mut listener = match PgListener::connect_with(&own).await {
             Ok(listener) => listener,
@@ -46,7 +44,7 @@ pub(super) async fn listen(pool: PgPool, shared: Arc<Shared>) {
             tokio::time::sleep(RETRY).await;
             continue;
         }
-        owed.store(true, Ordering::Relaxed);
+        shared.owe();
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
@@ -57,13 +55,14 @@ pub(super) async fn listen(pool: PgPool, shared: Arc<Shared>) {
                         key: &key,
                         row,
                         records: None,
+                        seen: None,
                     };
                     if shared.put(None, Mode::Mark, &[put]).await.is_err() {
-                        owed.store(true, Ordering::Relaxed);
+                        shared.owe();
                     }
                 }
                 // Connected again (and listening): what came meanwhile is lost.
-                Ok(None) => owed.store(true, Ordering::Relaxed),
+                Ok(None) => shared.owe(),
                 Err(_) => break,
             }
         }
@@ -71,15 +70,10 @@ pub(super) async fn listen(pool: PgPool, shared: Arc<Shared>) {
     }
 }
 
-/// Starts a new epoch whenever one is owed and Redis answers.
-async fn settle_owed(shared: Arc<Shared>, owed: Arc<AtomicBool>) {
+/// Begins a new epoch whenever one is owed and Redis answers.
+async fn settle(shared: Arc<Shared>) {
     loop {
-        if owed.load(Ordering::Relaxed) && shared.is_up() {
-            owed.store(false, Ordering::Relaxed);
-            if !shared.new_epoch(true).await {
-                owed.store(true, Ordering::Relaxed);
-            }
-        }
+        shared.settle().await;
         tokio::time::sleep(RETRY / 5).await;
     }
 }

@@ -270,6 +270,12 @@ impl PostgresStore {
         self.stats.clone()
     }
 
+    /// Whether reads trust the cache shared in Redis now (`--redis-url`
+    /// given, Redis answering, and this instance's epoch begun).
+    pub fn shares_reads(&self) -> bool {
+        self.shared.as_ref().is_some_and(|shared| shared.is_up())
+    }
+
     /// Where history reads were answered from.
     pub fn read_stats(&self) -> &ReadStats {
         &self.reads
@@ -327,11 +333,13 @@ impl PostgresStore {
                         .map(shared::record)
                         .collect()
                 }),
+                seen: seen.version.as_deref(),
             }),
             Some(Read::Rows(row, _, _)) => Some(Put {
                 key: session,
                 row: *row,
                 records: None,
+                seen: seen.version.as_deref(),
             }),
             None => None,
         };

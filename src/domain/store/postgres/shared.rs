@@ -27,6 +27,7 @@
 //! for the cases that are only bounded (Redis unreachable from one
 //! instance, writes with plain SQL).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use redis::Script;
@@ -51,7 +52,10 @@ const TTL_SECONDS: u64 = 3_600;
 /// records are exchanges added by the commit that made this version;
 /// `whole`: they are the whole session; `mark`: never trusted), the most
 /// exchanges a body holds; then per session its key, id, version, the
-/// count of records (-1: no body given) and the records. Returns the
+/// `v:` value the caller saw before it read the database (`''`: none; if
+/// it is still there, whatever it says is older than what was read, even
+/// a version "from the future" that only a wrong writer could have put),
+/// the count of records (-1: no body given) and the records. Returns the
 /// current epoch.
 const PUT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
@@ -62,9 +66,9 @@ local most = tonumber(ARGV[4])
 local at = 5
 for i = 2, #KEYS, 2 do
   local vkey, bkey = KEYS[i], KEYS[i + 1]
-  local key, id, version = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local n = tonumber(ARGV[at + 3])
-  local first = at + 4
+  local key, id, version, seen = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local n = tonumber(ARGV[at + 4])
+  local first = at + 5
   if n > 0 then at = first + n else at = first end
   local nid, nver = tonumber(id), tonumber(version)
   local cur = redis.pcall('GET', vkey)
@@ -74,6 +78,7 @@ for i = 2, #KEYS, 2 do
     cid, cver = tonumber(a), tonumber(b)
   end
   local newer = cid == nil or nid > cid or (nid == cid and nver > cver)
+    or (seen ~= '' and cur == seen)
   local same = cid ~= nil and nid == cid and nver == cver
   if newer or (same and trusted) then
     local mark = '-'
@@ -128,6 +133,8 @@ pub(super) enum Known {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Seen {
     pub epoch: Option<String>,
+    /// The `v:` entry as it was.
+    pub version: Option<String>,
     pub known: Known,
 }
 
@@ -159,6 +166,8 @@ pub(super) struct Put<'a> {
     pub row: RowVersion,
     /// The records, one per exchange ([`record`]); `None`: no body.
     pub records: Option<Vec<String>>,
+    /// What a reader saw in Redis before it read the database ([`Seen`]).
+    pub seen: Option<&'a str>,
 }
 
 /// The shared cache's side of the PostgreSQL store.
@@ -167,6 +176,10 @@ pub(super) struct Shared {
     put: Script,
     /// The epoch Redis last showed this instance.
     epoch: Mutex<Option<String>>,
+    /// Set while this instance may have missed a change it should have
+    /// passed on (its listener (re)connected, or Redis could not be told):
+    /// its reads ask the database until a new epoch is begun.
+    owed: AtomicBool,
 }
 
 /// An exchange as it is kept in a body.
@@ -186,11 +199,26 @@ impl Shared {
             redis,
             put: Script::new(PUT),
             epoch: Mutex::new(None),
+            owed: AtomicBool::new(true),
         }
     }
 
+    /// Whether reads may trust Redis: it answers, and nothing is owed.
     pub fn is_up(&self) -> bool {
-        self.redis.is_up()
+        self.redis.is_up() && !self.owed.load(Ordering::Relaxed)
+    }
+
+    /// A new epoch is owed (see [`Shared::settle`]).
+    pub fn owe(&self) {
+        self.owed.store(true, Ordering::Relaxed);
+    }
+
+    /// Begins the new epoch owed, if one is and Redis answers; until then
+    /// this instance's reads ask the database.
+    pub async fn settle(&self) {
+        if self.owed.load(Ordering::Relaxed) && self.redis.is_up() && self.new_epoch(true).await {
+            self.owed.store(false, Ordering::Relaxed);
+        }
     }
 
     /// The epoch Redis last showed this instance.
@@ -237,7 +265,11 @@ impl Shared {
             }
             _ => Known::Unknown,
         };
-        Ok(Seen { epoch, known })
+        Ok(Seen {
+            epoch,
+            version,
+            known,
+        })
     }
 
     /// The session at `row` from its body in Redis, if that body is sound
@@ -271,7 +303,11 @@ impl Shared {
             invocation
                 .key(self.version_key(put.key))
                 .key(self.body_key(put.key));
-            invocation.arg(put.key).arg(put.row.id).arg(put.row.version);
+            invocation
+                .arg(put.key)
+                .arg(put.row.id)
+                .arg(put.row.version)
+                .arg(put.seen.unwrap_or(""));
             match &put.records {
                 Some(records) => {
                     invocation.arg(records.len());

@@ -187,6 +187,7 @@ async fn publish(
                     version: *version,
                 },
                 records: None,
+                seen: None,
             })
             .collect();
         if shared
@@ -194,6 +195,7 @@ async fn publish(
             .await
             .is_err()
         {
+            shared.owe();
             notify(pool, chunk.iter().map(|(k, i, v)| (k.as_str(), *i, *v))).await;
         }
     }
@@ -330,6 +332,7 @@ impl Groups {
                 key: &touched.session,
                 row: touched.row,
                 records: Some(touched.entries.iter().map(shared::record).collect()),
+                seen: None,
             })
             .collect();
         if shared
@@ -337,6 +340,7 @@ impl Groups {
             .await
             .is_err()
         {
+            shared.owe();
             notify(
                 &self.pool,
                 touched
