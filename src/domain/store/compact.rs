@@ -539,13 +539,37 @@ impl Session {
     }
 
     /// `page` copied out, to be written as JSON once the lock is released.
-    pub fn copy_page(&self, page: Page, replies: &Arc<Vec<Shared>>) -> PageCopy {
+    /// The exchanges of `page`, and where their text begins and ends.
+    fn bounds(&self, page: Page) -> (std::ops::Range<usize>, usize, usize) {
         let range = self.range(page);
         let offset = self.start(range.start);
         let end = range
             .end
             .checked_sub(1)
             .map_or(offset, |last| self.exchanges[last].end().max(offset));
+        (range, offset, end)
+    }
+
+    /// `page` written as JSON where it lies: for a session no one changes
+    /// meanwhile (a shared, immutable copy), without [`Session::copy_page`]'s copy.
+    pub fn write_page(&self, page: Page, replies: &[Shared]) -> super::JsonPage {
+        let (range, offset, end) = self.bounds(page);
+        let view = PageView {
+            exchanges: &self.exchanges[range],
+            text: &self.text[offset..end],
+            offset,
+            names: &self.names,
+            replies,
+        };
+        super::JsonPage {
+            total: self.exchanges.len(),
+            count: view.exchanges.len(),
+            body: view.write(),
+        }
+    }
+
+    pub fn copy_page(&self, page: Page, replies: &Arc<Vec<Shared>>) -> PageCopy {
+        let (range, offset, end) = self.bounds(page);
         PageCopy {
             total: self.exchanges.len(),
             exchanges: self.exchanges[range].to_vec(),
@@ -591,6 +615,39 @@ pub(super) struct PageCopy {
 impl PageCopy {
     /// The page as the JSON array `GET /chat/history/{id}` answers.
     pub fn write(&self) -> Vec<u8> {
+        PageView {
+            exchanges: &self.exchanges,
+            text: &self.text,
+            offset: self.offset,
+            names: &self.names,
+            replies: &self.replies,
+        }
+        .write()
+    }
+
+    /// The page as a [`super::JsonPage`].
+    pub fn into_json(self) -> super::JsonPage {
+        super::JsonPage {
+            total: self.total,
+            count: self.exchanges.len(),
+            body: self.write(),
+        }
+    }
+}
+
+/// A page of a session as it lies, in place or copied ([`PageCopy`]).
+struct PageView<'a> {
+    exchanges: &'a [Stored],
+    /// The page's text; offsets in `exchanges` are relative to `offset`.
+    text: &'a str,
+    offset: usize,
+    names: &'a [Arc<Shared>],
+    replies: &'a [Shared],
+}
+
+impl PageView<'_> {
+    /// The page as the JSON array `GET /chat/history/{id}` answers.
+    fn write(&self) -> Vec<u8> {
         let shared: usize = self
             .exchanges
             .iter()
@@ -606,7 +663,7 @@ impl PageCopy {
         let mut writer = HistoryWriter::new(self.exchanges.len(), self.text.len() + shared);
         let mut at = 0;
         let mut current = None;
-        for stored in &self.exchanges {
+        for stored in self.exchanges {
             let message_end = stored.message_end as usize - self.offset;
             let message = &self.text[at..message_end];
             at = stored.end() - self.offset;
@@ -627,15 +684,6 @@ impl PageCopy {
             writer.message(message, stored.timestamp);
         }
         writer.finish()
-    }
-
-    /// The page as a [`super::JsonPage`].
-    pub fn into_json(self) -> super::JsonPage {
-        super::JsonPage {
-            total: self.total,
-            count: self.exchanges.len(),
-            body: self.write(),
-        }
     }
 }
 
@@ -674,5 +722,26 @@ mod tests {
             String::from_utf8(page.write()).unwrap(),
             serde_json::to_string(&entries).unwrap()
         );
+        for page in [
+            Page::default(),
+            Page {
+                offset: 1,
+                limit: Some(2),
+            },
+            Page {
+                offset: 3,
+                limit: None,
+            },
+            Page {
+                offset: 9,
+                limit: None,
+            },
+        ] {
+            assert_eq!(
+                session.write_page(page, replies.list()),
+                session.copy_page(page, replies.list()).into_json(),
+                "{page:?}"
+            );
+        }
     }
 }

@@ -16,8 +16,8 @@ mod listen;
 mod shared;
 mod writer;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -185,13 +185,20 @@ impl ReadStats {
     /// Counts a read answered `from` there, here and in
     /// `chatbot_session_reads_total{from}`.
     fn count(&self, from: &'static str) {
-        let counter = match from {
-            "instance" => &self.instance,
-            "redis" => &self.redis,
-            _ => &self.database,
+        // Registered once each: a lookup by name and label on every read
+        // costs more than the read's own bookkeeping.
+        static HANDLES: OnceLock<[metrics::Counter; 3]> = OnceLock::new();
+        let handles = HANDLES.get_or_init(|| {
+            ["instance", "redis", "database"]
+                .map(|from| metrics::counter!("chatbot_session_reads_total", "from" => from))
+        });
+        let (counter, handle) = match from {
+            "instance" => (&self.instance, &handles[0]),
+            "redis" => (&self.redis, &handles[1]),
+            _ => (&self.database, &handles[2]),
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("chatbot_session_reads_total", "from" => from).increment(1);
+        handle.increment(1);
     }
 }
 
@@ -242,7 +249,7 @@ impl PostgresStore {
         let (writes, queue) = Writes::channel();
         let stats = Arc::new(CommitStats::default());
         let cache = Arc::new(Cache::new(cache_bytes));
-        let shared = redis.map(|redis| Arc::new(Shared::new(redis)));
+        let shared = redis.map(Shared::start);
         if let Some(shared) = &shared {
             tokio::spawn(listen::listen(pool.clone(), shared.clone()));
         }
@@ -475,8 +482,8 @@ impl Store for PostgresStore {
         let (total, rows) = match self.read(session, page).await? {
             None => return Ok(None),
             Some(Read::Copy(copy)) => {
-                let copied = copy.session.copy_page(page, self.cache.replies().list());
-                return Ok(Some(copied.into_json()));
+                let replies = self.cache.replies().list();
+                return Ok(Some(copy.session.write_page(page, replies)));
             }
             Some(Read::Rows(_, total, rows)) => (total, rows),
         };

@@ -28,7 +28,9 @@
 //! instance, writes with plain SQL).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use tokio::sync::{mpsc, oneshot};
 
 use redis::Script;
 
@@ -180,6 +182,91 @@ pub(super) struct Shared {
     /// passed on (its listener (re)connected, or Redis could not be told):
     /// its reads ask the database until a new epoch is begun.
     owed: AtomicBool,
+    /// Where reads ask what Redis says of their sessions.
+    lookups: mpsc::UnboundedSender<Lookup>,
+}
+
+/// A read's question to Redis, and where its answer goes.
+struct Lookup {
+    key: String,
+    answer: oneshot::Sender<Result<Seen, RedisFailure>>,
+}
+
+/// The most sessions one `MGET` asks about.
+const MOST_PER_LOOKUP: usize = 256;
+
+/// While the store lives: the lookups waiting at one moment go out as one
+/// `MGET` (the epoch and each session's version), as the database's
+/// version checks do (`checks`), so one round trip answers tens of reads;
+/// the next batch is sent without waiting for the last one's answer.
+async fn answer_lookups(shared: Weak<Shared>, mut waiting: mpsc::UnboundedReceiver<Lookup>) {
+    let mut batch = Vec::with_capacity(MOST_PER_LOOKUP);
+    while waiting.recv_many(&mut batch, MOST_PER_LOOKUP).await > 0 {
+        // Let the reads already woken ask too.
+        tokio::task::yield_now().await;
+        while batch.len() < MOST_PER_LOOKUP {
+            match waiting.try_recv() {
+                Ok(lookup) => batch.push(lookup),
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        tokio::spawn(answer_batch(shared, std::mem::take(&mut batch)));
+    }
+}
+
+/// Asks Redis about `batch` in one `MGET` and answers each lookup.
+async fn answer_batch(shared: Arc<Shared>, batch: Vec<Lookup>) {
+    let mut mget = redis::cmd("MGET");
+    mget.arg(shared.redis.key("epoch"));
+    for lookup in &batch {
+        mget.arg(shared.version_key(&lookup.key));
+    }
+    let answered: Result<Vec<Option<String>>, _> = shared.redis.query(&mget).await;
+    let values = match answered {
+        Ok(values) if values.len() == batch.len() + 1 => values,
+        other => {
+            let err = other
+                .err()
+                .unwrap_or_else(|| RedisFailure::Refused("MGET answered another count".into()));
+            for lookup in batch {
+                let _ = lookup.answer.send(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    let mut values = values.into_iter();
+    let epoch = values.next().flatten();
+    shared.learn(epoch.as_deref());
+    if epoch.is_none() {
+        shared.new_epoch(false).await;
+    }
+    for (lookup, version) in batch.into_iter().zip(values) {
+        let known = known(epoch.as_deref(), version.as_deref());
+        let seen = Seen {
+            epoch: epoch.clone(),
+            version,
+            known,
+        };
+        // The read may have gone (its client hung up): nothing to do.
+        let _ = lookup.answer.send(Ok(seen));
+    }
+}
+
+/// What a `v:` entry says, given the current epoch.
+fn known(epoch: Option<&str>, version: Option<&str>) -> Known {
+    match (epoch, version.and_then(parse_version)) {
+        (Some(epoch), Some((row, mark))) if mark == epoch => {
+            if row.version == GONE {
+                Known::Gone
+            } else {
+                Known::Current(row)
+            }
+        }
+        _ => Known::Unknown,
+    }
 }
 
 /// An exchange as it is kept in a body.
@@ -194,13 +281,18 @@ pub(super) fn record(entry: &ConversationEntry) -> String {
 }
 
 impl Shared {
-    pub fn new(redis: Arc<Redis>) -> Self {
-        Self {
+    /// The shared side, with the task that answers lookups.
+    pub fn start(redis: Arc<Redis>) -> Arc<Self> {
+        let (lookups, waiting) = mpsc::unbounded_channel();
+        let shared = Arc::new(Self {
             redis,
             put: Script::new(PUT),
             epoch: Mutex::new(None),
             owed: AtomicBool::new(true),
-        }
+            lookups,
+        });
+        tokio::spawn(answer_lookups(Arc::downgrade(&shared), waiting));
+        shared
     }
 
     /// Whether reads may trust Redis: it answers, and nothing is owed.
@@ -244,32 +336,16 @@ impl Shared {
         self.redis.key(&format!("b:{key}"))
     }
 
-    /// What Redis says of `key`, in one round trip.
+    /// What Redis says of `key` (one `MGET` with the other reads waiting).
     pub async fn lookup(&self, key: &str) -> Result<Seen, RedisFailure> {
-        let mut mget = redis::cmd("MGET");
-        mget.arg(self.redis.key("epoch")).arg(self.version_key(key));
-        let values: Vec<Option<String>> = self.redis.query(&mget).await?;
-        let mut values = values.into_iter();
-        let (epoch, version) = (values.next().flatten(), values.next().flatten());
-        self.learn(epoch.as_deref());
-        if epoch.is_none() {
-            self.new_epoch(false).await;
-        }
-        let known = match (&epoch, version.as_deref().and_then(parse_version)) {
-            (Some(epoch), Some((row, mark))) if mark == epoch => {
-                if row.version == GONE {
-                    Known::Gone
-                } else {
-                    Known::Current(row)
-                }
-            }
-            _ => Known::Unknown,
+        let (answer, answered) = oneshot::channel();
+        let lookup = Lookup {
+            key: key.to_owned(),
+            answer,
         };
-        Ok(Seen {
-            epoch,
-            version,
-            known,
-        })
+        let stopped = || RedisFailure::Refused("the lookup task stopped".into());
+        self.lookups.send(lookup).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 
     /// The session at `row` from its body in Redis, if that body is sound

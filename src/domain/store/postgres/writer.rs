@@ -50,12 +50,24 @@ pub(super) async fn commit_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let publisher = shared.clone().map(|shared| {
+        let (send, groups) = mpsc::unbounded_channel();
+        tokio::spawn(publisher(
+            groups,
+            cache.clone(),
+            shared,
+            pool.clone(),
+            stats.clone(),
+        ));
+        send
+    });
     let mut groups = Groups {
         pool: pool.clone(),
         stats,
         caps,
         cache,
         shared,
+        publisher,
         touched: Vec::new(),
         contexts: Contexts::new(CONTEXT_SESSIONS),
         lately: Lately::default(),
@@ -231,6 +243,95 @@ struct Touched {
     entries: Vec<ConversationEntry>,
 }
 
+/// What a group's writes came to: each request's outcome, or the error
+/// that stored none of them.
+type Outcomes = Result<Vec<Result<Numbered, StoreError>>, sqlx::Error>;
+
+/// A committed group on its way to being answered.
+struct Answering {
+    touched: Vec<Touched>,
+    batch: Vec<Pending>,
+    written: Outcomes,
+    started: std::time::Instant,
+    /// The epoch known before the group committed.
+    epoch: Option<String>,
+}
+
+impl Answering {
+    /// Extends the local copies of the sessions the group appended to,
+    /// reports them to the shared cache (if any), then answers.
+    async fn publish_and_answer(
+        self,
+        cache: &Cache,
+        shared: Option<&Shared>,
+        pool: &PgPool,
+        stats: &CommitStats,
+    ) {
+        for touched in &self.touched {
+            let entries: Vec<&ConversationEntry> = touched.entries.iter().collect();
+            cache.extend(&touched.session, touched.row, &entries);
+        }
+        if let Some(shared) = shared {
+            let puts: Vec<Put<'_>> = self
+                .touched
+                .iter()
+                .map(|touched| Put {
+                    key: &touched.session,
+                    row: touched.row,
+                    records: Some(touched.entries.iter().map(shared::record).collect()),
+                    seen: None,
+                })
+                .collect();
+            if shared
+                .put(self.epoch.as_deref(), Mode::Append, &puts)
+                .await
+                .is_err()
+            {
+                shared.owe();
+                let rows = self.touched.iter();
+                notify(
+                    pool,
+                    rows.map(|t| (t.session.as_str(), t.row.id, t.row.version)),
+                )
+                .await;
+            }
+        }
+        match self.written {
+            Ok(outcomes) => {
+                let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+                stats.committed(stored);
+                crate::domain::store::record_commit(stored as usize, self.started);
+                for (pending, outcome) in self.batch.into_iter().zip(outcomes) {
+                    let _ = pending.done.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, exchanges = self.batch.len(), "group commit failed");
+                let err = unavailable(err);
+                for pending in self.batch {
+                    let _ = pending.done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Publishes and answers committed groups in the order they committed,
+/// for as long as the commit task sends them.
+async fn publisher(
+    mut groups: mpsc::UnboundedReceiver<Answering>,
+    cache: Arc<Cache>,
+    shared: Arc<Shared>,
+    pool: PgPool,
+    stats: Arc<CommitStats>,
+) {
+    while let Some(answering) = groups.recv().await {
+        answering
+            .publish_and_answer(&cache, Some(&shared), &pool, &stats)
+            .await;
+    }
+}
+
 /// What committing a group needs, and what the task keeps between groups.
 struct Groups {
     pool: PgPool,
@@ -238,6 +339,8 @@ struct Groups {
     caps: Caps,
     cache: Arc<Cache>,
     shared: Option<Arc<Shared>>,
+    /// With Redis: where committed groups go to be published and answered.
+    publisher: Option<mpsc::UnboundedSender<Answering>>,
     /// The sessions the group being committed appended to.
     touched: Vec<Touched>,
     contexts: Contexts,
@@ -315,67 +418,39 @@ impl Groups {
         }
     }
 
-    /// Extends the local copies of the sessions the group appended to and
-    /// reports them to the shared cache, before anyone is answered.
-    async fn publish(&mut self, epoch: Option<String>) {
-        let touched = std::mem::take(&mut self.touched);
-        for touched in &touched {
-            let entries: Vec<&ConversationEntry> = touched.entries.iter().collect();
-            self.cache.extend(&touched.session, touched.row, &entries);
-        }
-        let Some(shared) = &self.shared else {
-            return;
-        };
-        let puts: Vec<Put<'_>> = touched
-            .iter()
-            .map(|touched| Put {
-                key: &touched.session,
-                row: touched.row,
-                records: Some(touched.entries.iter().map(shared::record).collect()),
-                seen: None,
-            })
-            .collect();
-        if shared
-            .put(epoch.as_deref(), Mode::Append, &puts)
-            .await
-            .is_err()
-        {
-            shared.owe();
-            notify(
-                &self.pool,
-                touched
-                    .iter()
-                    .map(|t| (t.session.as_str(), t.row.id, t.row.version)),
-            )
-            .await;
-        }
-    }
-
     /// Answers each request of `batch` with its outcome, or all with 503,
-    /// once what it committed is published.
+    /// once what the group committed is published ([`publish`]): at once
+    /// without Redis; with it, by the publisher task, so that the next
+    /// group commits while this one's report to Redis is under way.
     async fn answer(
         &mut self,
         batch: Vec<Pending>,
-        written: Result<Vec<Result<Numbered, StoreError>>, sqlx::Error>,
+        written: Outcomes,
         started: std::time::Instant,
         epoch: Option<String>,
     ) {
-        self.publish(epoch).await;
-        match written {
-            Ok(outcomes) => {
-                let stored = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
-                self.stats.committed(stored);
-                crate::domain::store::record_commit(stored as usize, started);
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = pending.done.send(outcome);
+        let answering = Answering {
+            touched: std::mem::take(&mut self.touched),
+            batch,
+            written,
+            started,
+            epoch,
+        };
+        match &self.publisher {
+            Some(publisher) => {
+                if let Err(unsent) = publisher.send(answering) {
+                    // The publisher is gone (a panic): answer here.
+                    self.publisher = None;
+                    unsent
+                        .0
+                        .publish_and_answer(&self.cache, None, &self.pool, &self.stats)
+                        .await;
                 }
             }
-            Err(err) => {
-                tracing::error!(error = %err, exchanges = batch.len(), "group commit failed");
-                let err = unavailable(err);
-                for pending in batch {
-                    let _ = pending.done.send(Err(err.clone()));
-                }
+            None => {
+                answering
+                    .publish_and_answer(&self.cache, None, &self.pool, &self.stats)
+                    .await;
             }
         }
     }
