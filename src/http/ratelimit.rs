@@ -131,11 +131,7 @@ pub async fn limit(
     request: Request,
     next: Next,
 ) -> Response<Body> {
-    let bucket = limiter.bucket(&request);
-    match limiter.wait(bucket).await {
-        None => next.run(request).await,
-        Some(wait) => too_many(seconds(wait)),
-    }
+    limiter.run(request, next, too_many).await
 }
 
 /// The same buckets for `/v1`: OpenAI-shaped 429s.
@@ -144,10 +140,22 @@ pub async fn limit_openai(
     request: Request,
     next: Next,
 ) -> Response<Body> {
-    let bucket = limiter.bucket(&request);
-    match limiter.wait(bucket).await {
-        None => next.run(request).await,
-        Some(wait) => too_many_openai(seconds(wait)),
+    limiter.run(request, next, too_many_openai).await
+}
+
+impl Limiter {
+    /// Runs the request, or answers it with `refuse(seconds to wait)`.
+    async fn run(
+        &self,
+        request: Request,
+        next: Next,
+        refuse: fn(u64) -> Response<Body>,
+    ) -> Response<Body> {
+        let bucket = self.bucket(&request);
+        match self.wait(bucket).await {
+            None => next.run(request).await,
+            Some(wait) => refuse(seconds(wait)),
+        }
     }
 }
 

@@ -11,17 +11,15 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chatbot_api::AppState;
 use chatbot_api::domain::chatbot::Chatbot;
-use chatbot_api::domain::models::SessionId;
 use chatbot_api::domain::redis::Redis;
-use chatbot_api::domain::store::{
-    MemoryStore, NewExchange, Page, PostgresStore, Store, expiry_turn,
-};
+use chatbot_api::domain::store::{MemoryStore, Page, PostgresStore, Store, expiry_turn};
 use sqlx::{Connection, Executor};
 
 use crate::helpers::{
     PgSchema, Proxy, RedisServer, Server, TestApp, eventually, postgres_schema, redis_prefix,
     redis_raw, redis_url,
 };
+use crate::pg_cache::say;
 
 /// What the bounded cases are held to.
 const BOUND: Duration = Duration::from_secs(2);
@@ -157,10 +155,6 @@ async fn local_decisions(app: &TestApp) -> f64 {
         .map_or(0.0, |n| n.parse().unwrap())
 }
 
-fn id(session: &str) -> SessionId {
-    SessionId::parse(session.into()).unwrap()
-}
-
 async fn instance(schema: &PgSchema, redis: Option<Arc<Redis>>) -> Arc<PostgresStore> {
     Arc::new(
         PostgresStore::connect_shared(&schema.url, 4, Default::default(), 16 << 20, redis)
@@ -185,18 +179,6 @@ async fn two(schema: &PgSchema, url: &str) -> (Arc<PostgresStore>, Arc<PostgresS
 async fn sharing(store: &PostgresStore) {
     let took = eventually(Duration::from_secs(5), || async { store.shares_reads() }).await;
     assert!(took.is_some(), "the instance never shared its reads");
-}
-
-async fn say(store: &PostgresStore, session: &str, message: &str) {
-    let exchange = NewExchange {
-        user_message: message.into(),
-        user_name: "U".into(),
-        timestamp: 1_700_000_000,
-    };
-    store
-        .append(&id(session), exchange, Arc::new(Chatbot::default()))
-        .await
-        .unwrap();
 }
 
 async fn messages(store: &PostgresStore, session: &str) -> Option<Vec<String>> {

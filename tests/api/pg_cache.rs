@@ -12,7 +12,7 @@ use sqlx::{Connection, Executor};
 
 use crate::helpers::{PgSchema, postgres_schema};
 
-fn id(session: &str) -> SessionId {
+pub(crate) fn id(session: &str) -> SessionId {
     SessionId::parse(session.into()).unwrap()
 }
 
@@ -25,7 +25,7 @@ async fn open(schema: &PgSchema) -> Arc<PostgresStore> {
 }
 
 /// Appends `message` to `session` and returns the answered exchange.
-async fn say(store: &PostgresStore, session: &str, message: &str) -> Numbered {
+pub(crate) async fn say(store: &PostgresStore, session: &str, message: &str) -> Numbered {
     let exchange = NewExchange {
         user_message: message.into(),
         user_name: "U".into(),
