@@ -177,7 +177,7 @@ async fn two(schema: &PgSchema, url: &str) -> (Arc<PostgresStore>, Arc<PostgresS
 /// Waits until `store` reads through Redis (its listener has begun its
 /// epoch).
 async fn sharing(store: &PostgresStore) {
-    let took = eventually(Duration::from_secs(5), || async { store.shares_reads() }).await;
+    let took = eventually(Duration::from_secs(5), || async { store.vouches() }).await;
     assert!(took.is_some(), "the instance never shared its reads");
 }
 
@@ -222,14 +222,25 @@ async fn reads_see_acknowledged_writes_on_every_instance_10_000_times() {
                     last(reader, &session).await
                 };
                 assert_eq!(seen.as_deref(), Some(message.as_str()), "read after write");
+                // Read again on both: copies each vouches for, which the
+                // next write (on the other) must take back.
+                for store in [reader, writer] {
+                    let seen = last(store, &session).await;
+                    assert_eq!(seen.as_deref(), Some(message.as_str()), "read again");
+                }
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
+    for store in [&a, &b] {
+        let (vouched, ..) = store.read_stats().snapshot();
+        assert!(vouched > 1_000, "copies vouched for: {vouched}");
+    }
     // Most reads asked the database nothing.
-    let (instance, redis, database) = b.read_stats().snapshot();
+    let (vouched, instance, redis, database) = b.read_stats().snapshot();
+    let instance = vouched + instance;
     assert!(
         instance + redis > 4 * database,
         "instance {instance}, redis {redis}, database {database}"
@@ -249,10 +260,14 @@ async fn a_read_of_a_session_another_instance_wrote_asks_the_database_nothing() 
     for _ in 0..50 {
         assert_eq!(messages(&b, "warm").await.unwrap().len(), 100);
     }
-    let (instance, redis, database) = b.read_stats().snapshot();
-    assert_eq!(database, before.2, "no read of b went to the database");
-    assert_eq!(redis - before.1, 1, "the first read took the copy in Redis");
-    assert_eq!(instance - before.0, 49, "the others, b's own copy");
+    let (vouched, instance, redis, database) = b.read_stats().snapshot();
+    assert_eq!(database, before.3, "no read of b went to the database");
+    assert_eq!(redis - before.2, 1, "the first read took the copy in Redis");
+    assert_eq!(
+        (vouched - before.0, instance - before.1),
+        (49, 0),
+        "the others, b's own copy, vouched for: no question to Redis either"
+    );
 }
 
 #[tokio::test]
@@ -288,15 +303,7 @@ async fn a_write_by_an_instance_cut_off_from_redis_reaches_the_others_within_the
     let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
         return;
     };
-    let target = {
-        let parsed = url::Url::parse(&url).unwrap();
-        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(6379)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Proxy::start(target).await;
+    let proxy = Proxy::start(redis_addr(&url).await).await;
     let prefix = redis_prefix();
     let cut_off = instance(
         &schema,
@@ -614,4 +621,112 @@ fn the_redis_password_is_never_logged() {
     let text = std::fs::read_to_string(log.path()).unwrap();
     assert!(text.contains("redis://app:***@127.0.0.1"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
+}
+
+/// The address behind a `redis://` URL, for a [`Proxy`] in front of it.
+async fn redis_addr(url: &str) -> std::net::SocketAddr {
+    let parsed = url::Url::parse(url).unwrap();
+    tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(6379)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// The longest a write waits for an instance that went silent: the wait for
+/// its acknowledgement (250 ms), then its lease (1 s), with room to spare.
+const SILENT_BOUND: Duration = Duration::from_millis(2_500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_gone_silent_is_fenced_and_serves_nothing_stale() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&url).await).await;
+    let prefix = redis_prefix();
+    let silent = instance(
+        &schema,
+        Some(redis(&format!("redis://{}/", proxy.addr), &prefix).await),
+    )
+    .await;
+    let writer = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    sharing(&silent).await;
+    sharing(&writer).await;
+    say(&writer, "s", "one").await;
+    for _ in 0..3 {
+        assert_eq!(last(&silent, "s").await.as_deref(), Some("one"));
+    }
+    let (vouched, ..) = silent.read_stats().snapshot();
+    assert!(vouched >= 1, "the silent one vouched for its copy");
+
+    // Its Redis connections hang: it hears no invalidation and cannot
+    // acknowledge or renew.
+    proxy.freeze(true);
+    let started = std::time::Instant::now();
+    say(&writer, "s", "two").await;
+    let took = started.elapsed();
+    assert!(took < SILENT_BOUND, "the write waited {took:?}");
+    assert_eq!(
+        last(&silent, "s").await.as_deref(),
+        Some("two"),
+        "the very next read on the silent instance"
+    );
+    // Fenced: the next writes wait for it no more.
+    let started = std::time::Instant::now();
+    say(&writer, "s", "three").await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    proxy.freeze(false);
+    let back = eventually(Duration::from_secs(5), || async { silent.vouches() }).await;
+    assert!(back.is_some(), "it joined again once Redis answered");
+    for (i, message) in ["four", "five", "six"].into_iter().enumerate() {
+        say(&writer, "s", message).await;
+        for _ in 0..3 {
+            assert_eq!(last(&silent, "s").await.as_deref(), Some(message), "{i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_instance_holds_writes_back_once_for_at_most_its_lease() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let writer = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    sharing(&writer).await;
+    say(&writer, "v", "warm").await;
+    // A member that will never acknowledge (an instance killed with -9),
+    // its lease just renewed.
+    let mut raw = redis_raw(&url).await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut raw).await.unwrap();
+    let lapses = seconds * 1_000 + micros / 1_000 + 1_000;
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{prefix}members"))
+        .arg(lapses)
+        .arg("ghost")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    say(&writer, "v", "one").await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < SILENT_BOUND,
+        "the write waited for the ghost's acknowledgement, then its lease: {took:?}"
+    );
+    let fenced: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}fenced"))
+        .arg("ghost")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(fenced, Some(lapses as f64), "fenced until its lease lapses");
+    let started = std::time::Instant::now();
+    for message in ["two", "three"] {
+        say(&writer, "v", message).await;
+    }
+    assert!(started.elapsed() < Duration::from_millis(500), "once only");
+    assert_eq!(last(&writer, "v").await.as_deref(), Some("three"));
 }

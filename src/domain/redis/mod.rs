@@ -13,9 +13,9 @@
 
 pub mod limit;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation};
@@ -39,6 +39,7 @@ pub enum RedisFailure {
 
 /// The shared connection and its health.
 pub struct Redis {
+    client: redis::Client,
     connection: ConnectionManager,
     /// Prepended to every key, so that several deployments (or tests) can
     /// share one Redis.
@@ -48,6 +49,8 @@ pub struct Redis {
     outage_logged: AtomicBool,
     /// The URL without its password, for logs.
     shown: String,
+    /// When this instance last found Redis unreachable.
+    down_since: Mutex<Option<Instant>>,
 }
 
 impl Redis {
@@ -62,14 +65,16 @@ impl Redis {
             .set_response_timeout(Some(CALL_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| format!("--redis-url {shown}: {e}"))?;
         let redis = Arc::new(Self {
+            client,
             connection,
             prefix: prefix.to_owned(),
             up: AtomicBool::new(false),
             outage_logged: AtomicBool::new(false),
             shown,
+            down_since: Mutex::new(None),
         });
         tokio::spawn(probe(Arc::downgrade(&redis)));
         Ok(redis)
@@ -101,6 +106,37 @@ impl Redis {
     /// The URL without its password.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// When this instance last found Redis unreachable (`None`: never).
+    pub fn down_since(&self) -> Option<Instant> {
+        *self
+            .down_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection of its own subscribed to `channels` (a subscribed
+    /// connection can do nothing else), or `None` if Redis does not answer
+    /// in time.
+    pub async fn subscribe(&self, channels: &[String]) -> Option<redis::aio::PubSub> {
+        let subscribed = tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(channels).await?;
+            Ok::<_, RedisError>(pubsub)
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(pubsub)) => Some(pubsub),
+            Ok(Err(err)) => {
+                self.down(&err.to_string());
+                None
+            }
+            Err(_) => {
+                self.down("no answer in time");
+                None
+            }
+        }
     }
 
     /// Runs `cmd`; fails at once while Redis is down.
@@ -146,8 +182,13 @@ impl Redis {
     }
 
     /// Marks Redis down; logs and counts the outage once.
-    fn down(&self, why: &str) {
-        self.up.store(false, Ordering::Relaxed);
+    pub fn down(&self, why: &str) {
+        if self.up.swap(false, Ordering::Relaxed) || self.down_since().is_none() {
+            *self
+                .down_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        }
         if !self.outage_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 redis = %self.shown,

@@ -51,13 +51,14 @@ pub(super) async fn listen(pool: PgPool, shared: Arc<Shared>) {
                     let Some((key, row)) = parse(notification.payload()) else {
                         continue;
                     };
+                    shared.forget(&key);
                     let put = Put {
                         key: &key,
                         row,
                         records: None,
                         seen: None,
                     };
-                    if shared.put(None, Mode::Mark, &[put]).await.is_err() {
+                    if shared.put(None, Mode::Mark, &[put], false).await.is_err() {
                         shared.owe();
                     }
                 }

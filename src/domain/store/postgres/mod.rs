@@ -14,6 +14,7 @@ mod change;
 mod checks;
 mod listen;
 mod shared;
+mod trust;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,6 +165,8 @@ const WRITER_SETTING: (&str, &str) = ("chatbot.writer", "chatbot-api");
 /// Where history reads were answered from, since the store opened.
 #[derive(Debug, Default)]
 pub struct ReadStats {
+    /// This instance's copy, vouched for (no question asked anywhere).
+    pub vouched: AtomicU64,
     /// This instance's copy, current by Redis.
     pub instance: AtomicU64,
     /// The copy in Redis.
@@ -173,9 +176,10 @@ pub struct ReadStats {
 }
 
 impl ReadStats {
-    /// (instance, redis, database).
-    pub fn snapshot(&self) -> (u64, u64, u64) {
+    /// (vouched, instance, redis, database).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
         (
+            self.vouched.load(Ordering::Relaxed),
             self.instance.load(Ordering::Relaxed),
             self.redis.load(Ordering::Relaxed),
             self.database.load(Ordering::Relaxed),
@@ -187,14 +191,15 @@ impl ReadStats {
     fn count(&self, from: &'static str) {
         // Registered once each: a lookup by name and label on every read
         // costs more than the read's own bookkeeping.
-        static HANDLES: OnceLock<[metrics::Counter; 3]> = OnceLock::new();
+        static HANDLES: OnceLock<[metrics::Counter; 4]> = OnceLock::new();
         let handles = HANDLES.get_or_init(|| {
-            ["instance", "redis", "database"]
+            ["instance", "redis", "database", "vouched"]
                 .map(|from| metrics::counter!("chatbot_session_reads_total", "from" => from))
         });
         let (counter, handle) = match from {
             "instance" => (&self.instance, &handles[0]),
             "redis" => (&self.redis, &handles[1]),
+            "vouched" => (&self.vouched, &handles[3]),
             _ => (&self.database, &handles[2]),
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +288,12 @@ impl PostgresStore {
         self.shared.as_ref().is_some_and(|shared| shared.is_up())
     }
 
+    /// Whether this instance serves copies it vouches for without asking
+    /// (its membership among the instances sharing Redis holds).
+    pub fn vouches(&self) -> bool {
+        self.shares_reads() && self.shared.as_ref().is_some_and(|shared| shared.holds())
+    }
+
     /// Where history reads were answered from.
     pub fn read_stats(&self) -> &ReadStats {
         &self.reads
@@ -301,6 +312,13 @@ impl PostgresStore {
         let Some(shared) = self.shared.as_ref().filter(|shared| shared.is_up()) else {
             return self.read_database(session, page).await;
         };
+        if let Some(row) = shared.vouched(session)
+            && let Some(copy) = self.cache.get(session).filter(|copy| copy.row == row)
+        {
+            self.reads.count("vouched");
+            return Ok(Some(Read::Copy(copy)));
+        }
+        let generation = shared.generation();
         let Ok(seen) = shared.lookup(session).await else {
             return self.read_database(session, page).await;
         };
@@ -312,6 +330,7 @@ impl PostgresStore {
             }
             Known::Current(row) => {
                 if let Some(copy) = self.cache.get(session).filter(|copy| copy.row == row) {
+                    shared.vouch(session, row, &seen, generation);
                     self.reads.count("instance");
                     return Ok(Some(Read::Copy(copy)));
                 }
@@ -321,7 +340,9 @@ impl PostgresStore {
                         row,
                         session: whole,
                     };
-                    return Ok(Some(Read::Copy(self.cache.put(session, copy))));
+                    let copy = self.cache.put(session, copy);
+                    shared.vouch(session, row, &seen, generation);
+                    return Ok(Some(Read::Copy(copy)));
                 }
             }
             Known::Unknown => {}
@@ -352,7 +373,9 @@ impl PostgresStore {
         };
         if let Some(put) = put {
             // A failure only means the next reader asks the database too.
-            let _ = shared.put(seen.epoch.as_deref(), Mode::Whole, &[put]).await;
+            let _ = shared
+                .put(seen.epoch.as_deref(), Mode::Whole, &[put], false)
+                .await;
         }
         Ok(read)
     }

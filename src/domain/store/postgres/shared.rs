@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use redis::Script;
 
 use super::cache::RowVersion;
+use super::trust::{LEASE, Member, Trust};
 use crate::domain::models::ConversationEntry;
 use crate::domain::redis::{Redis, RedisFailure};
 use crate::domain::store::compact::{Replies, Session};
@@ -49,24 +50,30 @@ pub(super) const MOST_SHARED: usize = 2_000;
 const TTL_SECONDS: u64 = 3_600;
 
 /// Updates the entries of several sessions at once (see the module's
-/// doc). `KEYS[1]`: the epoch; then each session's `v:` and `b:` keys.
+/// doc). `KEYS`: the epoch, the report counter (`seq`), the members (see
+/// [`trust`](super::trust)); then each session's `v:` and `b:` keys.
 /// `ARGV`: the epoch the caller knew, the TTL, the mode (`append`: the
 /// records are exchanges added by the commit that made this version;
 /// `whole`: they are the whole session; `mark`: never trusted), the most
-/// exchanges a body holds; then per session its key, id, version, the
+/// exchanges a body holds, the caller's membership id, the invalidation
+/// channel; then per session its key, id, version, the
 /// `v:` value the caller saw before it read the database (`''`: none; if
 /// it is still there, whatever it says is older than what was read, even
 /// a version "from the future" that only a wrong writer could have put),
-/// the count of records (-1: no body given) and the records. Returns the
-/// current epoch.
+/// the count of records (-1: no body given) and the records. If any
+/// session's version changed, numbers the report and publishes the
+/// sessions changed on the channel. Returns the current epoch, the report
+/// number, Redis's now (ms), the members whose lease holds (id, lapse, ...)
+/// and per session 1 if its version is now current and trusted.
 const PUT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 local mode = ARGV[3]
 local trusted = epoch and epoch == ARGV[1] and mode ~= 'mark'
 local ttl = ARGV[2]
 local most = tonumber(ARGV[4])
-local at = 5
-for i = 2, #KEYS, 2 do
+local changed, current = {}, {}
+local at = 7
+for i = 4, #KEYS, 2 do
   local vkey, bkey = KEYS[i], KEYS[i + 1]
   local key, id, version, seen = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local n = tonumber(ARGV[at + 4])
@@ -82,6 +89,8 @@ for i = 2, #KEYS, 2 do
   local newer = cid == nil or nid > cid or (nid == cid and nver > cver)
     or (seen ~= '' and cur == seen)
   local same = cid ~= nil and nid == cid and nver == cver
+  if newer then changed[#changed + 1] = key end
+  if (newer or same) and trusted then current[#current + 1] = 1 else current[#current + 1] = 0 end
   if newer or (same and trusted) then
     local mark = '-'
     if trusted then mark = epoch end
@@ -116,8 +125,39 @@ for i = 2, #KEYS, 2 do
     redis.call('DEL', bkey)
   end
 end
-return epoch
+local seq
+if #changed > 0 then
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[6], cjson.encode({seq, ARGV[5], changed, 0}))
+else
+  seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%d', now), '+inf', 'WITHSCORES')
+return {epoch, seq, string.format('%d', now), members, current}
 ";
+
+/// `KEYS`: the epoch, the report counter. `ARGV`: a new epoch, `replace`
+/// (or only where there is none), the invalidation channel. Begins the
+/// epoch and tells every member to forget what it vouched for; the
+/// report's number, or 0 if there was an epoch and `replace` was not asked.
+const NEW_EPOCH: &str = r#"
+local set
+if ARGV[2] == 'replace' then
+  set = redis.call('SET', KEYS[1], ARGV[1])
+else
+  set = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+if not set then return 0 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], '[' .. string.format('%d', seq) .. ',"",[],1]')
+return seq
+"#;
+
+/// [`PUT`]'s answer: the epoch, the report's number, Redis's now (ms), the
+/// members (id, lapse, ...), and per session whether it is now current.
+type Reported = (Option<String>, u64, String, Vec<String>, Vec<i64>);
 
 /// What Redis says of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +178,8 @@ pub(super) struct Seen {
     /// The `v:` entry as it was.
     pub version: Option<String>,
     pub known: Known,
+    /// The number of the last report it reflects.
+    pub seq: u64,
 }
 
 /// How [`Shared::put`] reports.
@@ -176,6 +218,9 @@ pub(super) struct Put<'a> {
 pub(super) struct Shared {
     redis: Arc<Redis>,
     put: Script,
+    new_epoch: Script,
+    /// What this instance may serve without asking.
+    trust: Arc<Trust>,
     /// The epoch Redis last showed this instance.
     epoch: Mutex<Option<String>>,
     /// Set while this instance may have missed a change it should have
@@ -220,13 +265,14 @@ async fn answer_lookups(shared: Weak<Shared>, mut waiting: mpsc::UnboundedReceiv
 /// Asks Redis about `batch` in one `MGET` and answers each lookup.
 async fn answer_batch(shared: Arc<Shared>, batch: Vec<Lookup>) {
     let mut mget = redis::cmd("MGET");
-    mget.arg(shared.redis.key("epoch"));
+    mget.arg(shared.redis.key("epoch"))
+        .arg(shared.redis.key("seq"));
     for lookup in &batch {
         mget.arg(shared.version_key(&lookup.key));
     }
     let answered: Result<Vec<Option<String>>, _> = shared.redis.query(&mget).await;
     let values = match answered {
-        Ok(values) if values.len() == batch.len() + 1 => values,
+        Ok(values) if values.len() == batch.len() + 2 => values,
         other => {
             let err = other
                 .err()
@@ -239,16 +285,23 @@ async fn answer_batch(shared: Arc<Shared>, batch: Vec<Lookup>) {
     };
     let mut values = values.into_iter();
     let epoch = values.next().flatten();
+    // No counter yet is 0; one that is not a number is not ours.
+    let seq = match values.next().flatten() {
+        None => Some(0),
+        Some(seq) => seq.parse::<u64>().ok(),
+    };
     shared.learn(epoch.as_deref());
     if epoch.is_none() {
         shared.new_epoch(false).await;
     }
     for (lookup, version) in batch.into_iter().zip(values) {
         let known = known(epoch.as_deref(), version.as_deref());
+        let known = if seq.is_some() { known } else { Known::Unknown };
         let seen = Seen {
             epoch: epoch.clone(),
             version,
             known,
+            seq: seq.unwrap_or(0),
         };
         // The read may have gone (its client hung up): nothing to do.
         let _ = lookup.answer.send(Ok(seen));
@@ -285,8 +338,10 @@ impl Shared {
     pub fn start(redis: Arc<Redis>) -> Arc<Self> {
         let (lookups, waiting) = mpsc::unbounded_channel();
         let shared = Arc::new(Self {
+            trust: Trust::new(redis.clone()),
             redis,
             put: Script::new(PUT),
+            new_epoch: Script::new(NEW_EPOCH),
             epoch: Mutex::new(None),
             owed: AtomicBool::new(true),
             lookups,
@@ -358,23 +413,58 @@ impl Shared {
         parse_body(&items, key, row, replies)
     }
 
+    /// Whether this instance's membership holds (it may vouch for copies).
+    pub fn holds(&self) -> bool {
+        self.trust.holds()
+    }
+
+    /// The version of `key` this instance may serve with no question.
+    pub fn vouched(&self, key: &str) -> Option<RowVersion> {
+        self.trust.vouched(key)
+    }
+
+    /// The membership's generation now, to be passed to [`Shared::vouch`]
+    /// with what a lookup sent now sees.
+    pub fn generation(&self) -> u64 {
+        self.trust.membership().0
+    }
+
+    /// A lookup made under `generation` saw `row` of `key` current.
+    pub fn vouch(&self, key: &str, row: RowVersion, seen: &Seen, generation: u64) {
+        self.trust.vouch(key, row, seen.seq, generation);
+    }
+
+    /// A notification from the database says `key` changed.
+    pub fn forget(&self, key: &str) {
+        self.trust.forget(key);
+    }
+
     /// Reports `puts` (see [`PUT`]); `epoch` is the one this instance knew
-    /// before it committed or read what it reports.
+    /// before it committed or read what it reports. This instance's own
+    /// copies are invalidated (and the versions now current vouched for)
+    /// before it returns; with `acknowledged` (a write about to be
+    /// answered), so are every other member's ([`trust`](super::trust)).
     pub async fn put(
         &self,
         epoch: Option<&str>,
         mode: Mode,
         puts: &[Put<'_>],
+        acknowledged: bool,
     ) -> Result<(), RedisFailure> {
         if puts.is_empty() {
             return Ok(());
         }
+        let (generation, id) = self.trust.membership();
         let mut invocation = self.put.key(self.redis.key("epoch"));
         invocation
+            .key(self.redis.key("seq"))
+            .key(self.redis.key("members"))
             .arg(epoch.unwrap_or(""))
             .arg(TTL_SECONDS)
             .arg(mode.name())
-            .arg(MOST_SHARED);
+            .arg(MOST_SHARED)
+            .arg(id.as_deref().unwrap_or(""))
+            .arg(self.trust.channel());
         for put in puts {
             invocation
                 .key(self.version_key(put.key))
@@ -396,32 +486,75 @@ impl Shared {
                 }
             }
         }
-        let current: Option<String> = self.redis.script(&invocation).await?;
+        let reported: Result<Reported, _> = self.redis.script(&invocation).await;
+        let (current, seq, now, members, vouched) = match reported {
+            Ok(reported) => reported,
+            Err(err) => {
+                for put in puts {
+                    self.trust.forget(put.key);
+                }
+                return Err(err);
+            }
+        };
+        let received = std::time::Instant::now();
         self.learn(current.as_deref());
+        self.trust.invalidate(puts.iter().map(|put| put.key), seq);
+        for (put, vouched) in puts.iter().zip(vouched) {
+            if vouched == 1 && put.row.version != GONE {
+                self.trust.vouch(put.key, put.row, seq, generation);
+            }
+        }
+        if acknowledged {
+            let members: Vec<Member> = members
+                .chunks_exact(2)
+                .filter_map(|pair| {
+                    let lapses = pair[1].parse::<f64>().ok()?;
+                    Some(Member {
+                        id: pair[0].clone(),
+                        lapses: lapses as u64,
+                    })
+                })
+                .collect();
+            let now = now.parse().unwrap_or(0);
+            self.trust.await_members(seq, &members, now, received).await;
+        }
         Ok(())
     }
 
+    /// A write could not be reported: once every member that might not
+    /// have heard of it has stopped trusting itself (Redis unreachable for
+    /// a lease: none can renew), it can be answered. Where Redis is
+    /// unreachable from this instance alone, the notification the caller
+    /// sends is what tells the others.
+    pub async fn unreported(&self) {
+        if let Some(since) = self.redis.down_since() {
+            tokio::time::sleep_until((since + LEASE).into()).await;
+        }
+    }
+
     /// A new epoch: every version in Redis is to be checked with the
-    /// database again. `replace`: even if there is one (this instance may
-    /// have missed notifications); else only where there is none.
+    /// database again, and every member forgets what it vouched for.
+    /// `replace`: even if there is one (this instance may have missed
+    /// notifications); else only where there is none.
     pub async fn new_epoch(&self, replace: bool) -> bool {
         let mut token = [0u8; 16];
         if getrandom::fill(&mut token).is_err() {
             return false;
         }
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-        let mut set = redis::cmd("SET");
-        set.arg(self.redis.key("epoch")).arg(&token);
-        if !replace {
-            set.arg("NX");
-        }
-        let done: Result<Option<String>, _> = self.redis.query(&set).await;
-        match done {
-            Ok(Some(_)) => {
+        let mut invocation = self.new_epoch.key(self.redis.key("epoch"));
+        invocation
+            .key(self.redis.key("seq"))
+            .arg(&token)
+            .arg(if replace { "replace" } else { "absent" })
+            .arg(self.trust.channel());
+        match self.redis.script::<u64>(&invocation).await {
+            Ok(0) => true,
+            Ok(seq) => {
+                self.trust.invalidate_all(seq);
                 self.learn(Some(&token));
                 true
             }
-            Ok(None) => true,
             Err(_) => false,
         }
     }

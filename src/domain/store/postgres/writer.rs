@@ -203,12 +203,13 @@ async fn publish(
             })
             .collect();
         if shared
-            .put(epoch.as_deref(), Mode::Whole, &puts)
+            .put(epoch.as_deref(), Mode::Whole, &puts, true)
             .await
             .is_err()
         {
             shared.owe();
             notify(pool, chunk.iter().map(|(k, i, v)| (k.as_str(), *i, *v))).await;
+            shared.unreported().await;
         }
     }
 }
@@ -283,7 +284,7 @@ impl Answering {
                 })
                 .collect();
             if shared
-                .put(self.epoch.as_deref(), Mode::Append, &puts)
+                .put(self.epoch.as_deref(), Mode::Append, &puts, true)
                 .await
                 .is_err()
             {
@@ -294,6 +295,7 @@ impl Answering {
                     rows.map(|t| (t.session.as_str(), t.row.id, t.row.version)),
                 )
                 .await;
+                shared.unreported().await;
             }
         }
         match self.written {

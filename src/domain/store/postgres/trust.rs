@@ -1,0 +1,547 @@
+//! Which copies of sessions this instance may serve without asking anyone
+//! (with `--redis-url`): leases and invalidations, so that a read of a
+//! session whose copy is current costs no round trip at all.
+//!
+//! - Each instance holds a **membership**: an id in the `members` sorted
+//!   set, scored with when it lapses (Redis's clock, [`LEASE`] after its
+//!   last renewal). It renews every [`RENEW_EVERY`] and trusts itself only
+//!   until [`TRUSTED_SHARE`] of a lease after it sent the renewal, so it
+//!   stops trusting before Redis counts it lapsed.
+//! - Every report that makes a session's version current in Redis also
+//!   numbers itself (`seq`) and publishes an **invalidation** (the sessions
+//!   it changed) on `inv`, in the same script, so invalidations come in the
+//!   order of the reports. Members drop the copies they vouched for before
+//!   that number and **acknowledge** it on `ack`.
+//! - A write is answered only once every other member whose lease held when
+//!   it was reported has acknowledged, or has been **fenced**: a member
+//!   silent for [`ACK_WAIT`] is taken out of `members` (so it cannot renew)
+//!   and the writer waits until its lease has lapsed. A member that could
+//!   not renew forgets everything and joins again under a new id.
+//! - A copy is vouched for as of the report number its version was seen at
+//!   (a lookup's `MGET` or this instance's own report), and only if no
+//!   invalidation after that number has come for it meanwhile.
+//!
+//! So an acknowledged write is never followed by a trusted read of an older
+//! copy anywhere, unless a member went silent (then writes wait at most
+//! `ACK_WAIT` plus a lease) or Redis itself was unreachable (see
+//! `docs/DEPLOYING.md` for that bound).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use redis::Script;
+use tokio::sync::Notify;
+
+use super::cache::RowVersion;
+use crate::domain::redis::Redis;
+
+/// How long a membership holds in Redis after its last renewal.
+pub(super) const LEASE: Duration = Duration::from_millis(1_000);
+/// How often a member renews.
+const RENEW_EVERY: Duration = Duration::from_millis(200);
+/// The part of a lease a member trusts itself for, from when it sent the
+/// renewal (the rest is margin for clocks and scheduling).
+const TRUSTED_SHARE: f64 = 0.8;
+/// How long a writer waits for a member's acknowledgement before fencing it.
+const ACK_WAIT: Duration = Duration::from_millis(250);
+/// Invalidations are remembered per slot (a hash of the key), so that a
+/// copy seen before an invalidation that came first is not vouched for.
+const SLOTS: usize = 4_096;
+/// Vouched copies past this are all forgotten (they are asked about again).
+const MOST_VOUCHED: usize = 100_000;
+
+/// `KEYS`: members, fenced. `ARGV`: id, lease (ms). Joins (or renews, with
+/// `ARGV[3]` = `renew`: only a membership that is still there). 1 or 0.
+const JOIN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lapses = string.format('%d', now + tonumber(ARGV[2]))
+if ARGV[3] == 'renew' then
+  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+  redis.call('ZADD', KEYS[1], 'XX', lapses, ARGV[1])
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
+redis.call('ZADD', KEYS[1], lapses, ARGV[1])
+return 1
+";
+
+/// `KEYS`: members, fenced. `ARGV`: id. Takes the member out (it cannot
+/// renew any more) and returns when its lease lapses and Redis's now (ms).
+const FENCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local a = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+local b = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+if a > 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], string.format('%d', a), ARGV[1])
+end
+return {string.format('%d', math.max(a, b)), string.format('%d', now)}
+";
+
+/// A member whose lease held when a report was made, and when it lapses.
+pub(super) struct Member {
+    pub id: String,
+    /// Redis's clock, ms.
+    pub lapses: u64,
+}
+
+/// This instance's leases and vouched copies.
+pub(super) struct Trust {
+    redis: Arc<Redis>,
+    /// This instance's part of each of its membership ids.
+    instance: String,
+    state: Mutex<State>,
+    /// Whether a membership holds (joined, not yet left).
+    joined: AtomicBool,
+    /// Until when (ns after `base`) this instance may trust itself.
+    until: AtomicU64,
+    base: Instant,
+    /// The newest report number each member acknowledged.
+    acked: Mutex<HashMap<String, u64>>,
+    acks: Notify,
+    join: Script,
+    fence: Script,
+    /// `inv` and `ack`, under the deployment's prefix.
+    channels: [String; 2],
+}
+
+struct State {
+    /// Raised each time a membership begins: what was vouched for under an
+    /// earlier one is forgotten.
+    generation: u64,
+    /// The current membership's id.
+    id: Option<String>,
+    /// Copies vouched for: their version and the report number it was
+    /// current at.
+    vouched: HashMap<String, (RowVersion, u64)>,
+    /// The newest invalidation seen per slot.
+    slots: Vec<u64>,
+    /// Nothing seen before this report number is vouched for.
+    floor: u64,
+}
+
+/// An invalidation as published: report number, writer's id, sessions,
+/// and 1 when every session is meant.
+type Invalidation = (u64, String, Vec<String>, u8);
+
+impl Trust {
+    pub fn new(redis: Arc<Redis>) -> Arc<Self> {
+        let mut token = [0u8; 8];
+        // Without randomness, the address is unique enough within one host.
+        let instance = if getrandom::fill(&mut token).is_ok() {
+            token.iter().map(|b| format!("{b:02x}")).collect()
+        } else {
+            format!("{:p}", &token)
+        };
+        let channels = [redis.key("inv"), redis.key("ack")];
+        let trust = Arc::new(Self {
+            redis,
+            instance,
+            state: Mutex::new(State {
+                generation: 0,
+                id: None,
+                vouched: HashMap::new(),
+                slots: vec![0; SLOTS],
+                floor: 0,
+            }),
+            joined: AtomicBool::new(false),
+            until: AtomicU64::new(0),
+            base: Instant::now(),
+            acked: Mutex::new(HashMap::new()),
+            acks: Notify::new(),
+            join: Script::new(JOIN),
+            fence: Script::new(FENCE),
+            channels,
+        });
+        tokio::spawn(keep(Arc::downgrade(&trust)));
+        trust
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The `inv` channel's name, for the scripts that publish on it.
+    pub fn channel(&self) -> &str {
+        &self.channels[0]
+    }
+
+    /// The membership now: its generation, and its id if it holds.
+    pub fn membership(&self) -> (u64, Option<String>) {
+        let state = self.state();
+        (state.generation, state.id.clone())
+    }
+
+    /// Whether the membership holds now.
+    pub fn holds(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+            && (self.base.elapsed().as_nanos() as u64) < self.until.load(Ordering::Acquire)
+    }
+
+    /// The version of `key` this instance may serve without asking, if any.
+    pub fn vouched(&self, key: &str) -> Option<RowVersion> {
+        if !self.holds() {
+            return None;
+        }
+        self.state().vouched.get(key).map(|(row, _)| *row)
+    }
+
+    /// `row` of `key` was current at report number `seq`, as seen under
+    /// membership `generation`: vouch for it, unless the membership changed
+    /// or an invalidation after `seq` came for it meanwhile.
+    pub fn vouch(&self, key: &str, row: RowVersion, seq: u64, generation: u64) {
+        self.state().vouch(key, row, seq, generation);
+    }
+
+    /// Report `seq` changed `keys`: what was vouched for before it is not.
+    pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a str>, seq: u64) {
+        self.state().invalidate(keys, seq);
+    }
+
+    /// Report `seq` changed every session (a new epoch).
+    pub fn invalidate_all(&self, seq: u64) {
+        self.state().invalidate_all(seq);
+    }
+
+    /// `key` changed and its report may come late (a notification from the
+    /// database): stop vouching for it now.
+    pub fn forget(&self, key: &str) {
+        self.state().vouched.remove(key);
+    }
+
+    /// Waits until every other member in `members` has acknowledged report
+    /// `seq`, or has been fenced and its lease has lapsed. `now` is Redis's
+    /// clock when the report was made, `received` when its answer came.
+    pub async fn await_members(&self, seq: u64, members: &[Member], now: u64, received: Instant) {
+        for member in members {
+            // This instance, under this membership or an earlier one: it
+            // applied the report itself, or forgot everything.
+            if member.id.starts_with(&self.instance) {
+                continue;
+            }
+            let mut until = received + Duration::from_millis(member.lapses.saturating_sub(now));
+            let fence_at = received + ACK_WAIT;
+            let mut fenced = false;
+            loop {
+                let notified = self.acks.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.acked(&member.id) >= seq {
+                    break;
+                }
+                let at = Instant::now();
+                if at >= until {
+                    break;
+                }
+                if !fenced && at >= fence_at {
+                    fenced = true;
+                    if let Some(lapses) = self.fence_member(&member.id).await {
+                        until = until.max(lapses);
+                    }
+                    continue;
+                }
+                let wake = if fenced { until } else { fence_at.min(until) };
+                let _ = tokio::time::timeout_at(wake.into(), notified).await;
+            }
+        }
+    }
+
+    fn acked(&self, id: &str) -> u64 {
+        let acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        acked.get(id).copied().unwrap_or(0)
+    }
+
+    /// Fences member `id`; when its lease lapses, on this instance's clock.
+    async fn fence_member(&self, id: &str) -> Option<Instant> {
+        metrics::counter!("chatbot_redis_fenced_total").increment(1);
+        let mut invocation = self.fence.key(self.redis.key("members"));
+        invocation.key(self.redis.key("fenced")).arg(id);
+        let answer: (String, String) = self.redis.script(&invocation).await.ok()?;
+        let received = Instant::now();
+        let lapses: u64 = answer.0.parse().ok()?;
+        let now: u64 = answer.1.parse().ok()?;
+        tracing::warn!(
+            member = id,
+            "an instance did not acknowledge a change in time: fenced until its lease lapses"
+        );
+        Some(received + Duration::from_millis(lapses.saturating_sub(now)))
+    }
+
+    /// A new generation: everything vouched for is forgotten.
+    fn begin(&self) -> u64 {
+        self.joined.store(false, Ordering::Release);
+        let mut state = self.state();
+        state.generation += 1;
+        state.id = None;
+        state.vouched.clear();
+        state.slots.fill(0);
+        state.floor = 0;
+        state.generation
+    }
+
+    /// Joins (or renews, `renew`) as `id`; whether Redis took it.
+    async fn join_as(&self, id: &str, renew: bool) -> bool {
+        let mut invocation = self.join.key(self.redis.key("members"));
+        invocation
+            .key(self.redis.key("fenced"))
+            .arg(id)
+            .arg(LEASE.as_millis() as u64)
+            .arg(if renew { "renew" } else { "join" });
+        matches!(self.redis.script::<i64>(&invocation).await, Ok(1))
+    }
+
+    /// The membership (re)taken at `sent` holds for a while more.
+    fn extend(&self, sent: Instant) {
+        let until = sent.duration_since(self.base) + LEASE.mul_f64(TRUSTED_SHARE);
+        self.until.store(until.as_nanos() as u64, Ordering::Release);
+        self.joined.store(true, Ordering::Release);
+    }
+
+    /// Applies one message; `Some(seq)` if it is an invalidation to
+    /// acknowledge, `Err` if it cannot be read (the membership must end:
+    /// what it said is unknown).
+    fn receive(&self, message: &redis::Msg) -> Result<Option<u64>, ()> {
+        let payload = message.get_payload_bytes();
+        if message.get_channel_name() == self.channels[1] {
+            let text = std::str::from_utf8(payload).map_err(|_| ())?;
+            let (id, seq) = text.split_once(' ').ok_or(())?;
+            let seq: u64 = seq.parse().map_err(|_| ())?;
+            let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = acked.entry(id.to_owned()).or_default();
+            *held = (*held).max(seq);
+            if acked.len() > 1_024 {
+                acked.clear();
+            }
+            drop(acked);
+            self.acks.notify_waiters();
+            return Ok(None);
+        }
+        let (seq, writer, keys, all): Invalidation =
+            serde_json::from_slice(payload).map_err(|_| ())?;
+        if all == 1 {
+            self.state().invalidate_all(seq);
+        } else {
+            self.invalidate(keys.iter().map(String::as_str), seq);
+        }
+        Ok((!writer.starts_with(&self.instance)).then_some(seq))
+    }
+}
+
+impl State {
+    fn vouch(&mut self, key: &str, row: RowVersion, seq: u64, generation: u64) {
+        if self.generation != generation
+            || self.id.is_none()
+            || seq < self.floor
+            || self.slots[slot(key)] > seq
+        {
+            return;
+        }
+        if self.vouched.len() >= MOST_VOUCHED {
+            self.vouched.clear();
+        }
+        match self.vouched.get_mut(key) {
+            Some(held) if held.1 > seq => {}
+            Some(held) => *held = (row, seq),
+            None => {
+                self.vouched.insert(key.to_owned(), (row, seq));
+            }
+        }
+    }
+
+    fn invalidate<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>, seq: u64) {
+        for key in keys {
+            let at = slot(key);
+            self.slots[at] = self.slots[at].max(seq);
+            if self.vouched.get(key).is_some_and(|held| held.1 < seq) {
+                self.vouched.remove(key);
+            }
+        }
+    }
+
+    fn invalidate_all(&mut self, seq: u64) {
+        self.floor = self.floor.max(seq);
+        self.vouched.clear();
+    }
+}
+
+fn slot(key: &str) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::with_seed(0).hash_one(key) as usize) % SLOTS
+}
+
+/// For as long as `trust` lives: subscribes, joins, applies invalidations
+/// and acknowledges them, renews; on any failure forgets everything and
+/// starts again once Redis answers.
+async fn keep(trust: Weak<Trust>) {
+    loop {
+        let Some(strong) = trust.upgrade() else {
+            return;
+        };
+        if strong.redis.is_up() {
+            hold(&trust, strong).await;
+        } else {
+            drop(strong);
+        }
+        tokio::time::sleep(RENEW_EVERY).await;
+    }
+}
+
+/// One membership, from subscribing to leaving.
+async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
+    let generation = trust.begin();
+    let Some(pubsub) = trust.redis.subscribe(&trust.channels).await else {
+        return;
+    };
+    let mut messages = pubsub.into_on_message();
+    let id = format!("{}-{generation}", trust.instance);
+    let sent = Instant::now();
+    if !trust.join_as(&id, false).await {
+        return;
+    }
+    trust.state().id = Some(id.clone());
+    trust.extend(sent);
+    drop(trust);
+    let mut renewals = tokio::time::interval_at((Instant::now() + RENEW_EVERY).into(), RENEW_EVERY);
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else { break };
+                let Some(trust) = weak.upgrade() else { return };
+                let mut newest = None;
+                let mut next = Some(message);
+                while let Some(message) = next {
+                    match trust.receive(&message) {
+                        Ok(Some(seq)) => newest = newest.max(Some(seq)),
+                        Ok(None) => {}
+                        Err(()) => {
+                            tracing::warn!("an invalidation could not be read: forgetting every copy");
+                            return leave(&trust, &id).await;
+                        }
+                    }
+                    next = messages.next().now_or_never().flatten();
+                }
+                if let Some(seq) = newest {
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(&trust.channels[1]).arg(format!("{id} {seq}"));
+                    let redis = trust.redis.clone();
+                    tokio::spawn(async move { redis.query::<i64>(&publish).await });
+                }
+            }
+            _ = renewals.tick() => {
+                let Some(trust) = weak.upgrade() else { return };
+                let sent = Instant::now();
+                if !trust.join_as(&id, true).await {
+                    return leave(&trust, &id).await;
+                }
+                trust.extend(sent);
+            }
+        }
+    }
+    if let Some(trust) = weak.upgrade() {
+        leave(&trust, &id).await;
+    }
+}
+
+/// Ends the membership `id`: nothing is vouched for until the next one.
+async fn leave(trust: &Trust, id: &str) {
+    trust.begin();
+    let mut zrem = redis::cmd("ZREM");
+    zrem.arg(trust.redis.key("members")).arg(id);
+    let _ = trust.redis.query::<i64>(&zrem).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            generation: 1,
+            id: Some("x-1".into()),
+            vouched: HashMap::new(),
+            slots: vec![0; SLOTS],
+            floor: 0,
+        }
+    }
+
+    const ROW: RowVersion = RowVersion { id: 1, version: 4 };
+    const NEWER: RowVersion = RowVersion { id: 1, version: 5 };
+
+    fn vouched(state: &State, key: &str) -> Option<RowVersion> {
+        state.vouched.get(key).map(|held| held.0)
+    }
+
+    #[test]
+    fn an_invalidation_after_the_version_was_seen_drops_it() {
+        let mut state = state();
+        state.vouch("a", ROW, 10, 1);
+        assert_eq!(vouched(&state, "a"), Some(ROW));
+        // Reports the version already reflects change nothing.
+        state.invalidate(["a"], 10);
+        state.invalidate(["a"], 7);
+        assert_eq!(vouched(&state, "a"), Some(ROW));
+        state.invalidate(["a"], 11);
+        assert_eq!(vouched(&state, "a"), None);
+    }
+
+    #[test]
+    fn a_version_seen_before_an_invalidation_that_came_first_is_not_vouched_for() {
+        let mut state = state();
+        // The invalidation of report 12 arrived before the answer of a
+        // lookup made at report 11.
+        state.invalidate(["a"], 12);
+        state.vouch("a", ROW, 11, 1);
+        assert_eq!(vouched(&state, "a"), None);
+        // A lookup made after it is fine.
+        state.vouch("a", NEWER, 12, 1);
+        assert_eq!(vouched(&state, "a"), Some(NEWER));
+        // An older sighting never replaces a newer one.
+        state.vouch("a", ROW, 11, 1);
+        assert_eq!(vouched(&state, "a"), Some(NEWER));
+    }
+
+    #[test]
+    fn another_membership_or_a_new_epoch_vouches_for_nothing_seen_before() {
+        let mut state = state();
+        state.vouch("a", ROW, 5, 0);
+        assert_eq!(
+            vouched(&state, "a"),
+            None,
+            "seen under an earlier membership"
+        );
+        state.id = None;
+        state.vouch("a", ROW, 5, 1);
+        assert_eq!(vouched(&state, "a"), None, "seen while not a member");
+        state.id = Some("x-1".into());
+        state.vouch("a", ROW, 5, 1);
+        state.vouch("b", ROW, 6, 1);
+        state.invalidate_all(8);
+        assert_eq!((vouched(&state, "a"), vouched(&state, "b")), (None, None));
+        state.vouch("a", ROW, 7, 1);
+        assert_eq!(vouched(&state, "a"), None, "seen before the new epoch");
+        state.vouch("a", ROW, 8, 1);
+        assert_eq!(vouched(&state, "a"), Some(ROW));
+    }
+
+    #[test]
+    fn keys_sharing_a_slot_only_ever_cost_a_question() {
+        let mut state = state();
+        let a = "a".to_owned();
+        let other = (0..100_000)
+            .map(|i| format!("k{i}"))
+            .find(|k| slot(k) == slot(&a))
+            .expect("a key in the same slot");
+        state.invalidate([other.as_str()], 9);
+        state.vouch(&a, ROW, 8, 1);
+        assert_eq!(vouched(&state, &a), None);
+        state.vouch(&a, ROW, 9, 1);
+        assert_eq!(vouched(&state, &a), Some(ROW));
+    }
+}
