@@ -92,13 +92,13 @@ haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 PIDS[haproxy]=$!
 
 port_of() { case $1 in i*) echo $((PORT_BASE + ${1#i}));; l*) echo $((PORT_BASE + 10 + ${1#l}));; m*) echo $((PORT_BASE + 5));; esac; }
-start() { # name, then flags after the binary; SERVER_LOG=default leaves RUST_LOG unset (info)
-    local name=$1 port; shift
+start() { # name, then flags after the binary; SERVER_LOG=default leaves RUST_LOG unset (info); SERVER_BIN overrides BIN
+    local name=$1 port bin=${SERVER_BIN:-$BIN}; shift
     port=$(port_of "$name")
     if [ "${SERVER_LOG:-}" = default ]; then
-        env -u RUST_LOG taskset -c 0 "$BIN" --port "$port" "$@" >>"$WORK/$name.log" 2>&1 &
+        env -u RUST_LOG taskset -c 0 "$bin" --port "$port" "$@" >>"$WORK/$name.log" 2>&1 &
     else
-        RUST_LOG=warn taskset -c 0 "$BIN" --port "$port" "$@" >>"$WORK/$name.log" 2>&1 &
+        RUST_LOG=warn taskset -c 0 "$bin" --port "$port" "$@" >>"$WORK/$name.log" 2>&1 &
     fi
     PIDS[$name]=$!
     for _ in $(seq 300); do curl -s -o /dev/null "127.0.0.1:$port/health" && return; sleep 0.05; done
@@ -188,16 +188,23 @@ read_row() { # label, extra flags
 read_row "no Redis" ""
 if [ -n "$REDIS" ]; then read_row "with Redis" "--redis-url $REDIS_URL"; fi
 
-# ---- 3. Writes: A/B twice on one instance, same database.
-ab() { # key, label A, flags A, log A, label B, flags B, log B
-    local key=$1 r
-    for r in 1 2; do
-        SERVER_LOG=$4 start i1 --store "$PG_URL" $3
-        R[$key/a/$r]=$(wrk_at "$(port_of i1)" 32 benches/post.lua /chat)
-        stop i1
-        SERVER_LOG=$7 start i1 --store "$PG_URL" $6
-        R[$key/b/$r]=$(wrk_at "$(port_of i1)" 32 benches/post.lua /chat)
-        stop i1
+# ---- 3. Writes: A/B in AB_ROUNDS rounds on one instance, same database, the order
+# alternating (A B, B A, ...) since the tables grow with every run.
+# One run first, not counted: the first run on an empty database is the fastest.
+# BASE=path/to/another/chatbot-api adds a row: that binary against BIN, both with Redis.
+AB_ROUNDS=${AB_ROUNDS:-4}
+ab() { # key, label A, flags A, log A, label B, flags B, log B; A_BIN, B_BIN: binaries
+    local key=$1 r side
+    start i1 --store "$PG_URL"
+    wrk_at "$(port_of i1)" 32 benches/post.lua /chat >/dev/null
+    stop i1
+    for r in $(seq 1 "$AB_ROUNDS"); do
+        for side in $( ((r % 2)) && echo "a b" || echo "b a"); do
+            if [ "$side" = a ]; then SERVER_BIN=${A_BIN:-} SERVER_LOG=$4 start i1 --store "$PG_URL" $3
+            else SERVER_BIN=${B_BIN:-} SERVER_LOG=$7 start i1 --store "$PG_URL" $6; fi
+            R[$key/$side/$r]=$(wrk_at "$(port_of i1)" 32 benches/post.lua /chat)
+            stop i1
+        done
     done
 }
 if [ -n "$REDIS" ]; then
@@ -206,6 +213,11 @@ if [ -n "$REDIS" ]; then
 fi
 echo "== writes: RUST_LOG=warn against the default log" >&2
 ab log "" "$(redis_flag)" warn "" "$(redis_flag)" default
+if [ -n "${BASE:-}" ] && [ -n "$REDIS" ]; then
+    cp "$BASE" "$WORK/base"
+    echo "== writes: BASE against BIN, both with --redis-url" >&2
+    A_BIN=$WORK/base ab base "" "--redis-url $REDIS_URL" warn "" "--redis-url $REDIS_URL" warn
+fi
 
 # ---- The tables.
 echo
@@ -240,18 +252,23 @@ done
 echo
 echo "Targets with Redis: ≥ 0.8× memory, ≤ 0.05 transactions per read."
 echo
-echo "### Writes: POST /chat, 32 connections, one instance on PostgreSQL, 2 rounds of A/B"
+echo "### Writes: POST /chat, 32 connections, one instance on PostgreSQL, $AB_ROUNDS rounds of A/B (order alternating)"
 echo
-echo "| A | B | A (req/s, rounds) | B (req/s, rounds) | B / A (rounds) |"
+echo "| A | B | A (req/s, rounds) | B (req/s, rounds) | B / A: median of rounds (rounds) |"
 echo "|---|---|---|---|---|"
 ab_line() { # key, label A, label B
-    local key=$1 a1 a2 b1 b2
+    local key=$1 r a b as="" bs="" ratios=""
     if [ -z "${R[$key/a/1]:-}" ]; then echo "| $2 | $3 | n/a | n/a | n/a |"; return; fi
-    a1=$(field "${R[$key/a/1]}" 1) a2=$(field "${R[$key/a/2]}" 1) b1=$(field "${R[$key/b/1]}" 1) b2=$(field "${R[$key/b/2]}" 1)
-    echo "| $2 | $3 | $a1, $a2 | $b1, $b2 | $(ratio $((b1 + b2)) $((a1 + a2))) ($(ratio "$b1" "$a1") $(ratio "$b2" "$a2")) |"
+    for r in $(seq 1 "$AB_ROUNDS"); do
+        a=$(field "${R[$key/a/$r]}" 1) b=$(field "${R[$key/b/$r]}" 1)
+        as="$as${as:+, }$a" bs="$bs${bs:+, }$b" ratios="$ratios${ratios:+ }$(ratio "$b" "$a")"
+    done
+    median=$(tr ' ' '\n' <<<"${ratios//×/}" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f×", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
+    echo "| $2 | $3 | $as | $bs | $median ($ratios) |"
 }
 ab_line redis "no --redis-url" "--redis-url"
 ab_line log "RUST_LOG=warn$( [ -n "$REDIS" ] && echo ", --redis-url")" "default log (info)$( [ -n "$REDIS" ] && echo ", --redis-url")"
+[ -n "${BASE:-}" ] && [ -n "$REDIS" ] && ab_line base "BASE, --redis-url" "BIN, --redis-url"
 echo
 echo "Target: ≥ 0.9× for each B / A."
 echo

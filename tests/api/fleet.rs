@@ -730,3 +730,24 @@ async fn a_vanished_instance_holds_writes_back_once_for_at_most_its_lease() {
     assert!(started.elapsed() < Duration::from_millis(500), "once only");
     assert_eq!(last(&writer, "v").await.as_deref(), Some("three"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_leaves_and_holds_no_write_back() {
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let (a, b) = two(&schema, &url).await;
+    say(&a, "left", "one").await;
+    assert_eq!(last(&b, "left").await.as_deref(), Some("one"));
+    b.close().await;
+    assert!(!b.vouches(), "it vouches for nothing once closed");
+    let started = std::time::Instant::now();
+    for message in ["two", "three"] {
+        say(&a, "left", message).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(200),
+        "the writes waited {took:?} for an instance that had left"
+    );
+}

@@ -149,6 +149,16 @@ impl Redis {
         self.outcome(called)
     }
 
+    /// Runs `pipe` (its answers ignored); fails at once while Redis is down.
+    pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<(), RedisFailure> {
+        if !self.is_up() {
+            return Err(RedisFailure::Down);
+        }
+        let mut connection = self.connection.clone();
+        let called = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async(&mut connection)).await;
+        self.outcome(called)
+    }
+
     /// Runs a Lua script (loaded on first use); fails at once while Redis is down.
     pub async fn script<T: FromRedisValue>(
         &self,

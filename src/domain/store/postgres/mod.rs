@@ -612,6 +612,9 @@ impl Store for PostgresStore {
     async fn close(&self) {
         let (commits, exchanges) = self.stats.snapshot();
         tracing::info!(commits, exchanges, "group commit totals");
+        if let Some(shared) = &self.shared {
+            shared.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -55,14 +55,14 @@ const TTL_SECONDS: u64 = 3_600;
 /// `ARGV`: the epoch the caller knew, the TTL, the mode (`append`: the
 /// records are exchanges added by the commit that made this version;
 /// `whole`: they are the whole session; `mark`: never trusted), the most
-/// exchanges a body holds, the caller's membership id, the invalidation
-/// channel; then per session its key, id, version, the
+/// exchanges a body holds, the caller's membership id, what members'
+/// channels begin with; then per session its key, id, version, the
 /// `v:` value the caller saw before it read the database (`''`: none; if
 /// it is still there, whatever it says is older than what was read, even
 /// a version "from the future" that only a wrong writer could have put),
 /// the count of records (-1: no body given) and the records. If any
 /// session's version changed, numbers the report and publishes the
-/// sessions changed on the channel. Returns the current epoch, the report
+/// sessions changed to every other member. Returns the current epoch, the report
 /// number, Redis's now (ms), the members whose lease holds (id, lapse, ...)
 /// and per session 1 if its version is now current and trusted.
 const PUT: &str = r"
@@ -125,23 +125,30 @@ for i = 4, #KEYS, 2 do
     redis.call('DEL', bkey)
   end
 end
-local seq
-if #changed > 0 then
-  seq = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', ARGV[6], cjson.encode({seq, ARGV[5], changed, 0}))
-else
-  seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members = redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%d', now), '+inf', 'WITHSCORES')
+local seq
+if #changed > 0 then
+  seq = redis.call('INCR', KEYS[2])
+  local message
+  for i = 1, #members, 2 do
+    if members[i] ~= ARGV[5] then
+      message = message or cjson.encode({seq, ARGV[5], changed, 0})
+      redis.call('PUBLISH', ARGV[6] .. members[i], message)
+    end
+  end
+else
+  seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
 return {epoch, seq, string.format('%d', now), members, current}
 ";
 
-/// `KEYS`: the epoch, the report counter. `ARGV`: a new epoch, `replace`
-/// (or only where there is none), the invalidation channel. Begins the
-/// epoch and tells every member to forget what it vouched for; the
-/// report's number, or 0 if there was an epoch and `replace` was not asked.
+/// `KEYS`: the epoch, the report counter, the members. `ARGV`: a new
+/// epoch, `replace` (or only where there is none), what members' channels
+/// begin with. Begins the epoch and tells every member to forget what it
+/// vouched for; the report's number, or 0 if there was an epoch and
+/// `replace` was not asked.
 const NEW_EPOCH: &str = r#"
 local set
 if ARGV[2] == 'replace' then
@@ -151,7 +158,12 @@ else
 end
 if not set then return 0 end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[3], '[' .. string.format('%d', seq) .. ',"",[],1]')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%d', now), '+inf')
+for _, member in ipairs(members) do
+  redis.call('PUBLISH', ARGV[3] .. member, '[' .. string.format('%d', seq) .. ',"",[],1]')
+end
 return seq
 "#;
 
@@ -413,6 +425,11 @@ impl Shared {
         parse_body(&items, key, row, replies)
     }
 
+    /// Leaves the instances sharing Redis (the server stops).
+    pub async fn close(&self) {
+        self.trust.close().await;
+    }
+
     /// Whether this instance's membership holds (it may vouch for copies).
     pub fn holds(&self) -> bool {
         self.trust.holds()
@@ -464,7 +481,7 @@ impl Shared {
             .arg(mode.name())
             .arg(MOST_SHARED)
             .arg(id.as_deref().unwrap_or(""))
-            .arg(self.trust.channel());
+            .arg(self.trust.channels());
         for put in puts {
             invocation
                 .key(self.version_key(put.key))
@@ -545,9 +562,10 @@ impl Shared {
         let mut invocation = self.new_epoch.key(self.redis.key("epoch"));
         invocation
             .key(self.redis.key("seq"))
+            .key(self.redis.key("members"))
             .arg(&token)
             .arg(if replace { "replace" } else { "absent" })
-            .arg(self.trust.channel());
+            .arg(self.trust.channels());
         match self.redis.script::<u64>(&invocation).await {
             Ok(0) => true,
             Ok(seq) => {

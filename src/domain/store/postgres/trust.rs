@@ -9,9 +9,10 @@
 //!   stops trusting before Redis counts it lapsed.
 //! - Every report that makes a session's version current in Redis also
 //!   numbers itself (`seq`) and publishes an **invalidation** (the sessions
-//!   it changed) on `inv`, in the same script, so invalidations come in the
-//!   order of the reports. Members drop the copies they vouched for before
-//!   that number and **acknowledge** it on `ack`.
+//!   it changed) to every other member, on its channel `inv:{id}`, in the
+//!   same script, so invalidations come in the order of the reports (and a
+//!   lone instance publishes nothing). Members drop the copies they vouched
+//!   for before that number and **acknowledge** it on the writer's channel.
 //! - A write is answered only once every other member whose lease held when
 //!   it was reported has acknowledged, or has been **fenced**: a member
 //!   silent for [`ACK_WAIT`] is taken out of `members` (so it cannot renew)
@@ -99,6 +100,8 @@ pub(super) struct Trust {
     state: Mutex<State>,
     /// Whether a membership holds (joined, not yet left).
     joined: AtomicBool,
+    /// Set when the store closes: no membership again.
+    closed: AtomicBool,
     /// Until when (ns after `base`) this instance may trust itself.
     until: AtomicU64,
     base: Instant,
@@ -107,8 +110,9 @@ pub(super) struct Trust {
     acks: Notify,
     join: Script,
     fence: Script,
-    /// `inv` and `ack`, under the deployment's prefix.
-    channels: [String; 2],
+    /// `inv:` under the deployment's prefix: each member's channel is this
+    /// and its id.
+    channels: String,
 }
 
 struct State {
@@ -139,7 +143,7 @@ impl Trust {
         } else {
             format!("{:p}", &token)
         };
-        let channels = [redis.key("inv"), redis.key("ack")];
+        let channels = redis.key("inv:");
         let trust = Arc::new(Self {
             redis,
             instance,
@@ -151,6 +155,7 @@ impl Trust {
                 floor: 0,
             }),
             joined: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             until: AtomicU64::new(0),
             base: Instant::now(),
             acked: Mutex::new(HashMap::new()),
@@ -167,9 +172,10 @@ impl Trust {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The `inv` channel's name, for the scripts that publish on it.
-    pub fn channel(&self) -> &str {
-        &self.channels[0]
+    /// What each member's channel name begins with, for the scripts that
+    /// publish invalidations.
+    pub fn channels(&self) -> &str {
+        &self.channels
     }
 
     /// The membership now: its generation, and its id if it holds.
@@ -252,6 +258,15 @@ impl Trust {
         }
     }
 
+    /// Leaves for good (the server stops): the other instances' writes
+    /// need not wait for this one's lease to lapse.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let (_, Some(id)) = self.membership() {
+            leave(self, &id).await;
+        }
+    }
+
     fn acked(&self, id: &str) -> u64 {
         let acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
         acked.get(id).copied().unwrap_or(0)
@@ -303,13 +318,13 @@ impl Trust {
         self.joined.store(true, Ordering::Release);
     }
 
-    /// Applies one message; `Some(seq)` if it is an invalidation to
-    /// acknowledge, `Err` if it cannot be read (the membership must end:
+    /// Applies one message; `Some((writer, seq))` if it is an invalidation
+    /// to acknowledge, `Err` if it cannot be read (the membership must end:
     /// what it said is unknown).
-    fn receive(&self, message: &redis::Msg) -> Result<Option<u64>, ()> {
+    fn receive(&self, message: &redis::Msg) -> Result<Option<(String, u64)>, ()> {
         let payload = message.get_payload_bytes();
-        if message.get_channel_name() == self.channels[1] {
-            let text = std::str::from_utf8(payload).map_err(|_| ())?;
+        if let Some(ack) = payload.strip_prefix(b"ack ") {
+            let text = std::str::from_utf8(ack).map_err(|_| ())?;
             let (id, seq) = text.split_once(' ').ok_or(())?;
             let seq: u64 = seq.parse().map_err(|_| ())?;
             let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
@@ -329,7 +344,7 @@ impl Trust {
         } else {
             self.invalidate(keys.iter().map(String::as_str), seq);
         }
-        Ok((!writer.starts_with(&self.instance)).then_some(seq))
+        Ok((!writer.is_empty() && !writer.starts_with(&self.instance)).then_some((writer, seq)))
     }
 }
 
@@ -383,6 +398,9 @@ async fn keep(trust: Weak<Trust>) {
         let Some(strong) = trust.upgrade() else {
             return;
         };
+        if strong.closed.load(Ordering::Acquire) {
+            return;
+        }
         if strong.redis.is_up() {
             hold(&trust, strong).await;
         } else {
@@ -395,16 +413,27 @@ async fn keep(trust: Weak<Trust>) {
 /// One membership, from subscribing to leaving.
 async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
     let generation = trust.begin();
-    let Some(pubsub) = trust.redis.subscribe(&trust.channels).await else {
+    let id = format!("{}-{generation}", trust.instance);
+    let channel = format!("{}{id}", trust.channels);
+    let Some(pubsub) = trust.redis.subscribe(&[channel]).await else {
         return;
     };
     let mut messages = pubsub.into_on_message();
-    let id = format!("{}-{generation}", trust.instance);
     let sent = Instant::now();
     if !trust.join_as(&id, false).await {
         return;
     }
-    trust.state().id = Some(id.clone());
+    let taken = {
+        let mut state = trust.state();
+        let taken = state.generation == generation && !trust.closed.load(Ordering::Acquire);
+        if taken {
+            state.id = Some(id.clone());
+        }
+        taken
+    };
+    if !taken {
+        return leave(&trust, &id).await;
+    }
     trust.extend(sent);
     drop(trust);
     let mut renewals = tokio::time::interval_at((Instant::now() + RENEW_EVERY).into(), RENEW_EVERY);
@@ -414,11 +443,15 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
             message = messages.next() => {
                 let Some(message) = message else { break };
                 let Some(trust) = weak.upgrade() else { return };
-                let mut newest = None;
+                // The newest report of each writer to acknowledge.
+                let mut newest: HashMap<String, u64> = HashMap::new();
                 let mut next = Some(message);
                 while let Some(message) = next {
                     match trust.receive(&message) {
-                        Ok(Some(seq)) => newest = newest.max(Some(seq)),
+                        Ok(Some((writer, seq))) => {
+                            let held = newest.entry(writer).or_default();
+                            *held = (*held).max(seq);
+                        }
                         Ok(None) => {}
                         Err(()) => {
                             tracing::warn!("an invalidation could not be read: forgetting every copy");
@@ -427,15 +460,23 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
                     }
                     next = messages.next().now_or_never().flatten();
                 }
-                if let Some(seq) = newest {
-                    let mut publish = redis::cmd("PUBLISH");
-                    publish.arg(&trust.channels[1]).arg(format!("{id} {seq}"));
+                if !newest.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for (writer, seq) in newest {
+                        pipe.cmd("PUBLISH")
+                            .arg(format!("{}{writer}", trust.channels))
+                            .arg(format!("ack {id} {seq}"))
+                            .ignore();
+                    }
                     let redis = trust.redis.clone();
-                    tokio::spawn(async move { redis.query::<i64>(&publish).await });
+                    tokio::spawn(async move { redis.pipeline(&pipe).await });
                 }
             }
             _ = renewals.tick() => {
                 let Some(trust) = weak.upgrade() else { return };
+                if trust.closed.load(Ordering::Acquire) {
+                    return;
+                }
                 let sent = Instant::now();
                 if !trust.join_as(&id, true).await {
                     return leave(&trust, &id).await;
