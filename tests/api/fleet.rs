@@ -467,14 +467,11 @@ async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
     let mut raw = redis_raw(&url).await;
     let (v, b) = (format!("{prefix}v:s"), format!("{prefix}b:s"));
     let current = vouched(&a, &mut raw, &prefix).await.1;
-    let (id, version) = {
-        let mut parts = current.split(':');
-        (
-            parts.next().unwrap().to_owned(),
-            parts.next().unwrap().to_owned(),
-        )
-    };
-    let header = |count: usize| format!("chatbot/1 {id} {version} {count} s");
+    // id:version:mark:count:built
+    let parts: Vec<String> = current.split(':').map(str::to_owned).collect();
+    let (id, version, built) = (parts[0].clone(), parts[1].clone(), parts[4].clone());
+    assert_eq!(parts[3], "2", "the body holds both exchanges: {current}");
+    let header = format!("chatbot/2 {id} {built} s");
     let record = r#"["forged","reply","U",1700000000]"#;
     type Tamper<'a> = Box<dyn Fn(&str) -> Vec<redis::Cmd> + 'a>;
     let cases: Vec<(&str, Tamper)> = vec![
@@ -484,7 +481,15 @@ async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
         ),
         (
             "a version from the future",
-            Box::new(|epoch| vec![set(&v, &format!("{id}:999:{epoch}"))]),
+            Box::new(|epoch| vec![set(&v, &format!("{id}:999:{epoch}::"))]),
+        ),
+        (
+            "a version in the old format",
+            Box::new(|epoch| vec![set(&v, &format!("{id}:{version}:{epoch}"))]),
+        ),
+        (
+            "a body count larger than the body",
+            Box::new(|epoch| vec![set(&v, &format!("{id}:{version}:{epoch}:5:{built}"))]),
         ),
         (
             "a body of another type",
@@ -492,24 +497,33 @@ async fn redis_values_from_a_wrong_or_hostile_writer_are_never_served() {
         ),
         (
             "a body cut short",
-            Box::new(|_| vec![del(&b), rpush(&b, &[&header(3), record])]),
+            Box::new(|_| vec![del(&b), rpush(&b, &[&header, record])]),
         ),
         (
-            "a body of another version",
+            "a body begun at another version",
             Box::new(|_| {
                 vec![
                     del(&b),
-                    rpush(&b, &[&format!("chatbot/1 {id} 0 1 s"), record]),
+                    rpush(&b, &[&format!("chatbot/2 {id} 999 s"), record, record]),
+                ]
+            }),
+        ),
+        (
+            "a body of another session",
+            Box::new(|_| {
+                vec![
+                    del(&b),
+                    rpush(&b, &[&format!("chatbot/2 {id} {built} t"), record, record]),
                 ]
             }),
         ),
         (
             "a body that is not ours",
-            Box::new(|_| vec![del(&b), rpush(&b, &["hello", record])]),
+            Box::new(|_| vec![del(&b), rpush(&b, &["hello", record, record])]),
         ),
         (
             "records that are not ours",
-            Box::new(|_| vec![del(&b), rpush(&b, &[&header(2), "{}", "[1]"])]),
+            Box::new(|_| vec![del(&b), rpush(&b, &[&header, "{}", "[1]"])]),
         ),
     ];
     for (what, tamper) in cases {
@@ -546,7 +560,7 @@ async fn vouched(
             .await
             .unwrap();
         if let [Some(epoch), Some(version)] = &values[..]
-            && version.ends_with(&format!(":{epoch}"))
+            && version.split(':').nth(2) == Some(epoch.as_str())
         {
             return (epoch.clone(), version.clone());
         }

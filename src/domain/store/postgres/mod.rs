@@ -328,13 +328,17 @@ impl PostgresStore {
                 self.reads.count("redis");
                 return Ok(None);
             }
-            Known::Current(row) => {
+            Known::Current(row, body) => {
                 if let Some(copy) = self.cache.get(session).filter(|copy| copy.row == row) {
                     shared.vouch(session, row, &seen, generation);
                     self.reads.count("instance");
                     return Ok(Some(Read::Copy(copy)));
                 }
-                if let Some(whole) = shared.body(session, row, self.cache.replies()).await {
+                let whole = match body {
+                    Some(at) => shared.body(session, row, at, self.cache.replies()).await,
+                    None => None,
+                };
+                if let Some(whole) = whole {
                     self.reads.count("redis");
                     let copy = Copy {
                         row,

@@ -4,17 +4,20 @@
 //! read or written asks the database nothing.
 //!
 //! Per session, under the deployment's prefix:
-//! - `v:{key}`: `id:version:mark`, the newest row (id and version, as the
-//!   database's triggers number them) any instance has committed or read.
-//!   It only ever moves forward (a larger id, or the same id and a larger
-//!   version), whatever order the instances' updates arrive in. `mark` is
-//!   the epoch it was vouched for under, or `-`: a version learned without
-//!   proof that nothing newer was missed, which readers check with the
-//!   database. A deleted session's version is [`GONE`].
-//! - `b:{key}`: a list, a header (`chatbot/1 id version count key`) and
-//!   then the session's exchanges, one JSON array each; served only when
-//!   its header names the current version, the key asked for and as many
-//!   exchanges as it holds.
+//! - `v:{key}`: `id:version:mark:count:built`, the newest row (id and
+//!   version, as the database's triggers number them) any instance has
+//!   committed or read. It only ever moves forward (a larger id, or the
+//!   same id and a larger version), whatever order the instances' updates
+//!   arrive in. `mark` is the epoch it was vouched for under, or `-`: a
+//!   version learned without proof that nothing newer was missed, which
+//!   readers check with the database. A deleted session's version is
+//!   [`GONE`]. `count` and `built` (empty when there is no body): how many
+//!   exchanges of `b:` make the session at this version, and the version
+//!   the body was begun at.
+//! - `b:{key}`: a list, a header (`chatbot/2 id built key`) and then the
+//!   session's exchanges, one JSON array each; appends push onto it. Its
+//!   first `count` exchanges are served only when its header names the row,
+//!   the `built` version and the key asked for, and all of them are there.
 //! - `epoch`: a random token. Every instance's listener replaces it when
 //!   it (re)connects to the database, since it may have missed writes made
 //!   meanwhile with plain SQL; Redis restarted empty has none. A version is
@@ -72,6 +75,26 @@ local trusted = epoch and epoch == ARGV[1] and mode ~= 'mark'
 local ttl = ARGV[2]
 local most = tonumber(ARGV[4])
 local changed, current = {}, {}
+local curs = {}
+for i = 4, #KEYS, 2000 do
+  local vkeys = {}
+  for j = i, math.min(i + 1998, #KEYS), 2 do vkeys[#vkeys + 1] = KEYS[j] end
+  for _, value in ipairs(redis.call('MGET', unpack(vkeys))) do curs[#curs + 1] = value end
+end
+local function push(command, bkey, first, n)
+  local len = 0
+  for j = first, first + n - 1, 1000 do
+    len = redis.call(command, bkey, unpack(ARGV, j, math.min(j + 999, first + n - 1)))
+    if len == 0 then return 0 end
+  end
+  return len
+end
+local function rebuild(bkey, header, first, n)
+  redis.call('DEL', bkey)
+  redis.call('RPUSH', bkey, header)
+  push('RPUSH', bkey, first, n)
+  redis.call('EXPIRE', bkey, ttl)
+end
 local at = 7
 for i = 4, #KEYS, 2 do
   local vkey, bkey = KEYS[i], KEYS[i + 1]
@@ -80,50 +103,45 @@ for i = 4, #KEYS, 2 do
   local first = at + 5
   if n > 0 then at = first + n else at = first end
   local nid, nver = tonumber(id), tonumber(version)
-  local cur = redis.pcall('GET', vkey)
-  local cid, cver
+  local cur = curs[(i - 2) / 2]
+  local cid, cver, cmark, ccount, cbuilt
   if type(cur) == 'string' then
-    local a, b = string.match(cur, '^(%d+):(%d+):')
-    cid, cver = tonumber(a), tonumber(b)
+    local a, b, c, d, e = string.match(cur, '^(%d+):(%d+):([^:]*):(%d*):(%d*)$')
+    cid, cver, cmark, ccount, cbuilt = tonumber(a), tonumber(b), c, tonumber(d), e
   end
   local newer = cid == nil or nid > cid or (nid == cid and nver > cver)
     or (seen ~= '' and cur == seen)
   local same = cid ~= nil and nid == cid and nver == cver
+  local count, built = nil, ''
+  local header = 'chatbot/2 ' .. id .. ' ' .. version .. ' ' .. key
+  if mode == 'append' and newer and n >= 0 and nver == 0 and n <= most then
+    rebuild(bkey, header, first, n)
+    count, built = n, version
+  elseif mode == 'append' and newer and n >= 0 and ccount and cid == nid and cver == nver - 1
+      and ccount + n <= most then
+    local len
+    if n > 0 then len = push('RPUSHX', bkey, first, n) else len = redis.call('LLEN', bkey) end
+    if len == ccount + n + 1 then count, built = ccount + n, cbuilt end
+  elseif mode == 'whole' and n >= 0 and (newer or same) and n <= most then
+    rebuild(bkey, header, first, n)
+    count, built = n, version
+  elseif same and not newer then
+    count, built = ccount, cbuilt
+  end
+  if newer and count == nil then redis.call('DEL', bkey) end
   if newer then changed[#changed + 1] = key end
-  if (newer or same) and trusted then current[#current + 1] = 1 else current[#current + 1] = 0 end
+  local m = nil
   if newer or (same and trusted) then
-    local mark = '-'
-    if trusted then mark = epoch end
-    redis.call('SET', vkey, id .. ':' .. version .. ':' .. mark, 'EX', ttl)
+    if trusted then m = epoch else m = '-' end
+  elseif same and count ~= ccount then
+    m = cmark
   end
-  if mode == 'append' and newer then
-    local count = nil
-    if nver == 0 then
-      count = 0
-      redis.call('DEL', bkey)
-    else
-      local head = redis.pcall('LINDEX', bkey, 0)
-      if type(head) == 'string' then
-        local hid, hver, hcount = string.match(head, '^chatbot/1 (%d+) (%d+) (%d+) ')
-        if hid == id and tonumber(hver) == nver - 1 then count = tonumber(hcount) end
-      end
-    end
-    if count ~= nil and n >= 0 and count + n <= most then
-      local header = 'chatbot/1 ' .. id .. ' ' .. version .. ' ' .. string.format('%d', count + n) .. ' ' .. key
-      if count == 0 then redis.call('RPUSH', bkey, header) else redis.call('LSET', bkey, 0, header) end
-      for j = first, first + n - 1 do redis.call('RPUSH', bkey, ARGV[j]) end
-      redis.call('EXPIRE', bkey, ttl)
-    else
-      redis.call('DEL', bkey)
-    end
-  elseif mode == 'whole' and n >= 0 and (newer or same) then
-    redis.call('DEL', bkey)
-    redis.call('RPUSH', bkey, 'chatbot/1 ' .. id .. ' ' .. version .. ' ' .. string.format('%d', n) .. ' ' .. key)
-    for j = first, first + n - 1 do redis.call('RPUSH', bkey, ARGV[j]) end
-    redis.call('EXPIRE', bkey, ttl)
-  elseif newer then
-    redis.call('DEL', bkey)
+  if m then
+    local c = ''
+    if count then c = string.format('%d', count) end
+    redis.call('SET', vkey, id .. ':' .. version .. ':' .. m .. ':' .. c .. ':' .. built, 'EX', ttl)
   end
+  if (newer or same) and trusted then current[#current + 1] = 1 else current[#current + 1] = 0 end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -171,11 +189,20 @@ return seq
 /// members (id, lapse, ...), and per session whether it is now current.
 type Reported = (Option<String>, u64, String, Vec<String>, Vec<i64>);
 
+/// Where a session's body in Redis is, by its version entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BodyAt {
+    /// How many exchanges make the session.
+    pub count: usize,
+    /// The version the body was begun at (its header's).
+    pub built: i64,
+}
+
 /// What Redis says of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Known {
-    /// This is its current row, trusted.
-    Current(RowVersion),
+    /// This is its current row, trusted, and where its body is, if any.
+    Current(RowVersion, Option<BodyAt>),
     /// It was deleted, trusted.
     Gone,
     /// Nothing trusted: ask the database.
@@ -323,11 +350,11 @@ async fn answer_batch(shared: Arc<Shared>, batch: Vec<Lookup>) {
 /// What a `v:` entry says, given the current epoch.
 fn known(epoch: Option<&str>, version: Option<&str>) -> Known {
     match (epoch, version.and_then(parse_version)) {
-        (Some(epoch), Some((row, mark))) if mark == epoch => {
+        (Some(epoch), Some((row, mark, body))) if mark == epoch => {
             if row.version == GONE {
                 Known::Gone
             } else {
-                Known::Current(row)
+                Known::Current(row, body)
             }
         }
         _ => Known::Unknown,
@@ -415,14 +442,20 @@ impl Shared {
         answered.await.map_err(|_| stopped())?
     }
 
-    /// The session at `row` from its body in Redis, if that body is sound
-    /// and of that very row; anything else (missing, another version or
-    /// key, truncated, not ours) is `None`.
-    pub async fn body(&self, key: &str, row: RowVersion, replies: &Replies) -> Option<Session> {
+    /// The session at `row` from its body in Redis (`at`), if that body is
+    /// sound and of that very row; anything else (missing, begun at another
+    /// version, of another key, cut short, not ours) is `None`.
+    pub async fn body(
+        &self,
+        key: &str,
+        row: RowVersion,
+        at: BodyAt,
+        replies: &Replies,
+    ) -> Option<Session> {
         let mut lrange = redis::cmd("LRANGE");
-        lrange.arg(self.body_key(key)).arg(0).arg(-1);
+        lrange.arg(self.body_key(key)).arg(0).arg(at.count);
         let items: Vec<Vec<u8>> = self.redis.query(&lrange).await.ok()?;
-        parse_body(&items, key, row, replies)
+        parse_body(&items, key, row, at, replies)
     }
 
     /// Leaves the instances sharing Redis (the server stops).
@@ -471,6 +504,7 @@ impl Shared {
         if puts.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (generation, id) = self.trust.membership();
         let mut invocation = self.put.key(self.redis.key("epoch"));
         invocation
@@ -534,6 +568,8 @@ impl Shared {
                 .collect();
             let now = now.parse().unwrap_or(0);
             self.trust.await_members(seq, &members, now, received).await;
+            metrics::histogram!("chatbot_redis_report_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -578,25 +614,43 @@ impl Shared {
     }
 }
 
-/// `id:version:mark` of a `v:` entry.
-fn parse_version(value: &str) -> Option<(RowVersion, &str)> {
-    let mut parts = value.splitn(3, ':');
+/// `id:version:mark:count:built` of a `v:` entry.
+fn parse_version(value: &str) -> Option<(RowVersion, &str, Option<BodyAt>)> {
+    let mut parts = value.split(':');
     let id = parts.next()?.parse().ok()?;
     let version = parts.next()?.parse().ok()?;
     let mark = parts.next()?;
-    Some((RowVersion { id, version }, mark))
+    let body = match (parts.next()?, parts.next()?) {
+        ("", "") => None,
+        (count, built) => Some(BodyAt {
+            count: count.parse().ok()?,
+            built: built.parse().ok()?,
+        }),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((RowVersion { id, version }, mark, body))
 }
 
-/// A body's items as a session, if sound and of `key` at `row`.
-fn parse_body(items: &[Vec<u8>], key: &str, row: RowVersion, replies: &Replies) -> Option<Session> {
+/// A body's items (its header and first `at.count` exchanges) as a
+/// session, if sound and of `key` at `row`.
+fn parse_body(
+    items: &[Vec<u8>],
+    key: &str,
+    row: RowVersion,
+    at: BodyAt,
+    replies: &Replies,
+) -> Option<Session> {
     let (header, records) = items.split_first()?;
     let header = std::str::from_utf8(header).ok()?;
-    let mut parts = header.splitn(5, ' ');
-    let sound = parts.next() == Some("chatbot/1")
+    let mut parts = header.splitn(4, ' ');
+    let sound = parts.next() == Some("chatbot/2")
         && parts.next()?.parse::<i64>().ok()? == row.id
-        && parts.next()?.parse::<i64>().ok()? == row.version
-        && parts.next()?.parse::<usize>().ok()? == records.len()
-        && parts.next()? == key;
+        && parts.next()?.parse::<i64>().ok()? == at.built
+        && at.built <= row.version
+        && parts.next()? == key
+        && records.len() == at.count;
     if !sound || records.is_empty() {
         return None;
     }
@@ -633,75 +687,111 @@ mod tests {
     #[test]
     fn a_body_is_served_only_when_sound_and_of_the_row_asked_for() {
         let row = RowVersion { id: 7, version: 3 };
+        let at = BodyAt { count: 2, built: 1 };
         let replies = Replies::default();
-        let good = body("chatbot/1 7 3 2 alice chat", &["one", "two"]);
-        let session = parse_body(&good, "alice chat", row, &replies).expect("sound");
+        let good = body("chatbot/2 7 1 alice chat", &["one", "two"]);
+        let session = parse_body(&good, "alice chat", row, at, &replies).expect("sound");
         assert_eq!(session.len(), 2);
         assert_eq!(session.entry(1, &[]), entry("two"));
 
-        for (what, items, key) in [
+        for (what, items, key, at) in [
             (
-                "another version",
-                body("chatbot/1 7 2 2 alice chat", &["one", "two"]),
+                "begun at another version",
+                body("chatbot/2 7 2 alice chat", &["one", "two"]),
                 "alice chat",
+                at,
+            ),
+            (
+                "begun after the version asked for",
+                body("chatbot/2 7 4 alice chat", &["one", "two"]),
+                "alice chat",
+                BodyAt { count: 2, built: 4 },
             ),
             (
                 "another row",
-                body("chatbot/1 8 3 2 alice chat", &["one", "two"]),
+                body("chatbot/2 8 1 alice chat", &["one", "two"]),
                 "alice chat",
+                at,
             ),
-            ("another key", good.clone(), "bob chat"),
+            ("another key", good.clone(), "bob chat", at),
             (
-                "truncated",
-                body("chatbot/1 7 3 2 alice chat", &["one"]),
+                "cut short",
+                body("chatbot/2 7 1 alice chat", &["one"]),
                 "alice chat",
+                at,
+            ),
+            (
+                "the old format",
+                body("chatbot/1 7 3 2 alice chat", &["one", "two"]),
+                "alice chat",
+                at,
             ),
             (
                 "not ours",
                 body("something else", &["one", "two"]),
                 "alice chat",
+                at,
             ),
-            ("empty", Vec::new(), "alice chat"),
+            ("empty", Vec::new(), "alice chat", at),
             (
                 "a record that is not ours",
-                vec![
-                    b"chatbot/1 7 3 1 alice chat".to_vec(),
-                    b"{\"x\":1}".to_vec(),
-                ],
+                vec![b"chatbot/2 7 1 alice chat".to_vec(), b"{\"x\":1}".to_vec()],
                 "alice chat",
+                BodyAt { count: 1, built: 1 },
             ),
             (
                 "a record cut short",
                 vec![
-                    b"chatbot/1 7 3 1 alice chat".to_vec(),
+                    b"chatbot/2 7 1 alice chat".to_vec(),
                     b"[\"a\",\"b\"".to_vec(),
                 ],
                 "alice chat",
+                BodyAt { count: 1, built: 1 },
             ),
             (
                 "not UTF-8",
                 vec![
-                    b"chatbot/1 7 3 1 alice chat".to_vec(),
+                    b"chatbot/2 7 1 alice chat".to_vec(),
                     b"[\"\xff\",\"b\",\"c\",1]".to_vec(),
                 ],
                 "alice chat",
+                BodyAt { count: 1, built: 1 },
             ),
         ] {
-            assert!(parse_body(&items, key, row, &replies).is_none(), "{what}");
+            assert!(
+                parse_body(&items, key, row, at, &replies).is_none(),
+                "{what}"
+            );
         }
     }
 
     #[test]
-    fn versions_parse_with_their_mark() {
+    fn versions_parse_with_their_mark_and_body() {
         assert_eq!(
-            parse_version("12:5:abc"),
-            Some((RowVersion { id: 12, version: 5 }, "abc"))
+            parse_version("12:5:abc:3:2"),
+            Some((
+                RowVersion { id: 12, version: 5 },
+                "abc",
+                Some(BodyAt { count: 3, built: 2 })
+            ))
         );
         assert_eq!(
-            parse_version("12:5:-"),
-            Some((RowVersion { id: 12, version: 5 }, "-"))
+            parse_version("12:5:-::"),
+            Some((RowVersion { id: 12, version: 5 }, "-", None))
         );
-        for bad in ["", "12", "12:5", "x:5:e", "12:y:e", "-1x:5:e"] {
+        for bad in [
+            "",
+            "12",
+            "12:5",
+            "12:5:e",
+            "x:5:e::",
+            "12:y:e::",
+            "-1x:5:e::",
+            "12:5:e:3:",
+            "12:5:e::2",
+            "12:5:e:x:1",
+            "12:5:e:1:2:3",
+        ] {
             assert_eq!(parse_version(bad), None, "{bad:?}");
         }
     }
