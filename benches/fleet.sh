@@ -4,7 +4,7 @@
 # that did not write the session (against memory mode, and PostgreSQL transactions
 # per read), and what --redis-url and the default log cost a write.
 #
-#   benches/fleet.sh                          # ~1.5 minutes
+#   benches/fleet.sh                          # ~2.5 minutes
 #   BIN=/tmp/chatbot-api DURATION=10s benches/fleet.sh
 #
 # Builds nothing: it runs BIN (default target/release/chatbot-api, copied first).
