@@ -9,8 +9,8 @@
 #
 # Builds nothing: it runs BIN (default target/release/chatbot-api, copied first).
 # Sets up everything on loopback ports of its own and removes it at the end: a
-# PostgreSQL cluster (initdb as the postgres user, port PG_PORT=55442), a
-# redis-server (REDIS_PORT=56389), chatbot-api instances (PORT_BASE=18400 and up),
+# PostgreSQL cluster (initdb as the postgres user, port PG_PORT=15442), a
+# redis-server (REDIS_PORT=16389), chatbot-api instances (PORT_BASE=18400 and up),
 # and HAProxy with tests/fleet/haproxy.cfg.in. Never touches 5432 or 6379.
 # Without a build that has --redis-url (or with NO_REDIS=1) the Redis rows say n/a.
 # Instances are pinned to core 0 and wrk to core 1, as in benches/lib.sh (whose
@@ -20,8 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 PORT_BASE=${PORT_BASE:-18400}
-PG_PORT=${PG_PORT:-55442}
-REDIS_PORT=${REDIS_PORT:-56389}
+PG_PORT=${PG_PORT:-15442}
+REDIS_PORT=${REDIS_PORT:-16389}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 LIMIT_RATE=100
 LIMIT_BURST=50

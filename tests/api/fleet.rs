@@ -765,3 +765,40 @@ async fn a_stopped_instance_leaves_and_holds_no_write_back() {
         "the writes waited {took:?} for an instance that had left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reaches_redis_back_before_its_instance_noticed() {
+    // Others may trust Redis again before this instance's probe finds it
+    // back: a write it acknowledges meanwhile must still reach Redis.
+    let (Some(schema), Some(mut server)) = (postgres_schema().await, RedisServer::start().await)
+    else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let handle = redis(&server.url(), &prefix).await;
+    let a = instance(&schema, Some(handle.clone())).await;
+    sharing(&a).await;
+    say(&a, "back", "one").await;
+    for round in 0..5 {
+        server.kill();
+        say(&a, "back", &format!("down {round}")).await;
+        assert!(!handle.is_up(), "the write found Redis gone");
+        server.restart().await;
+        if handle.is_up() {
+            continue; // the probe was quicker: try again
+        }
+        say(&a, "back", &format!("back {round}")).await;
+        let mut raw = redis_raw(&server.url()).await;
+        let version: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}v:back"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(
+            version.is_some(),
+            "the write was reported to the Redis that came back"
+        );
+        return;
+    }
+    panic!("the probe always found Redis back first");
+}

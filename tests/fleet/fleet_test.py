@@ -4,8 +4,8 @@
     python3 tests/fleet/fleet_test.py [--bin PATH] [--no-redis] [--only a,b,...]
 
 Sets up everything itself, on loopback ports of its own, and removes it at the end:
-a PostgreSQL cluster (initdb as the `postgres` user, port 55432), a redis-server
-(port 56379), three chatbot-api instances on that database (and Redis), three more
+a PostgreSQL cluster (initdb as the `postgres` user, port 15432), a redis-server
+(port 16379), three chatbot-api instances on that database (and Redis), three more
 started with `--rate-limit 5 --rate-limit-burst 5`, and HAProxy in front of both
 sets (tests/fleet/haproxy.cfg.in). Then the checks:
 
@@ -838,8 +838,9 @@ def main():
     parser.add_argument("--no-redis", action="store_true", default=os.environ.get("FLEET_NO_REDIS") == "1")
     parser.add_argument("--only", help="comma-separated checks to run (a,b,c,d,d2,e)")
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("FLEET_PORT_BASE", "18300")))
-    parser.add_argument("--pg-port", type=int, default=55432)
-    parser.add_argument("--redis-port", type=int, default=56379)
+    # Fixed ports below the ephemeral range (32768-60999), which outgoing connections may hold.
+    parser.add_argument("--pg-port", type=int, default=15432)
+    parser.add_argument("--redis-port", type=int, default=16379)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
     args = parser.parse_args()
 

@@ -22,6 +22,8 @@ use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation};
 
 /// How long one call may take before Redis counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long [`Redis::script_anyway`] tries a Redis thought down.
+const QUICK_TRY: Duration = Duration::from_millis(50);
 /// How often a Redis that is down is asked whether it is back.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -167,10 +169,40 @@ impl Redis {
         if !self.is_up() {
             return Err(RedisFailure::Down);
         }
+        self.invoke(invocation).await
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisFailure> {
         let mut connection = self.connection.clone();
         let called =
             tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut connection)).await;
         self.outcome(called)
+    }
+
+    /// Runs a Lua script even while Redis is thought down (it may be back
+    /// before the probe finds it, and the other instances trust it again):
+    /// then one quick try on a connection of its own, [`QUICK_TRY`] at
+    /// most, so that a Redis that is really gone costs little.
+    pub async fn script_anyway<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisFailure> {
+        if self.is_up() {
+            return self.invoke(invocation).await;
+        }
+        let tried = tokio::time::timeout(QUICK_TRY, async {
+            let mut own = self.client.get_multiplexed_async_connection().await?;
+            invocation.invoke_async(&mut own).await
+        })
+        .await;
+        match tried {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) if !is_outage(&err) => Err(RedisFailure::Refused(err.to_string())),
+            _ => Err(RedisFailure::Down),
+        }
     }
 
     fn outcome<T>(

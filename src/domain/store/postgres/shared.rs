@@ -537,7 +537,14 @@ impl Shared {
                 }
             }
         }
-        let reported: Result<Reported, _> = self.redis.script(&invocation).await;
+        // A write about to be acknowledged tries even while Redis is
+        // thought down: it may be back for the others already, who would
+        // trust what it holds.
+        let reported: Result<Reported, _> = if acknowledged {
+            self.redis.script_anyway(&invocation).await
+        } else {
+            self.redis.script(&invocation).await
+        };
         let (current, seq, now, members, vouched) = match reported {
             Ok(reported) => reported,
             Err(err) => {
