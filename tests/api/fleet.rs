@@ -165,13 +165,22 @@ async fn instance(schema: &PgSchema, redis: Option<Arc<Redis>>) -> Arc<PostgresS
 
 /// Two instances on one database and one Redis prefix.
 async fn two(schema: &PgSchema, url: &str) -> (Arc<PostgresStore>, Arc<PostgresStore>) {
+    let (a, b, _) = two_under(schema, url).await;
+    (a, b)
+}
+
+/// [`two`], with their Redis prefix.
+async fn two_under(
+    schema: &PgSchema,
+    url: &str,
+) -> (Arc<PostgresStore>, Arc<PostgresStore>, String) {
     let prefix = redis_prefix();
     let a = instance(schema, Some(redis(url, &prefix).await)).await;
     let b = instance(schema, Some(redis(url, &prefix).await)).await;
     for store in [&a, &b] {
         sharing(store).await;
     }
-    (a, b)
+    (a, b, prefix)
 }
 
 /// Waits until `store` reads through Redis (its listener has begun its
@@ -303,16 +312,7 @@ async fn a_write_by_an_instance_cut_off_from_redis_reaches_the_others_within_the
     let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&url).await).await;
-    let prefix = redis_prefix();
-    let cut_off = instance(
-        &schema,
-        Some(redis(&format!("redis://{}/", proxy.addr), &prefix).await),
-    )
-    .await;
-    let other = instance(&schema, Some(redis(&url, &prefix).await)).await;
-    sharing(&cut_off).await;
-    sharing(&other).await;
+    let (proxy, cut_off, other) = behind_a_proxy(&schema, &url).await;
     say(&other, "s", "one").await;
     assert_eq!(last(&other, "s").await.as_deref(), Some("one"));
     assert_eq!(last(&cut_off, "s").await.as_deref(), Some("one"));
@@ -392,7 +392,7 @@ async fn two_instances_writing_one_session_at_once_agree() {
     let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
         return;
     };
-    let (a, b) = two(&schema, &url).await;
+    let (a, b, prefix) = two_under(&schema, &url).await;
     let mut tasks = Vec::new();
     for (name, store) in [("a", a.clone()), ("b", b.clone())] {
         for writer in 0..4 {
@@ -418,6 +418,14 @@ async fn two_instances_writing_one_session_at_once_agree() {
     assert_eq!(messages(&b, "shared").await.unwrap(), on_a);
     let database = instance(&schema, None).await;
     assert_eq!(messages(&database, "shared").await.unwrap(), on_a);
+    // Reports arriving out of order (the newer version first) are still
+    // acknowledged: no instance was taken for silent.
+    let fenced: usize = redis::cmd("ZCARD")
+        .arg(format!("{prefix}fenced"))
+        .query_async(&mut redis_raw(&url).await)
+        .await
+        .unwrap();
+    assert_eq!(fenced, 0, "instances fenced while both answered");
 }
 
 #[tokio::test]
@@ -647,6 +655,25 @@ async fn redis_addr(url: &str) -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// Two instances sharing one Redis prefix: the first reaches Redis through
+/// a [`Proxy`] the test can cut or freeze, the second directly.
+async fn behind_a_proxy(
+    schema: &PgSchema,
+    url: &str,
+) -> (Proxy, Arc<PostgresStore>, Arc<PostgresStore>) {
+    let proxy = Proxy::start(redis_addr(url).await).await;
+    let prefix = redis_prefix();
+    let proxied = instance(
+        schema,
+        Some(redis(&format!("redis://{}/", proxy.addr), &prefix).await),
+    )
+    .await;
+    let direct = instance(schema, Some(redis(url, &prefix).await)).await;
+    sharing(&proxied).await;
+    sharing(&direct).await;
+    (proxy, proxied, direct)
+}
+
 /// The longest a write waits for an instance that went silent: the wait for
 /// its acknowledgement (250 ms), then its lease (1 s), with room to spare.
 const SILENT_BOUND: Duration = Duration::from_millis(2_500);
@@ -656,16 +683,7 @@ async fn an_instance_gone_silent_is_fenced_and_serves_nothing_stale() {
     let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&url).await).await;
-    let prefix = redis_prefix();
-    let silent = instance(
-        &schema,
-        Some(redis(&format!("redis://{}/", proxy.addr), &prefix).await),
-    )
-    .await;
-    let writer = instance(&schema, Some(redis(&url, &prefix).await)).await;
-    sharing(&silent).await;
-    sharing(&writer).await;
+    let (proxy, silent, writer) = behind_a_proxy(&schema, &url).await;
     say(&writer, "s", "one").await;
     for _ in 0..3 {
         assert_eq!(last(&silent, "s").await.as_deref(), Some("one"));
@@ -801,4 +819,52 @@ async fn a_write_reaches_redis_back_before_its_instance_noticed() {
         return;
     }
     panic!("the probe always found Redis back first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lapsed_in_redis_is_never_renewed() {
+    // An instance paused past its lease (SIGSTOP, a VM pause) missed the
+    // invalidations of writes that no longer waited for it: it must join
+    // anew (forgetting what it vouched for), not renew.
+    let (Some(schema), Some(url)) = (postgres_schema().await, redis_url().await) else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let a = instance(&schema, Some(redis(&url, &prefix).await)).await;
+    sharing(&a).await;
+    let mut raw = redis_raw(&url).await;
+    let members = format!("{prefix}members");
+    let before: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&members)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 1);
+    // Its lease, lapsed (Redis's clock is this host's).
+    let _: () = redis::cmd("ZADD")
+        .arg(&members)
+        .arg("XX")
+        .arg(1)
+        .arg(&before[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let rejoined = eventually(Duration::from_secs(3), || {
+        let (members, mut raw) = (members.clone(), raw.clone());
+        let old = before[0].clone();
+        async move {
+            let now: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&members)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            now.len() == 1 && now[0] != old
+        }
+    })
+    .await;
+    assert!(rejoined.is_some(), "it renewed a lapsed lease");
 }

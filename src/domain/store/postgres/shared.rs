@@ -32,13 +32,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use redis::Script;
 
 use super::cache::RowVersion;
-use super::trust::{LEASE, Member, Trust};
+use super::trust::{LEASE, Trust};
 use crate::domain::models::ConversationEntry;
 use crate::domain::redis::{Redis, RedisFailure};
 use crate::domain::store::compact::{Replies, Session};
@@ -59,14 +60,19 @@ const TTL_SECONDS: u64 = 3_600;
 /// records are exchanges added by the commit that made this version;
 /// `whole`: they are the whole session; `mark`: never trusted), the most
 /// exchanges a body holds, the caller's membership id, what members'
-/// channels begin with; then per session its key, id, version, the
+/// channels begin with, `1` if a write waits on this report (every session
+/// is then named in it, changed or not: the writer waits for its number),
+/// the `born` key; then per session its key, id, version, the
 /// `v:` value the caller saw before it read the database (`''`: none; if
 /// it is still there, whatever it says is older than what was read, even
 /// a version "from the future" that only a wrong writer could have put),
 /// the count of records (-1: no body given) and the records. If any
 /// session's version changed, numbers the report and publishes the
 /// sessions changed to every other member. Returns the current epoch, the report
-/// number, Redis's now (ms), the members whose lease holds (id, lapse, ...)
+/// number, Redis's now (ms), the members whose lease holds, per session 1 if
+/// its version is now current and trusted, and when this Redis began
+/// holding our keys (`born`, ms: set by the first report after it lost
+/// them)
 /// and per session 1 if its version is now current and trusted.
 const PUT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
@@ -95,7 +101,7 @@ local function rebuild(bkey, header, first, n)
   push('RPUSH', bkey, first, n)
   redis.call('EXPIRE', bkey, ttl)
 end
-local at = 7
+local at = 9
 for i = 4, #KEYS, 2 do
   local vkey, bkey = KEYS[i], KEYS[i + 1]
   local key, id, version, seen = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
@@ -129,7 +135,7 @@ for i = 4, #KEYS, 2 do
     count, built = ccount, cbuilt
   end
   if newer and count == nil then redis.call('DEL', bkey) end
-  if newer then changed[#changed + 1] = key end
+  if newer or ARGV[7] == '1' then changed[#changed + 1] = key end
   local m = nil
   if newer or (same and trusted) then
     if trusted then m = epoch else m = '-' end
@@ -145,21 +151,26 @@ for i = 4, #KEYS, 2 do
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local members = redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%d', now), '+inf', 'WITHSCORES')
+local members = redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%d', now), '+inf')
+local born = redis.call('GET', ARGV[8])
+if not born then
+  born = string.format('%d', now)
+  redis.call('SET', ARGV[8], born)
+end
 local seq
 if #changed > 0 then
   seq = redis.call('INCR', KEYS[2])
   local message
-  for i = 1, #members, 2 do
-    if members[i] ~= ARGV[5] then
+  for _, member in ipairs(members) do
+    if member ~= ARGV[5] then
       message = message or cjson.encode({seq, ARGV[5], changed, 0})
-      redis.call('PUBLISH', ARGV[6] .. members[i], message)
+      redis.call('PUBLISH', ARGV[6] .. member, message)
     end
   end
 else
   seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-return {epoch, seq, string.format('%d', now), members, current}
+return {epoch, seq, string.format('%d', now), members, current, born}
 ";
 
 /// `KEYS`: the epoch, the report counter, the members. `ARGV`: a new
@@ -186,8 +197,8 @@ return seq
 "#;
 
 /// [`PUT`]'s answer: the epoch, the report's number, Redis's now (ms), the
-/// members (id, lapse, ...), and per session whether it is now current.
-type Reported = (Option<String>, u64, String, Vec<String>, Vec<i64>);
+/// members, per session whether it is now current, and `born` (ms).
+type Reported = (Option<String>, u64, String, Vec<String>, Vec<i64>, String);
 
 /// Where a session's body in Redis is, by its version entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +276,7 @@ pub(super) struct Shared {
     /// Set while this instance may have missed a change it should have
     /// passed on (its listener (re)connected, or Redis could not be told):
     /// its reads ask the database until a new epoch is begun.
-    owed: AtomicBool,
+    owed: Arc<AtomicBool>,
     /// Where reads ask what Redis says of their sessions.
     lookups: mpsc::UnboundedSender<Lookup>,
 }
@@ -376,13 +387,14 @@ impl Shared {
     /// The shared side, with the task that answers lookups.
     pub fn start(redis: Arc<Redis>) -> Arc<Self> {
         let (lookups, waiting) = mpsc::unbounded_channel();
+        let owed = Arc::new(AtomicBool::new(true));
         let shared = Arc::new(Self {
-            trust: Trust::new(redis.clone()),
+            trust: Trust::new(redis.clone(), owed.clone()),
             redis,
             put: Script::new(PUT),
             new_epoch: Script::new(NEW_EPOCH),
             epoch: Mutex::new(None),
-            owed: AtomicBool::new(true),
+            owed,
             lookups,
         });
         tokio::spawn(answer_lookups(Arc::downgrade(&shared), waiting));
@@ -515,7 +527,9 @@ impl Shared {
             .arg(mode.name())
             .arg(MOST_SHARED)
             .arg(id.as_deref().unwrap_or(""))
-            .arg(self.trust.channels());
+            .arg(self.trust.channels())
+            .arg(if acknowledged { "1" } else { "0" })
+            .arg(self.redis.key("born"));
         for put in puts {
             invocation
                 .key(self.version_key(put.key))
@@ -545,7 +559,7 @@ impl Shared {
         } else {
             self.redis.script(&invocation).await
         };
-        let (current, seq, now, members, vouched) = match reported {
+        let (current, seq, now, members, vouched, born) = match reported {
             Ok(reported) => reported,
             Err(err) => {
                 for put in puts {
@@ -554,7 +568,6 @@ impl Shared {
                 return Err(err);
             }
         };
-        let received = std::time::Instant::now();
         self.learn(current.as_deref());
         self.trust.invalidate(puts.iter().map(|put| put.key), seq);
         for (put, vouched) in puts.iter().zip(vouched) {
@@ -563,18 +576,25 @@ impl Shared {
             }
         }
         if acknowledged {
-            let members: Vec<Member> = members
-                .chunks_exact(2)
-                .filter_map(|pair| {
-                    let lapses = pair[1].parse::<f64>().ok()?;
-                    Some(Member {
-                        id: pair[0].clone(),
-                        lapses: lapses as u64,
-                    })
-                })
-                .collect();
-            let now = now.parse().unwrap_or(0);
-            self.trust.await_members(seq, &members, now, received).await;
+            // Redis lost our keys less than a lease ago: an instance that
+            // did not notice may still vouch for copies from before, for
+            // at most a lease after its last renewal there.
+            let (now, born) = (now.parse::<u64>(), born.parse::<u64>());
+            if let (Ok(now), Ok(born)) = (now, born) {
+                let young = Duration::from_millis(
+                    born.saturating_add(LEASE.as_millis() as u64)
+                        .saturating_sub(now),
+                );
+                tokio::time::sleep(young.min(LEASE)).await;
+            }
+            if self
+                .trust
+                .await_members(seq, &members, id.is_some())
+                .await
+                .is_err()
+            {
+                return Err(RedisFailure::Down);
+            }
             metrics::histogram!("chatbot_redis_report_seconds")
                 .record(started.elapsed().as_secs_f64());
         }

@@ -46,6 +46,8 @@ const RENEW_EVERY: Duration = Duration::from_millis(200);
 /// The part of a lease a member trusts itself for, from when it sent the
 /// renewal (the rest is margin for clocks and scheduling).
 const TRUSTED_SHARE: f64 = 0.8;
+/// How often a writer without a membership asks Redis what a member applied.
+const ASK_EVERY: Duration = Duration::from_millis(5);
 /// How long a writer waits for a member's acknowledgement before fencing it.
 const ACK_WAIT: Duration = Duration::from_millis(250);
 /// Invalidations are remembered per slot (a hash of the key), so that a
@@ -54,21 +56,27 @@ const SLOTS: usize = 4_096;
 /// Vouched copies past this are all forgotten (they are asked about again).
 const MOST_VOUCHED: usize = 100_000;
 
-/// `KEYS`: members, fenced. `ARGV`: id, lease (ms). Joins (or renews, with
-/// `ARGV[3]` = `renew`: only a membership that is still there). 1 or 0.
+/// `KEYS`: members, fenced, the report counter. `ARGV`: id, lease (ms),
+/// `join` or `renew`. Joins, answering the report number it joined at; or
+/// renews a membership that is still there and has not lapsed (0, else
+/// -1: a lapsed member may have missed invalidations and must join anew).
 const JOIN: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lapses = string.format('%d', now + tonumber(ARGV[2]))
 if ARGV[3] == 'renew' then
-  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+  local held = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+  if held <= now then
+    redis.call('ZREM', KEYS[1], ARGV[1])
+    return -1
+  end
   redis.call('ZADD', KEYS[1], 'XX', lapses, ARGV[1])
-  return 1
+  return 0
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
 redis.call('ZADD', KEYS[1], lapses, ARGV[1])
-return 1
+return tonumber(redis.call('GET', KEYS[3]) or '0')
 ";
 
 /// `KEYS`: members, fenced. `ARGV`: id. Takes the member out (it cannot
@@ -85,13 +93,6 @@ end
 return {string.format('%d', math.max(a, b)), string.format('%d', now)}
 ";
 
-/// A member whose lease held when a report was made, and when it lapses.
-pub(super) struct Member {
-    pub id: String,
-    /// Redis's clock, ms.
-    pub lapses: u64,
-}
-
 /// This instance's leases and vouched copies.
 pub(super) struct Trust {
     redis: Arc<Redis>,
@@ -102,6 +103,10 @@ pub(super) struct Trust {
     joined: AtomicBool,
     /// Set when the store closes: no membership again.
     closed: AtomicBool,
+    /// Set when the subscription ended or Redis stopped answering: Redis
+    /// may have lost (or gone back on) what it held, so a new epoch is
+    /// owed before it is trusted again (the shared cache's flag).
+    owed: Arc<AtomicBool>,
     /// Until when (ns after `base`) this instance may trust itself.
     until: AtomicU64,
     base: Instant,
@@ -135,7 +140,7 @@ struct State {
 type Invalidation = (u64, String, Vec<String>, u8);
 
 impl Trust {
-    pub fn new(redis: Arc<Redis>) -> Arc<Self> {
+    pub fn new(redis: Arc<Redis>, owed: Arc<AtomicBool>) -> Arc<Self> {
         let mut token = [0u8; 8];
         // Without randomness, the address is unique enough within one host.
         let instance = if getrandom::fill(&mut token).is_ok() {
@@ -156,6 +161,7 @@ impl Trust {
             }),
             joined: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            owed,
             until: AtomicU64::new(0),
             base: Instant::now(),
             acked: Mutex::new(HashMap::new()),
@@ -222,40 +228,63 @@ impl Trust {
     }
 
     /// Waits until every other member in `members` has acknowledged report
-    /// `seq`, or has been fenced and its lease has lapsed. `now` is Redis's
-    /// clock when the report was made, `received` when its answer came.
-    pub async fn await_members(&self, seq: u64, members: &[Member], now: u64, received: Instant) {
+    /// `seq`, or has been fenced and its lease has lapsed. `Err` if a silent
+    /// member could not be fenced (Redis unreachable from here): the caller
+    /// falls back as for a report that failed.
+    /// `listening`: this instance held a membership when it reported, so
+    /// acknowledgements reach it on its channel; else it asks Redis for
+    /// them (`applied`) every few milliseconds.
+    pub async fn await_members(
+        &self,
+        seq: u64,
+        members: &[String],
+        listening: bool,
+    ) -> Result<(), ()> {
+        let started = Instant::now();
         for member in members {
             // This instance, under this membership or an earlier one: it
             // applied the report itself, or forgot everything.
-            if member.id.starts_with(&self.instance) {
+            if self.is_own(member) {
                 continue;
             }
-            let mut until = received + Duration::from_millis(member.lapses.saturating_sub(now));
-            let fence_at = received + ACK_WAIT;
-            let mut fenced = false;
+            let mut lapses: Option<Instant> = None;
             loop {
                 let notified = self.acks.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if self.acked(&member.id) >= seq {
+                if !listening {
+                    self.ask_applied(member).await;
+                }
+                if self.acked(member) >= seq {
                     break;
                 }
-                let at = Instant::now();
-                if at >= until {
-                    break;
-                }
-                if !fenced && at >= fence_at {
-                    fenced = true;
-                    if let Some(lapses) = self.fence_member(&member.id).await {
-                        until = until.max(lapses);
+                let now = Instant::now();
+                match lapses {
+                    Some(lapses) if now >= lapses => break,
+                    Some(lapses) => {
+                        let _ = tokio::time::timeout_at(lapses.into(), notified).await;
                     }
-                    continue;
+                    None if now >= started + ACK_WAIT => {
+                        lapses = Some(self.fence_member(member).await.ok_or(())?);
+                    }
+                    None => {
+                        let wake = if listening {
+                            started + ACK_WAIT
+                        } else {
+                            (now + ASK_EVERY).min(started + ACK_WAIT)
+                        };
+                        let _ = tokio::time::timeout_at(wake.into(), notified).await;
+                    }
                 }
-                let wake = if fenced { until } else { fence_at.min(until) };
-                let _ = tokio::time::timeout_at(wake.into(), notified).await;
             }
         }
+        Ok(())
+    }
+
+    /// Whether membership id `id` is this instance's (now or before).
+    fn is_own(&self, id: &str) -> bool {
+        id.rsplit_once('-')
+            .is_some_and(|(instance, _)| instance == self.instance)
     }
 
     /// Leaves for good (the server stops): the other instances' writes
@@ -265,6 +294,26 @@ impl Trust {
         if let (_, Some(id)) = self.membership() {
             leave(self, &id).await;
         }
+    }
+
+    /// Records what Redis says member `id` applied (`applied`).
+    async fn ask_applied(&self, id: &str) {
+        let mut zscore = redis::cmd("ZSCORE");
+        zscore.arg(self.redis.key("applied")).arg(id);
+        if let Ok(Some(seq)) = self.redis.query::<Option<f64>>(&zscore).await {
+            self.record_ack(id, seq as u64);
+        }
+    }
+
+    fn record_ack(&self, id: &str, seq: u64) {
+        let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        if acked.len() > 1_024 {
+            acked.clear();
+        }
+        let held = acked.entry(id.to_owned()).or_default();
+        *held = (*held).max(seq);
+        drop(acked);
+        self.acks.notify_waiters();
     }
 
     fn acked(&self, id: &str) -> u64 {
@@ -277,7 +326,7 @@ impl Trust {
         metrics::counter!("chatbot_redis_fenced_total").increment(1);
         let mut invocation = self.fence.key(self.redis.key("members"));
         invocation.key(self.redis.key("fenced")).arg(id);
-        let answer: (String, String) = self.redis.script(&invocation).await.ok()?;
+        let answer: (String, String) = self.redis.script_anyway(&invocation).await.ok()?;
         let received = Instant::now();
         let lapses: u64 = answer.0.parse().ok()?;
         let now: u64 = answer.1.parse().ok()?;
@@ -285,7 +334,9 @@ impl Trust {
             member = id,
             "an instance did not acknowledge a change in time: fenced until its lease lapses"
         );
-        Some(received + Duration::from_millis(lapses.saturating_sub(now)))
+        // Never longer than a lease from now, whatever the score says.
+        let wait = Duration::from_millis(lapses.saturating_sub(now)).min(LEASE);
+        Some(received + wait)
     }
 
     /// A new generation: everything vouched for is forgotten.
@@ -300,15 +351,18 @@ impl Trust {
         state.generation
     }
 
-    /// Joins (or renews, `renew`) as `id`; whether Redis took it.
-    async fn join_as(&self, id: &str, renew: bool) -> bool {
+    /// Joins (or renews, `renew`) as `id`: the report number it joined at
+    /// (0 for a renewal), or `None` if Redis did not take it.
+    async fn join_as(&self, id: &str, renew: bool) -> Option<u64> {
         let mut invocation = self.join.key(self.redis.key("members"));
         invocation
             .key(self.redis.key("fenced"))
+            .key(self.redis.key("seq"))
             .arg(id)
             .arg(LEASE.as_millis() as u64)
             .arg(if renew { "renew" } else { "join" });
-        matches!(self.redis.script::<i64>(&invocation).await, Ok(1))
+        let answer = self.redis.script::<i64>(&invocation).await.ok()?;
+        u64::try_from(answer).ok()
     }
 
     /// The membership (re)taken at `sent` holds for a while more.
@@ -327,14 +381,7 @@ impl Trust {
             let text = std::str::from_utf8(ack).map_err(|_| ())?;
             let (id, seq) = text.split_once(' ').ok_or(())?;
             let seq: u64 = seq.parse().map_err(|_| ())?;
-            let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
-            let held = acked.entry(id.to_owned()).or_default();
-            *held = (*held).max(seq);
-            if acked.len() > 1_024 {
-                acked.clear();
-            }
-            drop(acked);
-            self.acks.notify_waiters();
+            self.record_ack(id, seq);
             return Ok(None);
         }
         let (seq, writer, keys, all): Invalidation =
@@ -344,7 +391,7 @@ impl Trust {
         } else {
             self.invalidate(keys.iter().map(String::as_str), seq);
         }
-        Ok((!writer.is_empty() && !writer.starts_with(&self.instance)).then_some((writer, seq)))
+        Ok((!self.is_own(&writer)).then_some((writer, seq)))
     }
 }
 
@@ -420,14 +467,18 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
     };
     let mut messages = pubsub.into_on_message();
     let sent = Instant::now();
-    if !trust.join_as(&id, false).await {
+    let Some(joined_at) = trust.join_as(&id, false).await else {
         return;
-    }
+    };
     let taken = {
         let mut state = trust.state();
         let taken = state.generation == generation && !trust.closed.load(Ordering::Acquire);
         if taken {
             state.id = Some(id.clone());
+            // A version seen before the membership holds (a lookup sent
+            // before it, a report made before it) may have been changed by
+            // a report that did not wait for this instance.
+            state.floor = state.floor.max(joined_at);
         }
         taken
     };
@@ -441,7 +492,12 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
     loop {
         tokio::select! {
             message = messages.next() => {
-                let Some(message) = message else { break };
+                let Some(message) = message else {
+                    if let Some(trust) = weak.upgrade() {
+                        trust.owed.store(true, Ordering::Relaxed);
+                    }
+                    break;
+                };
                 let Some(trust) = weak.upgrade() else { return };
                 // The newest report of each writer to acknowledge.
                 let mut newest: HashMap<String, u64> = HashMap::new();
@@ -460,9 +516,16 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
                     }
                     next = messages.next().now_or_never().flatten();
                 }
-                if !newest.is_empty() {
+                if let Some(&most) = newest.values().max() {
+                    // Kept in `applied` too, for writers between memberships.
                     let mut pipe = redis::pipe();
-                    for (writer, seq) in newest {
+                    pipe.cmd("ZADD")
+                        .arg(trust.redis.key("applied"))
+                        .arg("GT")
+                        .arg(most)
+                        .arg(&id)
+                        .ignore();
+                    for (writer, seq) in newest.into_iter().filter(|(w, _)| !w.is_empty()) {
                         pipe.cmd("PUBLISH")
                             .arg(format!("{}{writer}", trust.channels))
                             .arg(format!("ack {id} {seq}"))
@@ -477,8 +540,16 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
                 if trust.closed.load(Ordering::Acquire) {
                     return;
                 }
+                // A lease already lapsed here may have lapsed in Redis too:
+                // writes stopped waiting for this instance. Join anew.
+                if !trust.holds() {
+                    return leave(&trust, &id).await;
+                }
                 let sent = Instant::now();
-                if !trust.join_as(&id, true).await {
+                if trust.join_as(&id, true).await.is_none() {
+                    if !trust.redis.is_up() {
+                        trust.owed.store(true, Ordering::Relaxed);
+                    }
                     return leave(&trust, &id).await;
                 }
                 trust.extend(sent);
@@ -493,9 +564,16 @@ async fn hold(weak: &Weak<Trust>, trust: Arc<Trust>) {
 /// Ends the membership `id`: nothing is vouched for until the next one.
 async fn leave(trust: &Trust, id: &str) {
     trust.begin();
-    let mut zrem = redis::cmd("ZREM");
-    zrem.arg(trust.redis.key("members")).arg(id);
-    let _ = trust.redis.query::<i64>(&zrem).await;
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZREM")
+        .arg(trust.redis.key("members"))
+        .arg(id)
+        .ignore();
+    pipe.cmd("ZREM")
+        .arg(trust.redis.key("applied"))
+        .arg(id)
+        .ignore();
+    let _ = trust.redis.pipeline(&pipe).await;
 }
 
 #[cfg(test)]

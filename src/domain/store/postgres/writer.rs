@@ -441,11 +441,16 @@ impl Groups {
         match &self.publisher {
             Some(publisher) => {
                 if let Err(unsent) = publisher.send(answering) {
-                    // The publisher is gone (a panic): answer here.
+                    // The publisher is gone (a panic): publish and answer here.
                     self.publisher = None;
                     unsent
                         .0
-                        .publish_and_answer(&self.cache, None, &self.pool, &self.stats)
+                        .publish_and_answer(
+                            &self.cache,
+                            self.shared.as_deref(),
+                            &self.pool,
+                            &self.stats,
+                        )
                         .await;
                 }
             }
