@@ -585,7 +585,11 @@ impl Shared {
                     born.saturating_add(LEASE.as_millis() as u64)
                         .saturating_sub(now),
                 );
-                tokio::time::sleep(young.min(LEASE)).await;
+                // (Only if so: even a sleep of zero waits for the timer's
+                // next tick, a millisecond, and writes are answered in turn.)
+                if !young.is_zero() {
+                    tokio::time::sleep(young.min(LEASE)).await;
+                }
             }
             if self
                 .trust
@@ -607,7 +611,9 @@ impl Shared {
     /// unreachable from this instance alone, the notification the caller
     /// sends is what tells the others.
     pub async fn unreported(&self) {
-        if let Some(since) = self.redis.down_since() {
+        if let Some(since) = self.redis.down_since()
+            && since + LEASE > std::time::Instant::now()
+        {
             tokio::time::sleep_until((since + LEASE).into()).await;
         }
     }
