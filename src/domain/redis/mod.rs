@@ -224,7 +224,7 @@ impl Redis {
     }
 
     /// Marks Redis down; logs and counts the outage once.
-    pub fn down(&self, why: &str) {
+    fn down(&self, why: &str) {
         if self.up.swap(false, Ordering::Relaxed) || self.down_since().is_none() {
             *self
                 .down_since
