@@ -72,8 +72,7 @@ const TTL_SECONDS: u64 = 3_600;
 /// number, Redis's now (ms), the members whose lease holds, per session 1 if
 /// its version is now current and trusted, and when this Redis began
 /// holding our keys (`born`, ms: set by the first report after it lost
-/// them)
-/// and per session 1 if its version is now current and trusted.
+/// them).
 const PUT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 local mode = ARGV[3]
@@ -95,9 +94,9 @@ local function push(command, bkey, first, n)
   end
   return len
 end
-local function rebuild(bkey, header, first, n)
+local function rebuild(bkey, key, id, version, first, n)
   redis.call('DEL', bkey)
-  redis.call('RPUSH', bkey, header)
+  redis.call('RPUSH', bkey, 'chatbot/2 ' .. id .. ' ' .. version .. ' ' .. key)
   push('RPUSH', bkey, first, n)
   redis.call('EXPIRE', bkey, ttl)
 end
@@ -119,9 +118,8 @@ for i = 4, #KEYS, 2 do
     or (seen ~= '' and cur == seen)
   local same = cid ~= nil and nid == cid and nver == cver
   local count, built = nil, ''
-  local header = 'chatbot/2 ' .. id .. ' ' .. version .. ' ' .. key
   if mode == 'append' and newer and n >= 0 and nver == 0 and n <= most then
-    rebuild(bkey, header, first, n)
+    rebuild(bkey, key, id, version, first, n)
     count, built = n, version
   elseif mode == 'append' and newer and n >= 0 and ccount and cid == nid and cver == nver - 1
       and ccount + n <= most then
@@ -129,7 +127,7 @@ for i = 4, #KEYS, 2 do
     if n > 0 then len = push('RPUSHX', bkey, first, n) else len = redis.call('LLEN', bkey) end
     if len == ccount + n + 1 then count, built = ccount + n, cbuilt end
   elseif mode == 'whole' and n >= 0 and (newer or same) and n <= most then
-    rebuild(bkey, header, first, n)
+    rebuild(bkey, key, id, version, first, n)
     count, built = n, version
   elseif same and not newer then
     count, built = ccount, cbuilt
