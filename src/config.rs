@@ -1,12 +1,16 @@
 //! Command-line flags, each with an environment variable of the same meaning.
 
+use std::str::FromStr;
+
 use clap::{ArgGroup, Parser};
 
+use crate::domain::accounts::{Settings as AccountSettings, Signup};
 use crate::domain::model::ModelConfig;
 use crate::domain::store::{StoreKind, SyncMode};
 use crate::http::auth::{JwtSettings, KeySource};
 use crate::http::ratelimit::ProxyRange;
 use crate::http::validate::Limits;
+use crate::http::{DEFAULT_SIGNIN_PER_ACCOUNT, DEFAULT_SIGNIN_PER_ADDRESS};
 
 /// A conversation-history chat server, wire-compatible with the FastAPI tutorial server.
 #[derive(Debug, Clone, Parser)]
@@ -228,9 +232,73 @@ pub struct Config {
     #[arg(long, env = "CHATBOT_MAX_MESSAGE_CHARS", default_value_t = 4000,
           value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     pub max_message_chars: u64,
+
+    /// Accounts of the server's own: sign-up and sign-in with a password
+    /// (`/auth/*`), tokens the server signs (with `--jwt-secret`, or a key
+    /// generated once and kept in the store), personal API keys, and admins
+    /// who manage users (`/admin/users`). Every conversation route then
+    /// needs a token or a key. The first account made is an admin.
+    #[arg(long, env = "CHATBOT_ACCOUNTS")]
+    pub accounts: bool,
+
+    /// Who may create an account (with --accounts): `open` (anyone),
+    /// `closed` (only admins, through /admin/users; the first account
+    /// excepted) or `approval` (anyone, but an admin approves each).
+    #[arg(long, env = "CHATBOT_SIGNUP", default_value = "closed", value_parser = Signup::from_str)]
+    pub signup: Signup,
+
+    /// Seconds an access token the server signs stays valid.
+    #[arg(long, env = "CHATBOT_ACCESS_TOKEN_TTL", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub access_token_ttl: u64,
+
+    /// Seconds a refresh token stays valid if unused (each use makes a new one).
+    #[arg(long, env = "CHATBOT_REFRESH_TOKEN_TTL", default_value_t = 30 * 86_400,
+          value_parser = clap::value_parser!(u64).range(60..=365 * 86_400))]
+    pub refresh_token_ttl: u64,
+
+    /// Seconds a spent refresh token still works (two tabs refreshing with
+    /// one cookie at once); used again after that, it revokes every token
+    /// of its sign-in. 0: never.
+    #[arg(long, env = "CHATBOT_REFRESH_REUSE_GRACE", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub refresh_reuse_grace: u64,
+
+    /// Password hashes computed at once (each ~20 ms of a core and 19 MiB);
+    /// more sign-ins wait their turn. Default: half the cores, at least 1.
+    #[arg(long, env = "CHATBOT_PASSWORD_HASH_CONCURRENCY",
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub password_hash_concurrency: Option<u64>,
+
+    /// Sign-in attempts a minute for one account (sign-ins and password
+    /// changes), shared by the fleet with --redis-url (and refused while
+    /// Redis is unreachable).
+    #[arg(long, env = "CHATBOT_SIGNIN_LIMIT", default_value_t = DEFAULT_SIGNIN_PER_ACCOUNT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub signin_limit: u32,
+
+    /// Sign-in and sign-up attempts a minute from one client address.
+    #[arg(long, env = "CHATBOT_SIGNIN_LIMIT_ADDRESS", default_value_t = DEFAULT_SIGNIN_PER_ADDRESS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub signin_limit_address: u32,
 }
 
 impl Config {
+    /// How accounts are configured, if `--accounts` is given.
+    pub fn accounts(&self) -> Option<AccountSettings> {
+        self.accounts.then(|| AccountSettings {
+            signup: self.signup,
+            access_ttl: std::time::Duration::from_secs(self.access_token_ttl),
+            refresh_ttl: std::time::Duration::from_secs(self.refresh_token_ttl),
+            hash_concurrency: self.password_hash_concurrency.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+                |n| usize::try_from(n).unwrap_or(1),
+            ),
+            secret: self.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            reuse_grace: std::time::Duration::from_secs(self.refresh_reuse_grace),
+        })
+    }
+
     /// The model to answer with, if `--llm-url` is given.
     pub fn model(&self) -> Result<Option<ModelConfig>, String> {
         let Some(url) = &self.llm_url else {

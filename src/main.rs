@@ -2,9 +2,12 @@
 //! serve until a signal, then close the store.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use chatbot_api::config::Config;
+use chatbot_api::domain::accounts::Accounts;
+use chatbot_api::domain::accounts::db::AccountDb;
 use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::model::ModelClient;
 use chatbot_api::domain::redis::Redis;
@@ -110,6 +113,22 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let accounts = match config.accounts() {
+        None => None,
+        Some(settings) => {
+            let opened = match AccountDb::open(&config.store).await {
+                Ok(db) => Accounts::new(db, settings).await,
+                Err(err) => Err(err),
+            };
+            match opened {
+                Ok(accounts) => Some(Arc::new(accounts)),
+                Err(err) => {
+                    eprintln!("chatbot-api: cannot open accounts: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     let listener = match TcpListener::bind((config.host.as_str(), config.port)).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -126,6 +145,7 @@ async fn run(config: Config) -> ExitCode {
             keys = config.api_keys.len(),
             admin_keys = config.admin_api_keys.len(),
             jwt = ?jwt,
+            accounts = ?accounts,
             redis = redis.as_ref().map(|r| r.shown()),
             "listening on http://{addr}"
         );
@@ -144,6 +164,12 @@ async fn run(config: Config) -> ExitCode {
         .with_admin_keys(ApiKeys::new(&config.admin_api_keys))
         .with_cors_origins(origins)
         .with_trusted_proxies(config.trusted_proxies.clone());
+    if let Some(accounts) = &accounts {
+        spawn_refresh_expiry(accounts.clone());
+        state = state
+            .with_accounts(accounts.clone())
+            .with_signin_limits(config.signin_limit_address, config.signin_limit);
+    }
     if let Some(jwt) = jwt {
         jwt.prefetch();
         state = state.with_jwt(jwt);
@@ -160,6 +186,9 @@ async fn run(config: Config) -> ExitCode {
         state = state.with_rate_limit(per_second, config.rate_limit_burst);
     }
     let served = serve(listener, state, shutdown_signal()).await;
+    if let Some(accounts) = &accounts {
+        accounts.close().await;
+    }
     store.close().await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +197,19 @@ async fn run(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Drops expired refresh tokens once an hour.
+fn spawn_refresh_expiry(accounts: Arc<Accounts>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            if let Err(err) = accounts.expire().await {
+                tracing::warn!(error = %err, "could not drop expired refresh tokens");
+            }
+        }
+    });
 }
 
 /// Completes on Ctrl-C or SIGTERM.

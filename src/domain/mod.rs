@@ -4,6 +4,7 @@
 //! instances share through Redis. Nothing here
 //! imports from `crate::http`.
 
+pub mod accounts;
 pub mod chatbot;
 pub mod export;
 pub mod model;

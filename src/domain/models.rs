@@ -157,6 +157,12 @@ impl Serialize for Timestamp {
     }
 }
 
+/// Unix seconds as RFC 3339 in UTC (`2026-12-06T09:30:00Z`).
+pub fn format_rfc3339(at: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(at, 0)
+        .map_or_else(String::new, |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
 /// The current time as Unix seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()

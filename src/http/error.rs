@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::domain::accounts::AccountError;
 use crate::domain::model::ModelError;
 use crate::domain::replies::ReplyError;
 use crate::domain::store::StoreError;
@@ -108,6 +109,15 @@ pub enum ApiError {
     /// The model gave no usable answer; the cause is logged, never sent.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Accounts: sign-up, sign-in, tokens, keys.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// Too many sign-in attempts from this address or for this account.
+    #[error("too many sign-in attempts")]
+    TooManySignIns { retry_after: u64 },
+    /// The shared sign-in limit cannot be checked: refused (fails closed).
+    #[error("sign-in limit unavailable")]
+    SignInLimitUnavailable,
 }
 
 impl From<ReplyError> for ApiError {
@@ -170,6 +180,18 @@ impl ApiError {
                 tracing::error!(error = %cause, "the model server failed");
                 (StatusCode::BAD_GATEWAY, json!("Reply engine unavailable"))
             }
+            Self::Account(err) => account_status(err),
+            Self::TooManySignIns { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!("Too many sign-in attempts: try again later"),
+            ),
+            Self::SignInLimitUnavailable => {
+                tracing::error!("the shared sign-in limit is unreachable: sign-ins refused");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!("Sign-in is unavailable: try again shortly"),
+                )
+            }
             Self::Store(StoreError::Unavailable(cause)) => {
                 tracing::error!(error = %cause, "store unavailable");
                 (
@@ -181,15 +203,64 @@ impl ApiError {
     }
 }
 
+fn account_status(err: &AccountError) -> (StatusCode, Value) {
+    let (status, detail) = match err {
+        AccountError::Taken => (StatusCode::CONFLICT, "Username already taken"),
+        AccountError::BadCredentials => {
+            (StatusCode::UNAUTHORIZED, "Incorrect username or password")
+        }
+        AccountError::Disabled => (StatusCode::UNAUTHORIZED, "Account disabled"),
+        AccountError::Pending => (StatusCode::FORBIDDEN, "Account awaits an admin's approval"),
+        AccountError::SignupClosed => (
+            StatusCode::FORBIDDEN,
+            "Sign-up is closed: an admin creates accounts",
+        ),
+        AccountError::NoAccount => (StatusCode::NOT_FOUND, "Account not found"),
+        AccountError::NoKey => (StatusCode::NOT_FOUND, "Key not found"),
+        AccountError::InvalidToken => (StatusCode::UNAUTHORIZED, "Invalid or expired token"),
+        AccountError::LastAdmin => (
+            StatusCode::CONFLICT,
+            "The last admin cannot be disabled, demoted or deleted",
+        ),
+        AccountError::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins at once: try again shortly",
+        ),
+        AccountError::Unavailable(cause) => {
+            tracing::error!(error = %cause, "accounts unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable")
+        }
+    };
+    (status, json!(detail))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, detail) = self.status_and_detail();
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
         match self {
-            Self::Unauthorized => {
+            Self::Unauthorized
+            | Self::Account(AccountError::InvalidToken | AccountError::Disabled) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, BEARER_INVALID_TOKEN);
+            }
+            // As FastAPI's OAuth2 password flow answers a failed sign-in.
+            Self::Account(AccountError::BadCredentials) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Account(AccountError::Busy | AccountError::Unavailable(_))
+            | Self::SignInLimitUnavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::TooManySignIns { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             Self::AuthUnavailable => {
                 response

@@ -52,6 +52,30 @@ pub async fn json_body(req: Request, limits: &Limits) -> Result<Option<Value>, A
     decode_body(None, &bytes)
 }
 
+/// A whole body as form fields (`application/x-www-form-urlencoded`, as
+/// an OAuth2 password flow sends it), with the same limits as
+/// [`ChatBody`]. Another content type reads as no fields at all, as
+/// FastAPI's `Form` does: each required field is then "missing".
+pub async fn form_body(req: Request, limits: &Limits) -> Result<Vec<(String, String)>, ApiError> {
+    let is_form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    let bytes = body_bytes(req, limits).await?;
+    if !is_form {
+        return Ok(Vec::new());
+    }
+    Ok(url::form_urlencoded::parse(&bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
+}
+
 /// The whole body, refused at once when its declared length is past the limit.
 async fn body_bytes(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
     let limit = limits.max_body_bytes;

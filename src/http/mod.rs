@@ -45,11 +45,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use self::validate::Limits;
+use crate::domain::accounts::Accounts;
 use crate::domain::chatbot::Replier;
 use crate::domain::model::ModelClient;
 use crate::domain::redis::Redis;
 use crate::domain::replies::Replies;
 use crate::domain::store::Store;
+
+/// Sign-in attempts a minute from one client address, by default.
+pub const DEFAULT_SIGNIN_PER_ADDRESS: u32 = 30;
+/// Sign-in attempts a minute for one account, by default.
+pub const DEFAULT_SIGNIN_PER_ACCOUNT: u32 = 10;
 
 /// What every handler shares: the store, the reply engine and the limits.
 #[derive(Clone)]
@@ -70,6 +76,10 @@ pub struct AppState {
     pub redis: Option<Arc<Redis>>,
     /// Proxies whose `X-Forwarded-For` names the client the limit counts.
     pub trusted_proxies: Vec<ratelimit::ProxyRange>,
+    /// Sign-in attempts a minute per client address and per account.
+    pub signin_limits: (u32, u32),
+    /// Those limits' counts; built by [`app`].
+    pub signin_limit: Option<Arc<ratelimit::SignInLimit>>,
 }
 
 impl AppState {
@@ -84,6 +94,8 @@ impl AppState {
             cors_origins: Vec::new(),
             redis: None,
             trusted_proxies: Vec::new(),
+            signin_limits: (DEFAULT_SIGNIN_PER_ADDRESS, DEFAULT_SIGNIN_PER_ACCOUNT),
+            signin_limit: None,
         }
     }
 
@@ -114,6 +126,19 @@ impl AppState {
     /// The same state accepting bearer JWTs that `jwt` verifies.
     pub fn with_jwt(mut self, jwt: Jwt) -> Self {
         Arc::make_mut(&mut self.auth).jwt = Some(Arc::new(jwt));
+        self
+    }
+
+    /// The same state with accounts of its own (`--accounts`).
+    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Self {
+        Arc::make_mut(&mut self.auth).accounts = Some(accounts);
+        self
+    }
+
+    /// The same state allowing `per_address` sign-in attempts a minute
+    /// from one client address and `per_account` for one account.
+    pub fn with_signin_limits(mut self, per_address: u32, per_account: u32) -> Self {
+        self.signin_limits = (per_address, per_account);
         self
     }
 
@@ -171,7 +196,16 @@ pub type App = BoxCloneSyncService<Request<Body>, Response, Infallible>;
 ///
 /// The layers wrap the router as a whole rather than through
 /// `Router::layer`, which would wrap (and clone, per request) every route.
-pub fn app(state: AppState) -> App {
+pub fn app(mut state: AppState) -> App {
+    if state.auth.accounts.is_some() {
+        let (per_address, per_account) = state.signin_limits;
+        state.signin_limit = Some(Arc::new(ratelimit::SignInLimit::new(
+            per_address,
+            per_account,
+            state.redis.clone(),
+            state.trusted_proxies.clone(),
+        )));
+    }
     let (router, api) = documented(&state);
     // Without configured origins there is no CORS layer at all: no headers, no cost.
     let cors = (!state.cors_origins.is_empty()).then(|| {
@@ -231,6 +265,17 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(routes::sessions::router())
         .merge(routes::analytics::router());
     let mut openai = v1::router();
+    // The signed-in account's own routes and the admin's: behind the same check.
+    let mut accounts = OpenApiRouter::new();
+    if state.auth.accounts.is_some() {
+        // Accounts on: the server is never open.
+        accounts = routes::auth::account_router()
+            .merge(routes::admin::router())
+            .route_layer(middleware::from_fn_with_state(
+                state.auth.clone(),
+                auth::authenticate,
+            ));
+    }
     // Layers apply to the routes added before them: key check first, then
     // the rate limit around it, so floods of bad keys are limited too.
     // An open server has one owner: no key to check on each request.
@@ -261,9 +306,15 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
             ratelimit::limit_openai,
         ));
     }
+    let mut public = routes::auth::config_router();
+    if state.auth.accounts.is_some() {
+        public = public.merge(routes::auth::router());
+    }
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(conversations)
         .merge(openai)
+        .merge(accounts)
+        .merge(public)
         .merge(routes::health::router())
         .merge(routes::ui::router())
 }
@@ -300,7 +351,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = state.limits.request_timeout;
-    // Only the rate limit looks at the client's address.
-    let peer_info = state.rate_limit.is_some();
+    // Only the rate limits look at the client's address.
+    let peer_info = state.rate_limit.is_some() || state.auth.accounts.is_some();
     server::serve(listener, app(state), header_timeout, peer_info, shutdown).await
 }

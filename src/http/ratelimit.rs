@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use governor::clock::{Clock, DefaultClock};
@@ -31,6 +31,7 @@ use serde_json::json;
 use crate::domain::redis::Redis;
 use crate::domain::redis::limit::FleetLimit;
 use crate::http::auth::Auth;
+use crate::http::error::ApiError;
 use crate::http::v1::error::OpenAiError;
 
 /// The buckets, shared by the seed API and `/v1`: a client's requests to
@@ -81,32 +82,8 @@ impl Limiter {
         self.client(peer.ip(), request).to_string()
     }
 
-    /// The client's address: the peer's, or, from a trusted proxy, the
-    /// nearest untrusted address the proxies forwarded for.
     fn client(&self, peer: IpAddr, request: &Request) -> IpAddr {
-        if !self.is_trusted(peer) {
-            return peer;
-        }
-        let forwarded = request
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .collect::<Vec<_>>();
-        for hop in forwarded.iter().rev() {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(addr) if self.is_trusted(addr) => continue,
-                Ok(addr) => return addr,
-                // Not an address: nothing further left can be trusted.
-                Err(_) => break,
-            }
-        }
-        peer
-    }
-
-    fn is_trusted(&self, addr: IpAddr) -> bool {
-        self.trusted.iter().any(|range| range.contains(addr))
+        client_address(&self.trusted, peer, request.headers())
     }
 
     /// `None` if a request from `bucket` may go, else how long until it
@@ -122,6 +99,118 @@ impl Limiter {
             .check_key(&bucket)
             .err()
             .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// The client's address: the peer's, or, from a trusted proxy, the nearest
+/// untrusted address the proxies forwarded for.
+pub fn client_address(trusted: &[ProxyRange], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let is_trusted = |addr: IpAddr| trusted.iter().any(|range| range.contains(addr));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect::<Vec<_>>();
+    for hop in forwarded.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(addr) if is_trusted(addr) => continue,
+            Ok(addr) => return addr,
+            // Not an address: nothing further left can be trusted.
+            Err(_) => break,
+        }
+    }
+    peer
+}
+
+/// Sign-in attempts (and sign-ups and password changes: each costs a
+/// password hash) per client address and per account, per minute. With
+/// `--redis-url` the counts are the fleet's, and when Redis cannot be
+/// reached the attempt is refused (503): the limit fails closed, so losing
+/// Redis never opens the door to guessing passwords at every instance's
+/// rate. Without Redis each instance counts alone.
+pub struct SignInLimit {
+    trusted: Vec<ProxyRange>,
+    local: DefaultKeyedRateLimiter<String>,
+    fleet: Option<(FleetLimit, FleetLimit)>,
+    local_account: DefaultKeyedRateLimiter<String>,
+}
+
+impl SignInLimit {
+    /// `per_address` and `per_account` attempts a minute (each also the burst).
+    pub fn new(
+        per_address: u32,
+        per_account: u32,
+        redis: Option<Arc<Redis>>,
+        trusted: Vec<ProxyRange>,
+    ) -> Self {
+        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least 1"));
+        let interval = |n: u32| Duration::from_secs(60) / n.max(1);
+        Self {
+            trusted,
+            local: RateLimiter::keyed(quota(per_address)),
+            local_account: RateLimiter::keyed(quota(per_account)),
+            fleet: redis.map(|redis| {
+                (
+                    FleetLimit::with_interval(redis.clone(), interval(per_address), per_address),
+                    FleetLimit::with_interval(redis, interval(per_account), per_account),
+                )
+            }),
+        }
+    }
+
+    /// Counts an attempt from the request's client (and for `account`):
+    /// `Err` with a 429 when over either limit, 503 when the fleet's limit
+    /// is unreachable.
+    pub async fn check(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        account: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let address = match peer {
+            Some(peer) => client_address(&self.trusted, peer, headers).to_string(),
+            None => "local".to_owned(),
+        };
+        let address = format!("signin:ip:{address}");
+        let account = account.map(|a| format!("signin:account:{a}"));
+        let wait = match &self.fleet {
+            Some((by_address, by_account)) => {
+                let mut wait = by_address
+                    .check(&address)
+                    .await
+                    .map_err(|_| ApiError::SignInLimitUnavailable)?;
+                if wait.is_none()
+                    && let Some(account) = &account
+                {
+                    wait = by_account
+                        .check(account)
+                        .await
+                        .map_err(|_| ApiError::SignInLimitUnavailable)?;
+                }
+                wait
+            }
+            None => {
+                let now = DefaultClock::default().now();
+                let by_address = self.local.check_key(&address).err();
+                let by_account = match (&account, &by_address) {
+                    (Some(account), None) => self.local_account.check_key(account).err(),
+                    _ => None,
+                };
+                by_address
+                    .or(by_account)
+                    .map(|not_until| not_until.wait_time_from(now))
+            }
+        };
+        match wait {
+            None => Ok(()),
+            Some(wait) => Err(ApiError::TooManySignIns {
+                retry_after: seconds(wait),
+            }),
+        }
     }
 }
 

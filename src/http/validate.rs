@@ -8,7 +8,7 @@ use crate::domain::models::{
     MAX_SESSION_ID_CHARS, MAX_USER_NAME_CHARS, SESSION_ID_PATTERN, SessionId, TEXT_PATTERN,
     Violation, check_string, could_be_session_id, text_allowed,
 };
-use crate::http::error::{Loc, ValidationIssue};
+use crate::http::error::{ApiError, Loc, ValidationIssue};
 
 /// Size limits applied to request bodies and their fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +265,171 @@ fn validate_field(
         .with_ctx(json!({ "pattern": rule.pattern })),
     };
     Err(Box::new(issue))
+}
+
+/// A rule on a text's characters, and the regex that states it.
+pub type Pattern = (fn(&str) -> bool, &'static str);
+
+/// The fields of a JSON object (or a form) read one by one, each problem
+/// collected as pydantic reports it, for bodies with a few plain fields.
+pub struct Fields {
+    object: Map<String, Value>,
+    /// `body` fields of a form are reported with `null` as a missing input.
+    form: bool,
+    issues: Vec<ValidationIssue>,
+}
+
+impl Fields {
+    /// The fields of a JSON body; anything but an object is one issue.
+    pub fn json(body: Option<Value>) -> Result<Self, ApiError> {
+        match body {
+            Some(Value::Object(object)) => Ok(Self {
+                object,
+                form: false,
+                issues: Vec::new(),
+            }),
+            None => Err(ApiError::Validation(vec![ValidationIssue::new(
+                "missing",
+                vec![Loc::from("body")],
+                "Field required",
+                Value::Null,
+            )])),
+            Some(other) => Err(ApiError::Validation(vec![not_an_object(other)])),
+        }
+    }
+
+    /// The fields of a form (the last of a repeated name wins).
+    pub fn form(pairs: Vec<(String, String)>) -> Self {
+        Self {
+            object: pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+            form: true,
+            issues: Vec::new(),
+        }
+    }
+
+    /// A string field of `min..=max` characters matching `allowed` (whose
+    /// regex `pattern` the message names); `None` when absent and not required.
+    pub fn text(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        min: usize,
+        max: usize,
+        allowed: Option<Pattern>,
+    ) -> Option<String> {
+        let loc = vec![Loc::from("body"), Loc::from(name)];
+        let value = match self.object.get(name) {
+            Some(Value::Null) | None if !required => return None,
+            Some(value) => value.clone(),
+            None => {
+                let input = if self.form {
+                    Value::Null
+                } else {
+                    Value::Object(self.object.clone())
+                };
+                self.issues.push(ValidationIssue::new(
+                    "missing",
+                    loc,
+                    "Field required",
+                    input,
+                ));
+                return None;
+            }
+        };
+        let Value::String(text) = &value else {
+            self.issues.push(ValidationIssue::new(
+                "string_type",
+                loc,
+                "Input should be a valid string",
+                value,
+            ));
+            return None;
+        };
+        let chars = text.chars().count();
+        let issue = if chars < min {
+            ValidationIssue::new(
+                "string_too_short",
+                loc,
+                format!("String should have at least {min} {}", plural(min)),
+                value.clone(),
+            )
+            .with_ctx(json!({ "min_length": min }))
+        } else if chars > max {
+            // A password's text is never echoed back, not even here.
+            ValidationIssue::new(
+                "string_too_long",
+                loc,
+                format!("String should have at most {max} {}", plural(max)),
+                value.clone(),
+            )
+            .with_ctx(json!({ "max_length": max }))
+        } else if let Some((_, pattern)) = allowed.filter(|(check, _)| !check(text)) {
+            ValidationIssue::new(
+                "string_pattern_mismatch",
+                loc,
+                format!("String should match pattern '{pattern}'"),
+                value.clone(),
+            )
+            .with_ctx(json!({ "pattern": pattern }))
+        } else {
+            return Some(text.clone());
+        };
+        self.issues.push(issue);
+        None
+    }
+
+    /// A secret string field: checked as [`Fields::text`], but a problem
+    /// never shows the value (`input` is `"**********"`).
+    pub fn secret(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        min: usize,
+        max: usize,
+    ) -> Option<String> {
+        let before = self.issues.len();
+        let value = self.text(name, required, min, max, None);
+        for issue in &mut self.issues[before..] {
+            if issue.kind != "missing" {
+                issue.input = Value::String("**********".into());
+            }
+        }
+        value
+    }
+
+    /// A boolean field, if given.
+    pub fn boolean(&mut self, name: &'static str) -> Option<bool> {
+        match self.object.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.issues.push(ValidationIssue::new(
+                    "bool_type",
+                    vec![Loc::from("body"), Loc::from(name)],
+                    "Input should be a valid boolean",
+                    other.clone(),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Whether the body has this field at all.
+    pub fn has(&self, name: &str) -> bool {
+        self.object.contains_key(name)
+    }
+
+    /// The problems found, if any, as a 422.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.issues))
+        }
+    }
 }
 
 #[cfg(test)]

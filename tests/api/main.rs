@@ -3,6 +3,7 @@
 #[macro_use]
 mod helpers;
 
+mod accounts;
 mod analytics;
 mod cache;
 mod concurrency;

@@ -52,6 +52,18 @@ impl FleetLimit {
         }
     }
 
+    /// Buckets of one request every `interval`, with a `burst`.
+    pub fn with_interval(redis: Arc<Redis>, interval: Duration, burst: u32) -> Self {
+        Self {
+            redis,
+            script: Script::new(GCRA),
+            interval_micros: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            burst: burst.max(1),
+        }
+    }
+
     /// Whether Redis is thought to answer (else [`FleetLimit::check`]
     /// fails at once).
     pub fn is_up(&self) -> bool {

@@ -25,12 +25,15 @@ use sha2::{Digest, Sha256};
 
 pub use self::jwt::{Jwt, JwtSettings, KeySource};
 pub use self::keys::ApiKeys;
+use crate::domain::accounts::{Accounts, Checked, KEY_PREFIX, Signed};
 use crate::domain::models::SessionId;
 use crate::http::error::{ApiError, ValidationIssue};
 
 /// Separates an owner's tag from a session id in store keys; session ids
 /// cannot contain it (control characters are refused).
 const SEPARATOR: char = '\u{1f}';
+/// How `?owner=` names one of the server's own accounts: `account:NAME`.
+pub const ACCOUNT_OWNER: &str = "account:";
 
 /// Everything that can let a request in. Nothing configured: the server is
 /// open and everyone is one owner.
@@ -42,6 +45,9 @@ pub struct Auth {
     pub admin_keys: ApiKeys,
     /// Bearer JWTs, if configured.
     pub jwt: Option<Arc<Jwt>>,
+    /// Accounts of the server's own (`--accounts`): the tokens it signs
+    /// and its users' personal keys.
+    pub accounts: Option<Arc<Accounts>>,
 }
 
 /// A request's identity: whose conversations it sees, and, for an admin,
@@ -53,12 +59,18 @@ pub struct Caller {
     /// May use the routes about the whole server (`/metrics`, `/debug/*`):
     /// API keys (services, scrapers) and admins; not a user's token.
     pub operator: bool,
+    /// The account it acts as: one of the server's own accounts, by its
+    /// access token or personal key.
+    pub account: Option<String>,
 }
 
 impl Auth {
     /// An open server: nothing to check.
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty() && self.admin_keys.is_empty() && self.jwt.is_none()
+        self.keys.is_empty()
+            && self.admin_keys.is_empty()
+            && self.jwt.is_none()
+            && self.accounts.is_none()
     }
 
     /// Who the request's headers say they are: `Authorization: Bearer
@@ -70,11 +82,27 @@ impl Auth {
                 owner: Owner::open(),
                 admin: None,
                 operator: true,
+                account: None,
             });
         }
         let presented = presented_key(headers).ok_or(ApiError::Unauthorized)?;
         if let Some(caller) = self.by_key(presented) {
             return Ok(caller);
+        }
+        if let Some(accounts) = &self.accounts {
+            if presented.starts_with(KEY_PREFIX) {
+                return match accounts.key_caller(presented).await? {
+                    Some(signed) => Ok(Caller::from(signed)),
+                    None => Err(ApiError::Unauthorized),
+                };
+            }
+            if Jwt::looks_like_jwt(presented) {
+                match accounts.check(presented).await? {
+                    Checked::Valid(signed) => return Ok(Caller::from(signed)),
+                    Checked::Refused => return Err(ApiError::Unauthorized),
+                    Checked::NotOurs => {}
+                }
+            }
         }
         let jwt = self.checker_for(presented).ok_or(ApiError::Unauthorized)?;
         match jwt.verify(presented).await {
@@ -90,6 +118,13 @@ impl Auth {
         let presented = presented_key(headers)?;
         if let Some(caller) = self.by_key(presented) {
             return Some(caller.owner);
+        }
+        if let Some(sub) = self
+            .accounts
+            .as_ref()
+            .and_then(|accounts| accounts.subject_cached(presented))
+        {
+            return Some(Owner::account(&sub));
         }
         self.checker_for(presented)?
             .verify_cached(presented)
@@ -110,12 +145,14 @@ impl Auth {
                 owner,
                 admin: None,
                 operator: true,
+                account: None,
             });
         }
         self.admin_keys.owner_of(presented).map(|owner| Caller {
             admin: Some(format!("admin key {}", owner.tag())),
             owner,
             operator: true,
+            account: None,
         })
     }
 }
@@ -126,6 +163,20 @@ impl From<jwt::Verified> for Caller {
             owner: Owner::user(&verified.sub),
             admin: verified.admin.then(|| format!("sub {:?}", verified.sub)),
             operator: verified.admin,
+            account: None,
+        }
+    }
+}
+
+impl From<Signed> for Caller {
+    fn from(signed: Signed) -> Self {
+        Self {
+            owner: Owner::account(&signed.username),
+            admin: signed
+                .admin
+                .then(|| format!("account {:?}", signed.username)),
+            operator: signed.admin,
+            account: Some(signed.username),
         }
     }
 }
@@ -169,6 +220,21 @@ impl Owner {
     /// The owner a token's subject names.
     pub fn user(sub: &str) -> Self {
         Self::tagged('u', &Sha256::digest(sub.as_bytes()).into())
+    }
+
+    /// The owner one of the server's own accounts is: never the same as a
+    /// token subject of the same name. `?owner=account:NAME` addresses it.
+    pub fn account(username: &str) -> Self {
+        Self::tagged('a', &Sha256::digest(username.as_bytes()).into())
+    }
+
+    /// The owner `?owner=` names: `account:NAME` for an account, else a
+    /// token subject.
+    pub fn named(name: &str) -> Self {
+        match name.strip_prefix(ACCOUNT_OWNER) {
+            Some(username) => Self::account(username),
+            None => Self::user(name),
+        }
     }
 
     fn tagged(kind: char, digest: &[u8; 32]) -> Self {
@@ -260,12 +326,14 @@ async fn admit(
         Err(err) => return refuse(err),
     };
     let operator = Operator(caller.operator);
+    let account = AccountOf(caller.account.clone(), caller.admin.is_some());
     let asked = owner_asked(request.uri());
     let path = request.uri().path();
     match act_as(caller, request.method(), path, asked.as_deref()) {
         Ok(owner) => {
             request.extensions_mut().insert(owner);
             request.extensions_mut().insert(operator);
+            request.extensions_mut().insert(account);
             let mut response = next.run(request).await;
             if let Some(sub) = &asked {
                 keep_owner_in_link(&mut response, sub);
@@ -298,6 +366,23 @@ fn keep_owner_in_link(response: &mut Response, sub: &str) {
     let sub: String = url::form_urlencoded::byte_serialize(sub.as_bytes()).collect();
     if let Ok(value) = HeaderValue::from_str(&format!("<{target}{joint}owner={sub}>{rest}")) {
         response.headers_mut().insert(LINK, value);
+    }
+}
+
+/// The account a request acts as (if it is one of the server's own), and
+/// whether the caller is an admin; set by [`authenticate`].
+#[derive(Debug, Clone)]
+pub struct AccountOf(pub Option<String>, pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for AccountOf {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -358,7 +443,7 @@ fn act_as(
         owner = ?sub,
         "admin acts on another owner's conversations"
     );
-    Ok(Owner::user(sub))
+    Ok(Owner::named(sub))
 }
 
 #[cfg(test)]
@@ -433,11 +518,13 @@ mod tests {
             owner: Owner::user("alice"),
             admin: None,
             operator: false,
+            account: None,
         };
         let admin = Caller {
             owner: Owner::user("root"),
             admin: Some("sub \"root\"".into()),
             operator: true,
+            account: None,
         };
         let uri = |u: &str| u.parse::<axum::http::Uri>().unwrap();
         let act_as = |caller, method: &Method, uri: &axum::http::Uri| {

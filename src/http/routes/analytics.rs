@@ -5,7 +5,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,10 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(analytics))
 }
 
-fn rfc3339(at: i64) -> String {
-    DateTime::<Utc>::from_timestamp(at, 0)
-        .map_or_else(String::new, |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-}
+use crate::domain::models::format_rfc3339 as rfc3339;
 
 #[utoipa::path(get, path = "/chat/analytics", operation_id = "get_analytics", tag = "sessions", summary = "Analytics",
     description = "Exchanges stored in `[from, to)` in the caller's sessions: per bucket (UTC hours or days) the exchanges, the sessions active and the sessions begun; the share of replies that were the fallback line; how often each rule answered; the messages most often answered with the fallback.",

@@ -1,6 +1,8 @@
 //! HTTP routes, one module per resource, each exporting its `router()`.
 
+pub mod admin;
 pub mod analytics;
+pub mod auth;
 pub mod chat;
 pub mod debug;
 pub mod health;

@@ -220,7 +220,12 @@ impl From<ApiError> for OpenAiError {
                 Some("permission_denied"),
                 format!("{why}."),
             ),
-            ApiError::AuthUnavailable => Self::plain(
+            // Identifying a caller fails with an account error only when
+            // the accounts' database is unreachable.
+            ApiError::AuthUnavailable
+            | ApiError::Account(_)
+            | ApiError::TooManySignIns { .. }
+            | ApiError::SignInLimitUnavailable => Self::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 Some("auth_unavailable"),
