@@ -233,13 +233,29 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
         );
         either.push(SecurityRequirement::new("api_key", Vec::<String>::new()));
     }
-    let admins = auth.jwt.is_some() || !auth.admin_keys.is_empty();
+    if auth.accounts.is_some() {
+        // As FastAPI's OAuth2PasswordBearer: /docs' "Authorize" signs in.
+        use utoipa::openapi::security::{Flow, OAuth2, Password, Scopes};
+        let password = Password::with_refresh_url("/auth/token", Scopes::new(), "/auth/refresh");
+        components.add_security_scheme(
+            "OAuth2PasswordBearer",
+            SecurityScheme::OAuth2(OAuth2::with_description(
+                [Flow::Password(password)],
+                "Sign in with an account's username and password",
+            )),
+        );
+        either.push(SecurityRequirement::new(
+            "OAuth2PasswordBearer",
+            Vec::<String>::new(),
+        ));
+    }
+    let admins = auth.jwt.is_some() || !auth.admin_keys.is_empty() || auth.accounts.is_some();
     let owner = ParameterBuilder::new()
         .name("owner")
         .parameter_in(ParameterIn::Query)
         .required(Required::False)
         .description(Some(
-            "Admins only: read or delete this user's (token subject's) conversations \
+            "Admins only: read or delete this user's conversations (a token subject, or `account:NAME` for an account) \
              instead of their own; 403 for anyone else.",
         ))
         .schema(Some(
@@ -266,8 +282,11 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
             .build()
     };
     for (path, item) in doc.paths.paths.iter_mut() {
-        let keyed = ["/chat", "/debug", "/v1", "/metrics"];
-        if !keyed.iter().any(|prefix| path.starts_with(prefix)) {
+        let keyed = ["/chat", "/debug", "/v1", "/metrics", "/admin", "/auth/keys"];
+        let account_routes = ["/auth/me", "/auth/password", "/auth/logout/all"];
+        if !keyed.iter().any(|prefix| path.starts_with(prefix))
+            && !account_routes.contains(&path.as_str())
+        {
             continue;
         }
         let unavailable = error(path, "A token whose key could not be fetched from the JWKS");
@@ -328,6 +347,7 @@ pub fn require_auth(doc: &mut utoipa::openapi::OpenApi, auth: &crate::http::auth
         (name = "chat", description = "Send messages and read conversations"),
         (name = "sessions", description = "Across conversations: list and search"),
         (name = "openai", description = "The same conversations through the OpenAI API (Conversations, Responses, Chat Completions): point an OpenAI SDK's base URL at `/v1`"),
+        (name = "accounts", description = "Accounts of the server's own (`--accounts`): sign up, sign in (OAuth2 password flow), tokens, personal keys, and the admin's user management"),
         (name = "service", description = "Health, index and debugging")
     )
 )]

@@ -227,7 +227,10 @@ pub fn app(mut state: AppState) -> App {
     // The recorder exists before the first request counts.
     metrics::handle();
     let router = router
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(
+            axum::Router::from(SwaggerUi::new("/docs").url("/openapi.json", api))
+                .layer(middleware::map_response(docs_headers)),
+        )
         // Around every route, so the key check's 401s and the limit's 429s count too.
         .layer(middleware::from_fn(metrics::track))
         // Applies to the routes above, so it comes after them.
@@ -326,6 +329,18 @@ fn documented(state: &AppState) -> (axum::Router<AppState>, utoipa::openapi::Ope
         docs::require_auth(&mut api, &state.auth);
     }
     (router, api)
+}
+
+/// Swagger UI's policy: everything from this server, as for the pages, but
+/// styles may be inline (its components set them).
+const DOCS_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+    frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+
+/// The security headers of every page, on `/docs`.
+async fn docs_headers(mut response: Response) -> Response {
+    routes::ui::add_security_headers(response.headers_mut(), DOCS_POLICY);
+    response
 }
 
 /// A panic in a handler becomes a bare 500: logged here, never shown.
