@@ -1198,3 +1198,110 @@ async fn without_accounts_the_routes_are_absent_and_the_server_open() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_document_signs_in_by_password_and_states_each_routes_security() {
+    let site = memory_site().await;
+    let app = app(&site, Signup::Open).await;
+    let doc = app.get("/openapi.json").await.json();
+    let scheme = &doc["components"]["securitySchemes"]["OAuth2PasswordBearer"];
+    assert_eq!(scheme["type"], "oauth2");
+    assert_eq!(scheme["flows"]["password"]["tokenUrl"], "/auth/token");
+    for (path, method) in [
+        ("/auth/register", "post"),
+        ("/auth/token", "post"),
+        ("/auth/refresh", "post"),
+        ("/auth/logout", "post"),
+        ("/auth/config", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].get("security").is_none(),
+            "{method} {path} is public"
+        );
+    }
+    for (path, method) in [
+        ("/auth/me", "get"),
+        ("/auth/password", "post"),
+        ("/auth/logout/all", "post"),
+        ("/auth/keys", "get"),
+        ("/auth/keys", "post"),
+        ("/auth/keys/{key_id}", "delete"),
+        ("/admin/users", "get"),
+        ("/admin/users", "post"),
+        ("/admin/users/{username}", "patch"),
+        ("/admin/users/{username}", "delete"),
+        ("/chat", "post"),
+    ] {
+        let security = doc["paths"][path][method]["security"].to_string();
+        assert!(
+            security.contains("OAuth2PasswordBearer"),
+            "{method} {path}: {security}"
+        );
+    }
+    let form = &doc["paths"]["/auth/token"]["post"]["requestBody"]["content"];
+    assert!(
+        form.get("application/x-www-form-urlencoded").is_some(),
+        "{form}"
+    );
+}
+
+#[tokio::test]
+async fn every_page_sends_the_security_headers() {
+    let site = memory_site().await;
+    let app = app(&site, Signup::Open).await;
+    for uri in ["/", "/dashboard", "/docs/"] {
+        let page = app
+            .send(
+                Request::builder()
+                    .uri(uri)
+                    .header("accept", "text/html")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        let csp = page.header("content-security-policy").unwrap_or_default();
+        for part in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            "object-src 'none'",
+        ] {
+            assert!(csp.contains(part), "{uri}: {csp}");
+        }
+        assert_eq!(
+            page.header("x-content-type-options"),
+            Some("nosniff"),
+            "{uri}"
+        );
+        assert_eq!(page.header("x-frame-options"), Some("DENY"), "{uri}");
+        assert_eq!(page.header("referrer-policy"), Some("no-referrer"), "{uri}");
+    }
+    // The pages carry no inline script or style the policy would have to allow.
+    for uri in ["/", "/dashboard"] {
+        let html = app
+            .send(
+                Request::builder()
+                    .uri(uri)
+                    .header("accept", "text/html")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        let html = html.text();
+        assert!(
+            !html.contains("<script>") && !html.contains("<style") && !html.contains(" onclick="),
+            "{uri}"
+        );
+    }
+    let script = app.get("/ui/session.js").await;
+    assert_eq!(
+        script.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(script.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        app.get("/ui/nothing.js").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

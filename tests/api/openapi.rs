@@ -282,6 +282,7 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
             "delete_item",
         ),
         ("GET", "/", "index"),
+        ("GET", "/auth/config", "auth_config"),
         ("GET", "/chat/analytics", "get_analytics"),
         ("GET", "/chat/history/{session_id}", "get_history"),
         (
@@ -305,6 +306,7 @@ async fn every_operation_has_a_readable_id_and_every_response_a_description() {
         ("GET", "/debug/sessions", "debug_list_sessions"),
         ("GET", "/health", "health"),
         ("GET", "/metrics", "metrics"),
+        ("GET", "/ui/{file}", "ui_asset"),
         (
             "GET",
             "/v1/conversations/{conversation_id}",

@@ -10,7 +10,6 @@
 use axum::Json;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -91,21 +90,29 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(index))
         .routes(routes!(dashboard))
-        // The pages' own files: not part of the API, so not documented.
-        .route(
-            "/ui/session.js",
-            get(|| async { asset(JAVASCRIPT, SESSION_JS) }),
+        .routes(routes!(asset_file))
+}
+
+/// One of the pages' scripts or style sheets.
+#[utoipa::path(get, path = "/ui/{file}", operation_id = "ui_asset", tag = "service", summary = "A page's script or style sheet",
+    params(("file" = String, Path, description = "`session.js`, `chat.js`, `chat.css`, `dashboard.js` or `dashboard.css`")),
+    responses(
+        (status = 200, description = "The file", content((String = "text/javascript; charset=utf-8"), (String = "text/css; charset=utf-8"))),
+        (status = 404, description = "No such file", body = crate::http::docs::DetailBody),
+    ))]
+async fn asset_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match file.as_str() {
+        "session.js" => asset(JAVASCRIPT, SESSION_JS),
+        "chat.js" => asset(JAVASCRIPT, CHAT_JS),
+        "chat.css" => asset(CSS, CHAT_CSS),
+        "dashboard.js" => asset(JAVASCRIPT, DASHBOARD_JS),
+        "dashboard.css" => asset(CSS, DASHBOARD_CSS),
+        _ => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "detail": "No such file" })),
         )
-        .route("/ui/chat.js", get(|| async { asset(JAVASCRIPT, CHAT_JS) }))
-        .route("/ui/chat.css", get(|| async { asset(CSS, CHAT_CSS) }))
-        .route(
-            "/ui/dashboard.js",
-            get(|| async { asset(JAVASCRIPT, DASHBOARD_JS) }),
-        )
-        .route(
-            "/ui/dashboard.css",
-            get(|| async { asset(CSS, DASHBOARD_CSS) }),
-        )
+            .into_response(),
+    }
 }
 
 /// The dashboard page. It takes an API key like the chat page, or a
