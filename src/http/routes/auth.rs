@@ -410,7 +410,7 @@ pub struct RefreshBody {
 /// token: each refresh token works once, and one used twice revokes every
 /// token of its sign-in (a stolen copy is then worthless to both).
 #[utoipa::path(post, path = "/auth/refresh", operation_id = "refresh", tag = "accounts", summary = "Refresh tokens",
-    request_body(content = RefreshBody, content_type = "application/json"),
+    request_body(content = Option<RefreshBody>, content_type = "application/json", description = "The refresh token; or none, and the `chatbot_refresh` cookie"),
     responses(
         (status = 200, description = "New tokens; the cookie is renewed if it was the one used", body = TokenBody),
         (status = 401, description = "Unknown, expired, revoked or already used", body = DetailBody),
@@ -436,7 +436,7 @@ async fn refresh(State(state): State<AppState>, request: Request) -> Result<Resp
 /// Signs out this device: its refresh token (and every one rotated from
 /// the same sign-in) stops working; its access token expires on its own.
 #[utoipa::path(post, path = "/auth/logout", operation_id = "logout", tag = "accounts", summary = "Sign out",
-    request_body(content = RefreshBody, content_type = "application/json"),
+    request_body(content = Option<RefreshBody>, content_type = "application/json", description = "The refresh token; or none, and the `chatbot_refresh` cookie"),
     responses(
         (status = 204, description = "Signed out (also when the token was unknown)"),
         (status = 422, description = "A malformed body", body = ValidationBody),
