@@ -5,6 +5,9 @@
 -- keys) or Argon2id PHC strings (passwords). Times are Unix seconds.
 CREATE TABLE accounts (
     username      TEXT PRIMARY KEY,
+    -- Random, never reused: what tokens, keys and conversations belong to,
+    -- so a username deleted and taken again gets none of the old account's.
+    account_id    TEXT NOT NULL UNIQUE,
     display_name  TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     admin         BIGINT NOT NULL DEFAULT 0,
@@ -19,9 +22,12 @@ CREATE TABLE refresh_tokens (
     token_hash TEXT PRIMARY KEY,
     family     TEXT NOT NULL,
     username   TEXT NOT NULL,
+    account_id TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
     used_at    BIGINT,
+    -- Used once more within the grace (two tabs at once): never again.
+    regraced   BIGINT NOT NULL DEFAULT 0,
     revoked    BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
@@ -29,6 +35,7 @@ CREATE INDEX refresh_tokens_username ON refresh_tokens (username);
 CREATE TABLE account_keys (
     id           TEXT PRIMARY KEY,
     username     TEXT NOT NULL,
+    account_id   TEXT NOT NULL,
     name         TEXT NOT NULL,
     key_hash     TEXT NOT NULL UNIQUE,
     hint         TEXT NOT NULL,

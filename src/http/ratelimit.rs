@@ -137,6 +137,7 @@ pub struct SignInLimit {
     local: DefaultKeyedRateLimiter<String>,
     fleet: Option<(FleetLimit, FleetLimit)>,
     local_account: DefaultKeyedRateLimiter<String>,
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl SignInLimit {
@@ -153,6 +154,7 @@ impl SignInLimit {
             trusted,
             local: RateLimiter::keyed(quota(per_address)),
             local_account: RateLimiter::keyed(quota(per_account)),
+            checks: std::sync::atomic::AtomicU64::new(0),
             fleet: redis.map(|redis| {
                 (
                     FleetLimit::with_interval(redis.clone(), interval(per_address), per_address),
@@ -171,10 +173,26 @@ impl SignInLimit {
         headers: &HeaderMap,
         account: Option<&str>,
     ) -> Result<(), ApiError> {
-        let address = match peer {
-            Some(peer) => client_address(&self.trusted, peer, headers).to_string(),
+        let address = match peer.map(|peer| client_address(&self.trusted, peer, headers)) {
+            // One IPv6 client commonly holds a whole /64: counted as one.
+            Some(IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Some(addr) => addr.to_string(),
             None => "local".to_owned(),
         };
+        // Now and then, buckets full again are dropped (memory stays bounded).
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(1024)
+        {
+            self.local.retain_recent();
+            self.local_account.retain_recent();
+            self.local.shrink_to_fit();
+            self.local_account.shrink_to_fit();
+        }
         let address = format!("signin:ip:{address}");
         let account = account.map(|a| format!("signin:account:{a}"));
         let wait = match &self.fleet {

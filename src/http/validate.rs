@@ -288,6 +288,10 @@ impl Fields {
                 form: false,
                 issues: Vec::new(),
             }),
+            // A password sent where an object belongs is not echoed either.
+            Some(Value::String(_)) => Err(ApiError::Validation(vec![not_an_object(
+                Value::String("**********".into()),
+            )])),
             None => Err(ApiError::Validation(vec![ValidationIssue::new(
                 "missing",
                 vec![Loc::from("body")],
@@ -328,7 +332,7 @@ impl Fields {
                 let input = if self.form {
                     Value::Null
                 } else {
-                    Value::Object(self.object.clone())
+                    Value::Object(self.shown())
                 };
                 self.issues.push(ValidationIssue::new(
                     "missing",
@@ -379,6 +383,22 @@ impl Fields {
         };
         self.issues.push(issue);
         None
+    }
+
+    /// The object as an error may show it: a field whose name says
+    /// "password" shows `"**********"`.
+    fn shown(&self) -> Map<String, Value> {
+        self.object
+            .iter()
+            .map(|(k, v)| {
+                let v = if k.contains("password") {
+                    Value::String("**********".into())
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
     }
 
     /// A secret string field: checked as [`Fields::text`], but a problem

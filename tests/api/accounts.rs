@@ -402,9 +402,15 @@ async fn two_tabs_refreshing_at_once_stay_signed_in_within_the_grace() {
         StatusCode::OK,
         "the same token again, within the grace"
     );
+    // Once more only: a third use is reuse, and revokes the family.
+    assert_eq!(refresh(&app, &token).await.status, StatusCode::UNAUTHORIZED);
     for tab in [first, second] {
         let next = tab.json()["refresh_token"].as_str().unwrap().to_owned();
-        assert_eq!(refresh(&app, &next).await.status, StatusCode::OK);
+        assert_eq!(
+            refresh(&app, &next).await.status,
+            StatusCode::UNAUTHORIZED,
+            "family revoked"
+        );
     }
 }
 
@@ -743,7 +749,8 @@ async fn admins_manage_accounts_and_everyone_else_gets_403() {
 #[tokio::test]
 async fn personal_keys_act_as_their_account_until_deleted() {
     for (name, site) in sites().await {
-        let app = app(&site, Signup::Open).await;
+        let shared = accounts(&site, settings(Signup::Open)).await;
+        let app = app_with(&site, shared.clone(), |s| s);
         register(&app, "kim", "kim's password").await;
         register(&app, "lee", "lee's password").await;
         let (kim, _) = tokens(&app, "kim", "kim%27s%20password").await;
@@ -816,6 +823,61 @@ async fn personal_keys_act_as_their_account_until_deleted() {
         );
         let unnamed = post(&app, "/auth/keys", Some(&kim), json!({})).await;
         assert_eq!(unnamed.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        // A key may not make keys, change the password or end sessions.
+        let key = post(&app, "/auth/keys", Some(&kim), json!({"name": "second"}))
+            .await
+            .json()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for (uri, body) in [
+            ("/auth/keys", json!({"name": "more"})),
+            ("/auth/logout/all", json!({})),
+            (
+                "/auth/password",
+                json!({"current_password": "kim's password", "new_password": "taken over!"}),
+            ),
+        ] {
+            let refused = post(&app, uri, Some(&key), body).await;
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{name}: {uri}");
+        }
+        assert_eq!(get(&app, "/auth/me", &key).await.status, StatusCode::OK);
+        // A disabled account's keys are refused.
+        register(&app, "root2", "root2 password").await;
+        let admins = app_with(&site, shared.clone(), |s| {
+            s.with_admin_keys(chatbot_api::http::auth::ApiKeys::new(["admin-key"]))
+        });
+        // Kim was first (an admin): another admin first, so she is not the last.
+        let promoted = admins
+            .call(
+                Method::PATCH,
+                "/admin/users/root2",
+                Some(("x-api-key", "admin-key")),
+                Some(json!({"admin": true})),
+            )
+            .await;
+        assert_eq!(promoted.status, StatusCode::OK);
+        let disabled = admins
+            .call(
+                Method::PATCH,
+                "/admin/users/kim",
+                Some(("x-api-key", "admin-key")),
+                Some(json!({"disabled": true})),
+            )
+            .await;
+        assert_eq!(
+            disabled.status,
+            StatusCode::OK,
+            "{name}: {}",
+            disabled.text()
+        );
+        tokio::time::sleep(STATE_TTL + Duration::from_millis(100)).await;
+        assert_eq!(
+            chat(&app, &key, "via-key", "Hello!").await.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}"
+        );
     }
 }
 
@@ -1050,6 +1112,29 @@ async fn sign_ins_are_limited_per_account_and_per_address() {
 
 #[tokio::test]
 async fn the_shared_sign_in_limit_fails_closed() {
+    let site = memory_site().await;
+    let accounts = accounts(&site, settings(Signup::Open)).await;
+    let open = app_with(&site, accounts.clone(), |s| s);
+    register(&open, "una", "una's password").await;
+    // Redis unreachable: sign-ins are refused, not let through.
+    let gone = Redis::open("redis://127.0.0.1:1/", "gone:").unwrap();
+    let c = app_with(&site, accounts, |s| s.with_redis(gone));
+    let refused = sign_in(&c, "una", "una%27s%20password").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.text(),
+        r#"{"detail":"Sign-in is unavailable: try again shortly"}"#
+    );
+    assert!(refused.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn the_sign_in_limit_is_the_fleets_with_redis() {
     let Some(url) = redis_url().await else { return };
     let site = memory_site().await;
     let accounts = accounts(&site, settings(Signup::Open)).await;
@@ -1304,4 +1389,117 @@ async fn every_page_sends_the_security_headers() {
         app.get("/ui/nothing.js").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn a_password_is_never_echoed_in_a_422() {
+    let site = memory_site().await;
+    let app = app(&site, Signup::Open).await;
+    let secret = "my very secret password";
+    for body in [
+        json!({"password": secret}),
+        json!({"username": "ok-name", "password": secret, "display_name": 5}),
+        json!(secret),
+    ] {
+        let refused = post(&app, "/auth/register", None, body.clone()).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(!refused.text().contains(secret), "{}", refused.text());
+    }
+    register(&app, "quiet", "quiet password").await;
+    let (access, _) = tokens(&app, "quiet", "quiet%20password").await;
+    let refused = post(
+        &app,
+        "/auth/password",
+        Some(&access),
+        json!({"current_password": secret}),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!refused.text().contains(secret), "{}", refused.text());
+}
+
+#[tokio::test]
+async fn a_shared_jwt_secret_never_lets_one_side_mint_the_others_tokens() {
+    const SECRET: &str = "one secret for the provider and the accounts, 32+ bytes";
+    let site = memory_site().await;
+    let shared = Settings {
+        secret: Some(SECRET.as_bytes().to_vec()),
+        ..settings(Signup::Open)
+    };
+    let jwt = Jwt::new(&JwtSettings::new(KeySource::Secret(
+        SECRET.as_bytes().to_vec(),
+    )))
+    .unwrap();
+    let app = app_with(&site, accounts(&site, shared).await, |s| s.with_jwt(jwt));
+    register(&app, "pia", "pia's password").await;
+    let (pia, _) = tokens(&app, "pia", "pia%27s%20password").await;
+    assert_eq!(
+        chat(&app, &pia, "hers", "Hello!").await.status,
+        StatusCode::OK
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    // Our claims signed with the raw secret: not ours (the key is derived), so
+    // at most the provider's subject "pia", another owner.
+    let minted = json!({"sub": "pia", "iss": "chatbot-api", "aud": "chatbot-api", "aid": "x", "ep": 0,
+        "iat": now, "exp": now + 300});
+    let minted = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &minted, &key).unwrap();
+    assert_eq!(
+        get(&app, "/chat/history/hers", &minted).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&app, "/auth/me", &minted).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // And our token is nothing to the provider's check: its signature is another key's.
+    let provider_only = Jwt::new(&JwtSettings::new(KeySource::Secret(
+        SECRET.as_bytes().to_vec(),
+    )))
+    .unwrap();
+    let other = app_with(
+        &memory_site().await,
+        accounts(&site, settings(Signup::Open)).await,
+        |s| s.with_jwt(provider_only),
+    );
+    assert_eq!(
+        get(&other, "/chat/sessions", &pia).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_cookie_sign_in_from_another_site_is_refused() {
+    let site = memory_site().await;
+    let app = app(&site, Signup::Open).await;
+    register(&app, "rae", "rae's password").await;
+    let attempt = |site: &'static str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/auth/token?cookie=true")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", site)
+            .body(Body::from("username=rae&password=rae%27s%20password"))
+            .unwrap()
+    };
+    let forged = app.send(attempt("cross-site")).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.header("set-cookie").is_none());
+    assert_eq!(
+        app.send(attempt("same-origin")).await.status,
+        StatusCode::OK
+    );
+    let by_origin = app
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/auth/token?cookie=true")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("origin", "https://evil.example")
+                .header("host", "chat.example")
+                .body(Body::from("username=rae&password=rae%27s%20password"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(by_origin.status, StatusCode::FORBIDDEN);
 }

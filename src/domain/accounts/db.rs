@@ -24,8 +24,11 @@ pub struct AccountDb {
 /// What using a refresh token found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
-    /// Exchanged: the account it belongs to.
-    Rotated { username: String },
+    /// Exchanged: the account it belongs to (its name and id).
+    Rotated {
+        username: String,
+        account_id: String,
+    },
     /// Used before (or revoked): its whole family is revoked now.
     Reused,
     /// Unknown or expired.
@@ -36,11 +39,11 @@ fn unavailable(err: sqlx::Error) -> AccountError {
     AccountError::Unavailable(err.to_string())
 }
 
-const ACCOUNT_COLUMNS: &str =
-    "username, display_name, admin, disabled, pending, created_at, epoch, password_hash";
+const ACCOUNT_COLUMNS: &str = "username, display_name, admin, disabled, pending, created_at, epoch, password_hash, account_id";
 
 fn account(row: &AnyRow) -> Result<(Account, State, String), sqlx::Error> {
     let account = Account {
+        id: row.try_get(8)?,
         username: row.try_get(0)?,
         display_name: row.try_get(1)?,
         admin: row.try_get::<i64, _>(2)? != 0,
@@ -49,6 +52,7 @@ fn account(row: &AnyRow) -> Result<(Account, State, String), sqlx::Error> {
         created_at: row.try_get(5)?,
     };
     let state = State {
+        id: account.id.clone(),
         epoch: row.try_get(6)?,
         admin: account.admin,
         disabled: account.disabled,
@@ -186,8 +190,8 @@ impl AccountDb {
         password_hash: &str,
     ) -> Result<bool, AccountError> {
         let done = sqlx::query(
-            "INSERT INTO accounts (username, display_name, password_hash, admin, disabled, pending, epoch, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7) ON CONFLICT (username) DO NOTHING",
+            "INSERT INTO accounts (username, display_name, password_hash, admin, disabled, pending, epoch, created_at, account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8) ON CONFLICT (username) DO NOTHING",
         )
         .bind(&account.username)
         .bind(&account.display_name)
@@ -196,10 +200,53 @@ impl AccountDb {
         .bind(i64::from(account.disabled))
         .bind(i64::from(account.pending))
         .bind(account.created_at)
+        .bind(&account.id)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds `account` as the first one, an admin, in one transaction with
+    /// the claim to be first: `Some(true)` done, `Some(false)` someone was
+    /// first already (nothing stored), `None` the username is taken.
+    pub async fn insert_first(
+        &self,
+        account: &Account,
+        password_hash: &str,
+        claim: &str,
+    ) -> Result<Option<bool>, AccountError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let claimed = sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(claim)
+        .bind(&account.username)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if claimed.rows_affected() != 1 {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(Some(false));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (username, display_name, password_hash, admin, disabled, pending, epoch, created_at, account_id) \
+             VALUES ($1, $2, $3, 1, 0, 0, 0, $4, $5) ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&account.username)
+        .bind(&account.display_name)
+        .bind(password_hash)
+        .bind(account.created_at)
+        .bind(&account.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if inserted.rows_affected() != 1 {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(None);
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(true))
     }
 
     /// The account, its state and its password hash.
@@ -328,19 +375,20 @@ impl AccountDb {
         &self,
         token_hash: &str,
         family: &str,
-        username: &str,
+        (username, account_id): (&str, &str),
         now: i64,
         expires_at: i64,
     ) -> Result<(), AccountError> {
         sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family, username, created_at, expires_at, revoked) \
-             VALUES ($1, $2, $3, $4, $5, 0)",
+            "INSERT INTO refresh_tokens (token_hash, family, username, account_id, created_at, expires_at, revoked) \
+             VALUES ($1, $2, $3, $6, $4, $5, 0)",
         )
         .bind(token_hash)
         .bind(family)
         .bind(username)
         .bind(now)
         .bind(expires_at)
+        .bind(account_id)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -348,12 +396,16 @@ impl AccountDb {
     }
 
     /// Exchanges the refresh token `old` for `new` (same family), once: a
-    /// second use of `old` revokes the family (RFC 9700 §4.14.2). The
-    /// first statement writes, so on SQLite the transaction holds the
-    /// write lock from its start, and two uses at once cannot both win.
+    /// second use of `old` revokes the family (RFC 9700 §4.14.2).
     ///
     /// A token used less than `grace` ago works once more (two tabs of one
     /// page refreshing at once share one cookie); with no grace, never.
+    ///
+    /// Every change to an account's refresh tokens first locks its row in
+    /// `accounts` (sign-out everywhere and password changes do too), so a
+    /// rotation and a revocation never pass each other: on PostgreSQL a
+    /// revocation would otherwise miss a new token an unfinished rotation
+    /// inserted. On SQLite that first write takes the write lock.
     pub async fn rotate(
         &self,
         old: &str,
@@ -362,12 +414,18 @@ impl AccountDb {
         expires_at: i64,
         grace: i64,
     ) -> Result<Rotation, AccountError> {
+        // Unknown tokens (garbage) cost one read, never a write.
+        let Some(username) = self.token_owner(old).await? else {
+            return Ok(Rotation::Invalid);
+        };
         let used_since = if grace > 0 { now - grace } else { i64::MAX };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_account(&mut tx, &username).await?;
         let used = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = COALESCE(used_at, $2) \
+            "UPDATE refresh_tokens SET regraced = CASE WHEN used_at IS NULL THEN 0 ELSE 1 END, \
+             used_at = COALESCE(used_at, $2) \
              WHERE token_hash = $1 AND revoked = 0 AND expires_at > $2 \
-             AND (used_at IS NULL OR used_at >= $3)",
+             AND (used_at IS NULL OR (used_at >= $3 AND regraced = 0))",
         )
         .bind(old)
         .bind(now)
@@ -376,7 +434,7 @@ impl AccountDb {
         .await
         .map_err(unavailable)?;
         let row = sqlx::query(
-            "SELECT family, username, used_at, revoked, expires_at FROM refresh_tokens WHERE token_hash = $1",
+            "SELECT family, username, account_id, used_at, revoked FROM refresh_tokens WHERE token_hash = $1",
         )
         .bind(old)
         .fetch_optional(&mut *tx)
@@ -391,28 +449,32 @@ impl AccountDb {
         };
         let family: String = row.try_get(0).map_err(unavailable)?;
         let username: String = row.try_get(1).map_err(unavailable)?;
+        let account_id: String = row.try_get(2).map_err(unavailable)?;
         if used.rows_affected() == 1 {
             sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, family, username, created_at, expires_at, revoked) \
-                 VALUES ($1, $2, $3, $4, $5, 0)",
+                "INSERT INTO refresh_tokens (token_hash, family, username, account_id, created_at, expires_at, revoked) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0)",
             )
             .bind(new)
             .bind(&family)
             .bind(&username)
+            .bind(&account_id)
             .bind(now)
             .bind(expires_at)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
-            return Ok(Rotation::Rotated { username });
+            return Ok(Rotation::Rotated {
+                username,
+                account_id,
+            });
         }
-        let expires: i64 = row.try_get(4).map_err(unavailable)?;
         let reused = row
-            .try_get::<Option<i64>, _>(2)
+            .try_get::<Option<i64>, _>(3)
             .map_err(unavailable)?
             .is_some()
-            || row.try_get::<i64, _>(3).map_err(unavailable)? != 0;
+            || row.try_get::<i64, _>(4).map_err(unavailable)? != 0;
         if reused {
             sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1")
                 .bind(&family)
@@ -422,27 +484,40 @@ impl AccountDb {
             tx.commit().await.map_err(unavailable)?;
             return Ok(Rotation::Reused);
         }
-        debug_assert!(expires <= now);
+        // Expired.
         tx.commit().await.map_err(unavailable)?;
         Ok(Rotation::Invalid)
     }
 
-    /// Revokes the family of the refresh token `token_hash` (sign-out of
-    /// one device); the account it belonged to, if any.
-    pub async fn revoke_family_of(&self, token_hash: &str) -> Result<Option<String>, AccountError> {
-        let row = sqlx::query("SELECT family, username FROM refresh_tokens WHERE token_hash = $1")
+    /// The account a refresh token (its digest) belongs to, if any.
+    async fn token_owner(&self, token_hash: &str) -> Result<Option<String>, AccountError> {
+        let row = sqlx::query("SELECT username FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let family: String = row.try_get(0).map_err(unavailable)?;
-        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1")
-            .bind(&family)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        row.try_get(1).map(Some).map_err(unavailable)
+        row.map(|row| row.try_get(0))
+            .transpose()
+            .map_err(unavailable)
+    }
+
+    /// Revokes the family of the refresh token `token_hash` (sign-out of
+    /// one device), under the account's lock as [`AccountDb::rotate`].
+    pub async fn revoke_family_of(&self, token_hash: &str) -> Result<(), AccountError> {
+        let Some(username) = self.token_owner(token_hash).await? else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_account(&mut tx, &username).await?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1 \
+             WHERE family = (SELECT family FROM refresh_tokens WHERE token_hash = $1)",
+        )
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 
     /// Drops refresh tokens expired before `before`.
@@ -456,10 +531,15 @@ impl AccountDb {
     }
 
     /// Keeps a personal key (its digest).
-    pub async fn insert_key(&self, key: &Key, key_hash: &str) -> Result<(), AccountError> {
+    pub async fn insert_key(
+        &self,
+        key: &Key,
+        key_hash: &str,
+        account_id: &str,
+    ) -> Result<(), AccountError> {
         sqlx::query(
-            "INSERT INTO account_keys (id, username, name, key_hash, hint, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO account_keys (id, username, account_id, name, key_hash, hint, created_at) \
+             VALUES ($1, $2, $7, $3, $4, $5, $6)",
         )
         .bind(&key.id)
         .bind(&key.username)
@@ -467,6 +547,7 @@ impl AccountDb {
         .bind(key_hash)
         .bind(&key.hint)
         .bind(key.created_at)
+        .bind(account_id)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -513,13 +594,14 @@ impl AccountDb {
     pub async fn key_by_hash(
         &self,
         key_hash: &str,
-    ) -> Result<Option<(String, String)>, AccountError> {
-        let row = sqlx::query("SELECT id, username FROM account_keys WHERE key_hash = $1")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+    ) -> Result<Option<(String, String, String)>, AccountError> {
+        let row =
+            sqlx::query("SELECT id, username, account_id FROM account_keys WHERE key_hash = $1")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
             .transpose()
             .map_err(unavailable)
     }
@@ -538,6 +620,19 @@ impl AccountDb {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Locks the account's row until the transaction ends (see [`AccountDb::rotate`]).
+async fn lock_account(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    username: &str,
+) -> Result<(), AccountError> {
+    sqlx::query("UPDATE accounts SET epoch = epoch WHERE username = $1")
+        .bind(username)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 async fn revoke_all(

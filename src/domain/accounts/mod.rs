@@ -79,7 +79,7 @@ impl std::str::FromStr for Signup {
 }
 
 /// What configures accounts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub signup: Signup,
     pub access_ttl: Duration,
@@ -91,6 +91,19 @@ pub struct Settings {
     /// How long a used refresh token still works (two tabs of one page
     /// refreshing with one cookie at once); after it, a use revokes the family.
     pub reuse_grace: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("signup", &self.signup)
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("hash_concurrency", &self.hash_concurrency)
+            .field("secret", &self.secret.as_ref().map(|_| "(given)"))
+            .field("reuse_grace", &self.reuse_grace)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -109,6 +122,9 @@ impl Default for Settings {
 /// An account as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
+    /// Random and never reused: what its tokens, keys and conversations
+    /// belong to (a username deleted and taken again gets none of them).
+    pub id: String,
     pub username: String,
     pub display_name: String,
     pub admin: bool,
@@ -119,8 +135,9 @@ pub struct Account {
 }
 
 /// What a request with an account's token may do; cached per instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
+    pub id: String,
     pub epoch: i64,
     pub admin: bool,
     pub disabled: bool,
@@ -151,7 +168,11 @@ pub struct Tokens {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
     pub username: String,
+    /// The account's id: whose conversations these are.
+    pub account_id: String,
     pub admin: bool,
+    /// By a personal key (which may not manage keys or the password).
+    pub by_key: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +209,8 @@ struct Claims {
     iss: String,
     aud: String,
     sub: String,
+    /// The account's id: a token outlives no deletion of its account.
+    aid: String,
     iat: i64,
     exp: i64,
     /// The account's epoch when the token was issued.
@@ -205,8 +228,8 @@ pub enum Checked {
     NotOurs,
 }
 
-/// A personal key's id and account.
-type KeyOwner = (String, String);
+/// A personal key's id, and its account's name and id.
+type KeyOwner = (String, String, String);
 
 /// Everything about accounts.
 pub struct Accounts {
@@ -234,6 +257,15 @@ fn random_token(prefix: &str) -> Result<String, AccountError> {
     Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
+/// The accounts' signing key derived from `--jwt-secret`:
+/// HMAC-SHA256(secret, a label of its own).
+fn derive_key(secret: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"chatbot-api/accounts/access-tokens/v1");
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// The digest a token or key is kept as.
 pub fn digest(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
@@ -246,7 +278,9 @@ impl Accounts {
     /// Accounts in `db`, signing with `settings.secret` or the database's key.
     pub async fn new(db: AccountDb, settings: Settings) -> Result<Self, AccountError> {
         let secret = match &settings.secret {
-            Some(secret) => secret.clone(),
+            // A key of its own, derived: tokens an identity provider signs
+            // with the same secret are never ours, nor ours theirs.
+            Some(secret) => derive_key(secret),
             None => {
                 let generated = random_token("")?;
                 db.secret(SIGNING_KEY, generated).await?.into_bytes()
@@ -282,8 +316,9 @@ impl Accounts {
     }
 
     /// Creates an account. By `admin_made` (an admin's request) it is
-    /// made as given; otherwise as `--signup` allows: the first account is
-    /// an admin whatever the mode.
+    /// made as given; otherwise as `--signup` allows: the first account
+    /// signing up is an admin whatever the mode (once, on every instance:
+    /// the account and the claim to be first are one transaction).
     pub async fn register(
         &self,
         username: &str,
@@ -291,7 +326,7 @@ impl Accounts {
         display_name: Option<String>,
         admin_made: Option<bool>,
     ) -> Result<Account, AccountError> {
-        let first = self.first_account().await?;
+        let first = admin_made.is_none() && self.first_account().await?;
         if admin_made.is_none() && !first && self.settings.signup == Signup::Closed {
             return Err(AccountError::SignupClosed);
         }
@@ -300,6 +335,7 @@ impl Accounts {
         }
         let hash = self.passwords.hash(password).await?;
         let mut account = Account {
+            id: random_token("acct_")?,
             username: username.to_owned(),
             display_name: display_name.unwrap_or_else(|| username.to_owned()),
             admin: admin_made.unwrap_or(false),
@@ -307,21 +343,23 @@ impl Accounts {
             pending: admin_made.is_none() && self.settings.signup == Signup::Approval,
             created_at: now(),
         };
+        if first {
+            match self.db.insert_first(&account, &hash, FIRST_ADMIN).await? {
+                Some(true) => {
+                    account.admin = true;
+                    account.pending = false;
+                    return Ok(account);
+                }
+                None => return Err(AccountError::Taken),
+                // Someone else was first meanwhile: as any later sign-up.
+                Some(false) if self.settings.signup == Signup::Closed => {
+                    return Err(AccountError::SignupClosed);
+                }
+                Some(false) => {}
+            }
+        }
         if !self.db.insert(&account, &hash).await? {
             return Err(AccountError::Taken);
-        }
-        // The first account to claim it is the admin (once, on every
-        // instance: the claim is a row only one insert makes).
-        if first && self.db.claim(FIRST_ADMIN, username).await? {
-            self.db
-                .update(username, Some(true), None, Some(false), false)
-                .await?;
-            account.admin = true;
-            account.pending = false;
-        } else if admin_made.is_none() && first && self.settings.signup == Signup::Closed {
-            // Lost the race to be first on a closed server.
-            self.db.delete(username).await?;
-            return Err(AccountError::SignupClosed);
         }
         Ok(account)
     }
@@ -344,14 +382,14 @@ impl Accounts {
         if let Some(rehash) = verdict.rehash {
             self.db.set_password(username, &rehash, false).await?;
         }
-        self.issue(username, state.epoch, None).await
+        self.issue(username, &state, None).await
     }
 
     /// A new access token and refresh token; a new family unless `family`.
     async fn issue(
         &self,
         username: &str,
-        epoch: i64,
+        state: &State,
         refresh: Option<String>,
     ) -> Result<Tokens, AccountError> {
         let now = now();
@@ -360,9 +398,10 @@ impl Accounts {
             iss: ISSUER.to_owned(),
             aud: ISSUER.to_owned(),
             sub: username.to_owned(),
+            aid: state.id.clone(),
             iat: now,
             exp: now + i64::try_from(access_ttl).unwrap_or(i64::MAX / 2),
-            ep: epoch,
+            ep: state.epoch,
         };
         let access_token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -376,7 +415,7 @@ impl Accounts {
                     .insert_refresh(
                         &digest(&token),
                         &family,
-                        username,
+                        (username, &state.id),
                         now,
                         now + self.refresh_secs(),
                     )
@@ -412,8 +451,11 @@ impl Accounts {
                 i64::try_from(self.settings.reuse_grace.as_secs()).unwrap_or(0),
             )
             .await?;
-        let username = match rotation {
-            Rotation::Rotated { username } => username,
+        let (username, account_id) = match rotation {
+            Rotation::Rotated {
+                username,
+                account_id,
+            } => (username, account_id),
             Rotation::Reused => {
                 tracing::warn!(
                     target: "chatbot_api::accounts",
@@ -425,8 +467,8 @@ impl Accounts {
         };
         let state = self.state_now(&username).await?;
         match state {
-            Some(state) if !state.disabled && !state.pending => {
-                self.issue(&username, state.epoch, Some(next)).await
+            Some(state) if state.id == account_id && !state.disabled && !state.pending => {
+                self.issue(&username, &state, Some(next)).await
             }
             _ => Err(AccountError::InvalidToken),
         }
@@ -464,7 +506,7 @@ impl Accounts {
             .state_now(username)
             .await?
             .ok_or(AccountError::NoAccount)?;
-        self.issue(username, state.epoch, None).await
+        self.issue(username, &state, None).await
     }
 
     pub async fn account(&self, username: &str) -> Result<Account, AccountError> {
@@ -497,11 +539,13 @@ impl Accounts {
         let loses_admin = before.admin
             && !before.disabled
             && !before.pending
-            && (admin == Some(false) || disabled == Some(true));
+            && (admin == Some(false) || disabled == Some(true) || approved == Some(false));
         if loses_admin && self.db.active_admins().await? <= 1 {
             return Err(AccountError::LastAdmin);
         }
-        let revoke = disabled == Some(true) && !before.disabled;
+        // Disabled, or sent back to wait for approval: its sessions end.
+        let revoke = (disabled == Some(true) && !before.disabled)
+            || (approved == Some(false) && !before.pending);
         let pending = approved.map(|approved| !approved);
         self.db
             .update(username, admin, disabled, pending, revoke)
@@ -551,6 +595,11 @@ impl Accounts {
         username: &str,
         name: String,
     ) -> Result<(String, Key), AccountError> {
+        let (account, _, _) = self
+            .db
+            .get(username)
+            .await?
+            .ok_or(AccountError::NoAccount)?;
         let secret = random_token(KEY_PREFIX)?;
         let key = Key {
             id: format!("key_{}", &random_token("")?[..16]),
@@ -560,7 +609,9 @@ impl Accounts {
             created_at: now(),
             last_used_at: None,
         };
-        self.db.insert_key(&key, &digest(&secret)).await?;
+        self.db
+            .insert_key(&key, &digest(&secret), &account.id)
+            .await?;
         Ok((secret, key))
     }
 
@@ -599,19 +650,21 @@ impl Accounts {
                 found
             }
         };
-        let Some((id, username)) = found else {
+        let Some((id, username, account_id)) = found else {
             return Ok(None);
         };
         let Some(state) = self.state(&username).await? else {
             return Ok(None);
         };
-        if state.disabled || state.pending {
+        if state.id != account_id || state.disabled || state.pending {
             return Ok(None);
         }
         self.note_used(&id).await;
         Ok(Some(Signed {
             username,
+            account_id,
             admin: state.admin,
+            by_key: true,
         }))
     }
 
@@ -644,20 +697,36 @@ impl Accounts {
             return Ok(Checked::Refused);
         };
         match self.state(&claims.sub).await? {
-            Some(state) if state.epoch == claims.ep && !state.disabled && !state.pending => {
+            Some(state)
+                if state.id == claims.aid
+                    && state.epoch == claims.ep
+                    && !state.disabled
+                    && !state.pending =>
+            {
                 Ok(Checked::Valid(Signed {
                     username: claims.sub,
+                    account_id: claims.aid,
                     admin: state.admin,
+                    by_key: false,
                 }))
             }
             _ => Ok(Checked::Refused),
         }
     }
 
-    /// The account a token names, if it is one of ours and valid as far as
-    /// the signature and time go (no database): for the rate limit's buckets.
+    /// The account id a token names, if it is one of ours and valid as far
+    /// as the signature and time go (no database): for the rate limit's buckets.
     pub fn subject_cached(&self, token: &str) -> Option<String> {
-        self.decode(token)?.ok().map(|claims| claims.sub)
+        self.decode(token)?.ok().map(|claims| claims.aid)
+    }
+
+    /// The id of the account named `username`, if there is one.
+    pub async fn id_of(&self, username: &str) -> Result<Option<String>, AccountError> {
+        Ok(self
+            .db
+            .get(username)
+            .await?
+            .map(|(account, _, _)| account.id))
     }
 
     /// `None`: not ours. `Some(Err)`: ours, but expired or malformed.
@@ -688,7 +757,7 @@ impl Accounts {
             .unwrap_or_else(|e| e.into_inner())
             .get(username)
             .filter(|(_, at)| at.elapsed() < STATE_TTL)
-            .map(|(state, _)| *state);
+            .map(|(state, _)| state.clone());
         match cached {
             Some(state) => Ok(state),
             None => self.state_now(username).await,
@@ -701,7 +770,7 @@ impl Accounts {
         if states.len() > 100_000 {
             states.clear();
         }
-        states.insert(username.to_owned(), (state, Instant::now()));
+        states.insert(username.to_owned(), (state.clone(), Instant::now()));
         Ok(state)
     }
 

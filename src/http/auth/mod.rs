@@ -62,6 +62,8 @@ pub struct Caller {
     /// The account it acts as: one of the server's own accounts, by its
     /// access token or personal key.
     pub account: Option<String>,
+    /// That account acts by a personal key, not a signed-in session.
+    pub account_by_key: bool,
 }
 
 impl Auth {
@@ -83,6 +85,7 @@ impl Auth {
                 admin: None,
                 operator: true,
                 account: None,
+                account_by_key: false,
             });
         }
         let presented = presented_key(headers).ok_or(ApiError::Unauthorized)?;
@@ -146,6 +149,7 @@ impl Auth {
                 admin: None,
                 operator: true,
                 account: None,
+                account_by_key: false,
             });
         }
         self.admin_keys.owner_of(presented).map(|owner| Caller {
@@ -153,6 +157,7 @@ impl Auth {
             owner,
             operator: true,
             account: None,
+            account_by_key: false,
         })
     }
 }
@@ -164,6 +169,7 @@ impl From<jwt::Verified> for Caller {
             admin: verified.admin.then(|| format!("sub {:?}", verified.sub)),
             operator: verified.admin,
             account: None,
+            account_by_key: false,
         }
     }
 }
@@ -171,11 +177,12 @@ impl From<jwt::Verified> for Caller {
 impl From<Signed> for Caller {
     fn from(signed: Signed) -> Self {
         Self {
-            owner: Owner::account(&signed.username),
+            owner: Owner::account(&signed.account_id),
             admin: signed
                 .admin
                 .then(|| format!("account {:?}", signed.username)),
             operator: signed.admin,
+            account_by_key: signed.by_key,
             account: Some(signed.username),
         }
     }
@@ -222,19 +229,11 @@ impl Owner {
         Self::tagged('u', &Sha256::digest(sub.as_bytes()).into())
     }
 
-    /// The owner one of the server's own accounts is: never the same as a
-    /// token subject of the same name. `?owner=account:NAME` addresses it.
-    pub fn account(username: &str) -> Self {
-        Self::tagged('a', &Sha256::digest(username.as_bytes()).into())
-    }
-
-    /// The owner `?owner=` names: `account:NAME` for an account, else a
-    /// token subject.
-    pub fn named(name: &str) -> Self {
-        match name.strip_prefix(ACCOUNT_OWNER) {
-            Some(username) => Self::account(username),
-            None => Self::user(name),
-        }
+    /// The owner one of the server's own accounts is, by its id (random,
+    /// never reused): never a token subject, never a later account of the
+    /// same name. `?owner=account:NAME` addresses it.
+    pub fn account(account_id: &str) -> Self {
+        Self::tagged('a', &Sha256::digest(account_id.as_bytes()).into())
     }
 
     fn tagged(kind: char, digest: &[u8; 32]) -> Self {
@@ -326,10 +325,24 @@ async fn admit(
         Err(err) => return refuse(err),
     };
     let operator = Operator(caller.operator);
-    let account = AccountOf(caller.account.clone(), caller.admin.is_some());
+    let account = AccountOf(
+        caller.account.clone(),
+        caller.admin.is_some(),
+        caller.account_by_key,
+    );
     let asked = owner_asked(request.uri());
+    // Only an admin's `?owner=` is looked up (anyone else is refused below).
+    let named = match &asked {
+        Some(name) if caller.admin.is_some() => match named_owner(auth, name).await {
+            Ok(owner) => Some(owner),
+            Err(err) => return refuse(err),
+        },
+        Some(name) => Some(Owner::user(name)),
+        None => None,
+    };
     let path = request.uri().path();
-    match act_as(caller, request.method(), path, asked.as_deref()) {
+    let target = asked.as_deref().zip(named);
+    match act_as(caller, request.method(), path, target) {
         Ok(owner) => {
             request.extensions_mut().insert(owner);
             request.extensions_mut().insert(operator);
@@ -341,6 +354,22 @@ async fn admit(
             response
         }
         Err(err) => refuse(err),
+    }
+}
+
+/// The owner `?owner=` names: `account:NAME` for one of the server's own
+/// accounts (by its id; an owner nobody has when there is no such
+/// account), else a token subject.
+async fn named_owner(auth: &Auth, name: &str) -> Result<Owner, ApiError> {
+    match (name.strip_prefix(ACCOUNT_OWNER), &auth.accounts) {
+        (Some(username), Some(accounts)) => {
+            let username = username.to_ascii_lowercase();
+            Ok(match accounts.id_of(&username).await? {
+                Some(id) => Owner::account(&id),
+                None => Owner::account(&format!("none:{username}")),
+            })
+        }
+        _ => Ok(Owner::user(name)),
     }
 }
 
@@ -369,10 +398,11 @@ fn keep_owner_in_link(response: &mut Response, sub: &str) {
     }
 }
 
-/// The account a request acts as (if it is one of the server's own), and
-/// whether the caller is an admin; set by [`authenticate`].
+/// The account a request acts as (if it is one of the server's own),
+/// whether the caller is an admin, and whether the account acts by a
+/// personal key; set by [`authenticate`].
 #[derive(Debug, Clone)]
-pub struct AccountOf(pub Option<String>, pub bool);
+pub struct AccountOf(pub Option<String>, pub bool, pub bool);
 
 impl<S: Send + Sync> FromRequestParts<S> for AccountOf {
     type Rejection = ApiError;
@@ -409,9 +439,9 @@ fn act_as(
     caller: Caller,
     method: &Method,
     path: &str,
-    asked: Option<&str>,
+    asked: Option<(&str, Owner)>,
 ) -> Result<Owner, ApiError> {
-    let Some(sub) = asked else {
+    let Some((sub, named)) = asked else {
         return Ok(caller.owner);
     };
     let Some(admin) = caller.admin else {
@@ -443,7 +473,7 @@ fn act_as(
         owner = ?sub,
         "admin acts on another owner's conversations"
     );
-    Ok(Owner::named(sub))
+    Ok(named)
 }
 
 #[cfg(test)]
@@ -519,16 +549,20 @@ mod tests {
             admin: None,
             operator: false,
             account: None,
+            account_by_key: false,
         };
         let admin = Caller {
             owner: Owner::user("root"),
             admin: Some("sub \"root\"".into()),
             operator: true,
             account: None,
+            account_by_key: false,
         };
         let uri = |u: &str| u.parse::<axum::http::Uri>().unwrap();
         let act_as = |caller, method: &Method, uri: &axum::http::Uri| {
-            act_as(caller, method, uri.path(), owner_asked(uri).as_deref())
+            let asked = owner_asked(uri);
+            let target = asked.as_deref().map(|name| (name, Owner::user(name)));
+            act_as(caller, method, uri.path(), target)
         };
         let plain = uri("/chat/history/s");
         let other = uri("/chat/history/s?owner=bob");

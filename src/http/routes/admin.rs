@@ -193,11 +193,17 @@ async fn delete_user(
     admin_only(&caller)?;
     let username = username.to_ascii_lowercase();
     let accounts = accounts(&state)?.clone();
+    let account_id = accounts
+        .id_of(&username)
+        .await?
+        .ok_or(crate::domain::accounts::AccountError::NoAccount)?;
     // Disabled and signed out first, then its conversations, then the
-    // account: a failure part-way leaves a disabled account with fewer
-    // conversations, never conversations a new account of that name gets.
+    // account. Conversations belong to the account's id, never reused: a
+    // new account of the same name sees none of them, even any a request
+    // still running wrote after this sweep (they are then unreachable,
+    // except to an admin's `?owner=`-less reads of the store itself).
     accounts.retire(&username).await?;
-    let owner = Owner::account(&username);
+    let owner = Owner::account(&account_id);
     let mut deleted = 0usize;
     loop {
         let batch = state.store.sessions(owner.prefix(), None, 500).await?;

@@ -93,6 +93,49 @@ pub(crate) fn signed_in(account: &AccountOf) -> Result<&str, ApiError> {
     ))
 }
 
+/// As [`signed_in`], but by a session's access token: a personal key may
+/// not make more keys, change the password or sign the account out.
+fn in_session(account: &AccountOf) -> Result<&str, ApiError> {
+    let username = signed_in(account)?;
+    if account.2 {
+        return Err(ApiError::Forbidden(
+            "A personal key cannot manage keys, the password or sessions: sign in",
+        ));
+    }
+    Ok(username)
+}
+
+/// A page's request for the refresh cookie must come from this server's
+/// own pages: a cross-site form could otherwise sign a visitor in as the
+/// attacker (login CSRF). Browsers say where a request comes from in
+/// `Sec-Fetch-Site`, and older ones in `Origin`.
+fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let refused = ApiError::Forbidden("A cookie sign-in must come from this server's own pages");
+    if let Some(site) = text("sec-fetch-site") {
+        return if matches!(site, "same-origin" | "none") {
+            Ok(())
+        } else {
+            Err(refused)
+        };
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            if origin_host.eq_ignore_ascii_case(host) {
+                Ok(())
+            } else {
+                Err(refused)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An account as the API shows it.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"username": "alice", "display_name": "Alice", "admin": false, "disabled": false,
@@ -348,6 +391,9 @@ async fn token(State(state): State<AppState>, request: Request) -> Result<Respon
     let peer = peer_of(&request);
     let headers = request.headers().clone();
     let cookie = wants_cookie(request.uri());
+    if cookie {
+        same_origin(&headers)?;
+    }
     let mut fields = Fields::form(form_body(request, &state.limits).await?);
     let username = fields.text("username", true, 1, 256, None);
     let password = fields.secret("password", true, 1, PASSWORD_MAX);
@@ -363,10 +409,21 @@ async fn token(State(state): State<AppState>, request: Request) -> Result<Respon
         return Err(ApiError::Validation(Vec::new()));
     };
     let username = username.to_ascii_lowercase();
-    check_limit(&state, peer, &headers, Some(&username)).await?;
+    // A name no account can have gets no bucket of its own (the address's counts).
+    let plausible =
+        (USERNAME_MIN..=USERNAME_MAX).contains(&username.len()) && username_allowed(&username);
+    check_limit(
+        &state,
+        peer,
+        &headers,
+        plausible.then_some(username.as_str()),
+    )
+    .await?;
     let tokens = accounts.sign_in(&username, password).await;
     if let Err(AccountError::BadCredentials) = &tokens {
-        tracing::info!(target: "chatbot_api::accounts", username = %username, "failed sign-in");
+        // Not the name itself: people type their password into it.
+        let tag: String = crate::domain::accounts::digest(&username)[..12].to_owned();
+        tracing::info!(target: "chatbot_api::accounts", username_sha256 = %tag, "failed sign-in");
     }
     Ok(issued(&accounts, tokens?, cookie))
 }
@@ -495,7 +552,7 @@ async fn change_password(
     account: AccountOf,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let username = signed_in(&account)?.to_owned();
+    let username = in_session(&account)?.to_owned();
     let accounts = accounts(&state)?.clone();
     let peer = peer_of(&request);
     let headers = request.headers().clone();
@@ -525,7 +582,7 @@ async fn logout_all(
     State(state): State<AppState>,
     account: AccountOf,
 ) -> Result<Response, ApiError> {
-    let username = signed_in(&account)?;
+    let username = in_session(&account)?;
     accounts(&state)?.logout_all(username).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     set_cookie(&mut response, None, 0);
@@ -543,7 +600,7 @@ async fn list_keys(
     State(state): State<AppState>,
     account: AccountOf,
 ) -> Result<Json<Vec<KeyBody>>, ApiError> {
-    let username = signed_in(&account)?;
+    let username = in_session(&account)?;
     let keys = accounts(&state)?.keys(username).await?;
     Ok(Json(
         keys.into_iter().map(|k| KeyBody::new(k, None)).collect(),
@@ -577,7 +634,7 @@ async fn create_key(
     account: AccountOf,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let username = signed_in(&account)?.to_owned();
+    let username = in_session(&account)?.to_owned();
     let accounts = accounts(&state)?.clone();
     let mut fields = Fields::json(json_body(request, &state.limits).await?)?;
     let name = fields.text("name", true, 1, 100, None);
@@ -611,7 +668,7 @@ async fn delete_key(
     account: AccountOf,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let username = signed_in(&account)?;
+    let username = in_session(&account)?;
     accounts(&state)?.delete_key(username, &key_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
