@@ -1503,3 +1503,70 @@ async fn a_cookie_sign_in_from_another_site_is_refused() {
         .await;
     assert_eq!(by_origin.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn two_admins_demoting_each_other_at_once_leave_one() {
+    for (name, site) in sites().await {
+        let app = app(&site, Signup::Open).await;
+        register(&app, "ann", "ann's password").await;
+        let (ann, _) = tokens(&app, "ann", "ann%27s%20password").await;
+        let as_ann = format!("Bearer {ann}");
+        post(
+            &app,
+            "/admin/users",
+            Some(&ann),
+            json!({"username": "ben", "password": "ben's password", "admin": true}),
+        )
+        .await;
+        let (ben, _) = tokens(&app, "ben", "ben%27s%20password").await;
+        let as_ben = format!("Bearer {ben}");
+        let (a, b) = tokio::join!(
+            app.call(
+                Method::PATCH,
+                "/admin/users/ben",
+                Some(("authorization", &as_ann)),
+                Some(json!({"admin": false}))
+            ),
+            app.call(
+                Method::PATCH,
+                "/admin/users/ann",
+                Some(("authorization", &as_ben)),
+                Some(json!({"admin": false}))
+            ),
+        );
+        let statuses = [a.status, b.status];
+        assert!(
+            statuses.contains(&StatusCode::CONFLICT)
+                || statuses.contains(&StatusCode::UNAUTHORIZED)
+                || statuses.contains(&StatusCode::FORBIDDEN),
+            "{name}: {statuses:?}"
+        );
+        let left = app
+            .call(
+                Method::GET,
+                "/admin/users",
+                Some(("authorization", &as_ann)),
+                None,
+            )
+            .await;
+        let left = if left.status == StatusCode::OK {
+            left
+        } else {
+            app.call(
+                Method::GET,
+                "/admin/users",
+                Some(("authorization", &as_ben)),
+                None,
+            )
+            .await
+        };
+        let admins = left
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["admin"] == true)
+            .count();
+        assert_eq!(admins, 1, "{name}: {statuses:?}");
+    }
+}

@@ -39,6 +39,9 @@ fn unavailable(err: sqlx::Error) -> AccountError {
     AccountError::Unavailable(err.to_string())
 }
 
+/// The row changes that could leave no admin lock (in `server_secrets`).
+const ADMIN_LOCK: &str = "admin_lock";
+
 const ACCOUNT_COLUMNS: &str = "username, display_name, admin, disabled, pending, created_at, epoch, password_hash, account_id";
 
 fn account(row: &AnyRow) -> Result<(Account, State, String), sqlx::Error> {
@@ -278,19 +281,11 @@ impl AccountDb {
             .map_err(unavailable)
     }
 
-    /// How many accounts are admins, enabled and approved.
-    pub async fn active_admins(&self) -> Result<i64, AccountError> {
-        sqlx::query(
-            "SELECT COUNT(*) FROM accounts WHERE admin = 1 AND disabled = 0 AND pending = 0",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(unavailable)
-    }
-
     /// Sets the flags given; with `revoke`, also raises the epoch and
     /// revokes every refresh token. `false` when there is no such account.
+    /// With `keep_an_admin`, refused ([`AccountError::LastAdmin`]) if it
+    /// would leave no active admin: such changes take one lock row first,
+    /// so two admins demoting each other at once cannot both pass.
     pub async fn update(
         &self,
         username: &str,
@@ -298,9 +293,17 @@ impl AccountDb {
         disabled: Option<bool>,
         pending: Option<bool>,
         revoke: bool,
+        keep_an_admin: bool,
     ) -> Result<bool, AccountError> {
         let flag = |v: Option<bool>| v.map(i64::from);
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if keep_an_admin {
+            sqlx::query("UPDATE server_secrets SET value = value WHERE name = $1")
+                .bind(ADMIN_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
         let done = sqlx::query(
             "UPDATE accounts SET admin = COALESCE($2, admin), disabled = COALESCE($3, disabled), \
              pending = COALESCE($4, pending), epoch = epoch + $5 WHERE username = $1",
@@ -313,11 +316,36 @@ impl AccountDb {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
+        if keep_an_admin {
+            let left: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM accounts WHERE admin = 1 AND disabled = 0 AND pending = 0",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(unavailable)?;
+            if left == 0 {
+                tx.rollback().await.map_err(unavailable)?;
+                return Err(AccountError::LastAdmin);
+            }
+        }
         if revoke {
             revoke_all(&mut tx, username).await?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Makes the row [`AccountDb::update`] locks (once, by any instance).
+    pub async fn ensure_admin_lock(&self) -> Result<(), AccountError> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, '') ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(ADMIN_LOCK)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     /// A new password hash; with `revoke`, every session of the account ends.
@@ -365,7 +393,7 @@ impl AccountDb {
 
     /// Raises the epoch and revokes every refresh token (sign-out everywhere).
     pub async fn revoke_everything(&self, username: &str) -> Result<(), AccountError> {
-        self.update(username, None, None, None, true)
+        self.update(username, None, None, None, true, false)
             .await
             .map(drop)
     }

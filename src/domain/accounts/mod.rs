@@ -19,6 +19,7 @@ pub mod password;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -243,6 +244,8 @@ pub struct Accounts {
     /// Keys' digests to (id, username), and when each was last noted used.
     keys: RwLock<HashMap<String, (Option<KeyOwner>, Instant)>>,
     touched: RwLock<HashMap<String, i64>>,
+    /// Changes made on this instance (see [`Accounts::state_now`]).
+    changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -286,6 +289,7 @@ impl Accounts {
                 db.secret(SIGNING_KEY, generated).await?.into_bytes()
             }
         };
+        db.ensure_admin_lock().await?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[ISSUER]);
@@ -303,6 +307,7 @@ impl Accounts {
             states: RwLock::default(),
             keys: RwLock::default(),
             touched: RwLock::default(),
+            changes: AtomicU64::new(0),
         })
     }
 
@@ -540,15 +545,12 @@ impl Accounts {
             && !before.disabled
             && !before.pending
             && (admin == Some(false) || disabled == Some(true) || approved == Some(false));
-        if loses_admin && self.db.active_admins().await? <= 1 {
-            return Err(AccountError::LastAdmin);
-        }
         // Disabled, or sent back to wait for approval: its sessions end.
         let revoke = (disabled == Some(true) && !before.disabled)
             || (approved == Some(false) && !before.pending);
         let pending = approved.map(|approved| !approved);
         self.db
-            .update(username, admin, disabled, pending, revoke)
+            .update(username, admin, disabled, pending, revoke, loses_admin)
             .await?;
         if let Some(password) = password {
             let hash = self.passwords.hash(password).await?;
@@ -567,15 +569,9 @@ impl Accounts {
             .get(username)
             .await?
             .ok_or(AccountError::NoAccount)?;
-        if before.admin
-            && !before.disabled
-            && !before.pending
-            && self.db.active_admins().await? <= 1
-        {
-            return Err(AccountError::LastAdmin);
-        }
+        let active_admin = before.admin && !before.disabled && !before.pending;
         self.db
-            .update(username, None, Some(true), None, true)
+            .update(username, None, Some(true), None, true, active_admin)
             .await?;
         self.forget(username);
         Ok(())
@@ -765,17 +761,23 @@ impl Accounts {
     }
 
     async fn state_now(&self, username: &str) -> Result<Option<State>, AccountError> {
+        let changes = self.changes.load(Ordering::Acquire);
         let state = self.db.get(username).await?.map(|(_, state, _)| state);
         let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-        if states.len() > 100_000 {
-            states.clear();
+        // A change on this instance while it was read: the copy may be
+        // older than the change, so it is used this once, not kept.
+        if self.changes.load(Ordering::Acquire) == changes {
+            if states.len() > 100_000 {
+                states.clear();
+            }
+            states.insert(username.to_owned(), (state.clone(), Instant::now()));
         }
-        states.insert(username.to_owned(), (state.clone(), Instant::now()));
         Ok(state)
     }
 
     /// Drops this instance's copy of the account's state.
     fn forget(&self, username: &str) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         self.states
             .write()
             .unwrap_or_else(|e| e.into_inner())
