@@ -247,6 +247,22 @@ pub struct Config {
     #[arg(long, env = "CHATBOT_SIGNUP", default_value = "closed", value_parser = Signup::from_str)]
     pub signup: Signup,
 
+    /// With --accounts: the first account, an admin, made at start if no
+    /// account exists yet (with --admin-password), so that nobody else can
+    /// sign up first. Ignored once an account exists.
+    #[arg(long, env = "CHATBOT_ADMIN_USERNAME", requires = "admin_password")]
+    pub admin_username: Option<String>,
+
+    /// The first admin's password (8 to 128 characters); give it through the
+    /// environment, never on the command line.
+    #[arg(
+        long,
+        env = "CHATBOT_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_username"
+    )]
+    pub admin_password: Option<String>,
+
     /// Seconds an access token the server signs stays valid.
     #[arg(long, env = "CHATBOT_ACCESS_TOKEN_TTL", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(10..=86_400))]

@@ -121,7 +121,13 @@ async fn run(config: Config) -> ExitCode {
                 Err(err) => Err(err),
             };
             match opened {
-                Ok(accounts) => Some(Arc::new(accounts)),
+                Ok(accounts) => {
+                    if let Err(err) = bootstrap_admin(&config, &accounts).await {
+                        eprintln!("chatbot-api: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                    Some(Arc::new(accounts))
+                }
                 Err(err) => {
                     eprintln!("chatbot-api: cannot open accounts: {err}");
                     return ExitCode::FAILURE;
@@ -196,6 +202,32 @@ async fn run(config: Config) -> ExitCode {
             eprintln!("chatbot-api: server error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes `--admin-username` the first account, an admin, if none exists.
+async fn bootstrap_admin(config: &Config, accounts: &Accounts) -> Result<(), String> {
+    let (Some(username), Some(password)) = (&config.admin_username, &config.admin_password) else {
+        return Ok(());
+    };
+    let username = username.to_ascii_lowercase();
+    let valid_name = (3..=32).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid_name {
+        return Err("--admin-username: 3 to 32 of A-Z a-z 0-9 . _ -".into());
+    }
+    if !(8..=128).contains(&password.chars().count()) {
+        return Err("CHATBOT_ADMIN_PASSWORD: 8 to 128 characters".into());
+    }
+    match accounts.bootstrap_admin(&username, password.clone()).await {
+        Ok(true) => {
+            tracing::info!(username = %username, "first account made: an admin");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(err) => Err(format!("cannot make the first admin: {err}")),
     }
 }
 

@@ -1570,3 +1570,36 @@ async fn two_admins_demoting_each_other_at_once_leave_one() {
         assert_eq!(admins, 1, "{name}: {statuses:?}");
     }
 }
+
+#[tokio::test]
+async fn a_bootstrap_admin_is_made_once_before_anyone_signs_up() {
+    let site = sqlite_site().await;
+    let accounts = accounts(&site, settings(Signup::Closed)).await;
+    assert!(
+        accounts
+            .bootstrap_admin("boss", "boss password".into())
+            .await
+            .unwrap()
+    );
+    // At the next start (or on another instance) it is there already.
+    assert!(
+        !accounts
+            .bootstrap_admin("boss", "boss password".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !accounts
+            .bootstrap_admin("other", "other password".into())
+            .await
+            .unwrap()
+    );
+    let app = app_with(&site, accounts, |s| s);
+    assert_eq!(app.get("/auth/config").await.json()["first_account"], false);
+    assert_eq!(
+        register(&app, "stranger", "stranger password").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let (boss, _) = tokens(&app, "boss", "boss%20password").await;
+    assert_eq!(get(&app, "/auth/me", &boss).await.json()["admin"], true);
+}

@@ -369,6 +369,25 @@ impl Accounts {
         Ok(account)
     }
 
+    /// Creates the first account, an admin, unless there is one already
+    /// (`--admin-username`, at start): `true` when it made it. The first
+    /// admin then exists before anyone else can reach the server.
+    pub async fn bootstrap_admin(
+        &self,
+        username: &str,
+        password: String,
+    ) -> Result<bool, AccountError> {
+        if !self.first_account().await? {
+            return Ok(false);
+        }
+        match self.register(username, password, None, None).await {
+            Ok(account) => Ok(account.admin),
+            // Another instance made it meanwhile.
+            Err(AccountError::Taken | AccountError::SignupClosed) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Signs in with a password: tokens, or why not. An unknown account
     /// costs the same hash as a known one.
     pub async fn sign_in(&self, username: &str, password: String) -> Result<Tokens, AccountError> {
