@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use chatbot_api::config::Config;
-use chatbot_api::domain::accounts::Accounts;
 use chatbot_api::domain::accounts::db::AccountDb;
+use chatbot_api::domain::accounts::{
+    Accounts, PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, USERNAME_MIN, valid_password,
+    valid_username,
+};
 use chatbot_api::domain::chatbot::Chatbot;
 use chatbot_api::domain::model::ModelClient;
 use chatbot_api::domain::redis::Redis;
@@ -211,15 +214,15 @@ async fn bootstrap_admin(config: &Config, accounts: &Accounts) -> Result<(), Str
         return Ok(());
     };
     let username = username.to_ascii_lowercase();
-    let valid_name = (3..=32).contains(&username.len())
-        && username
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !valid_name {
-        return Err("--admin-username: 3 to 32 of A-Z a-z 0-9 . _ -".into());
+    if !valid_username(&username) {
+        return Err(format!(
+            "--admin-username: {USERNAME_MIN} to {USERNAME_MAX} of A-Z a-z 0-9 . _ -"
+        ));
     }
-    if !(8..=128).contains(&password.chars().count()) {
-        return Err("CHATBOT_ADMIN_PASSWORD: 8 to 128 characters".into());
+    if !valid_password(password) {
+        return Err(format!(
+            "CHATBOT_ADMIN_PASSWORD: {PASSWORD_MIN} to {PASSWORD_MAX} characters"
+        ));
     }
     match accounts.bootstrap_admin(&username, password.clone()).await {
         Ok(true) => {

@@ -32,6 +32,30 @@ use self::db::{AccountDb, Rotation};
 use self::password::Passwords;
 use crate::domain::models::now;
 
+/// Usernames: 3 to 32 of `A-Z a-z 0-9 . _ -` (kept lower-cased).
+pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9._-]+$";
+pub const USERNAME_MIN: usize = 3;
+pub const USERNAME_MAX: usize = 32;
+/// Passwords: at least this many characters, and at most that (hashing is bounded).
+pub const PASSWORD_MIN: usize = 8;
+pub const PASSWORD_MAX: usize = 128;
+
+/// Whether every character of `name` may be in a username.
+pub fn username_chars_allowed(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `name` could be an account's username (length and characters).
+pub fn valid_username(name: &str) -> bool {
+    (USERNAME_MIN..=USERNAME_MAX).contains(&name.len()) && username_chars_allowed(name)
+}
+
+/// Whether `password` has an allowed length.
+pub fn valid_password(password: &str) -> bool {
+    (PASSWORD_MIN..=PASSWORD_MAX).contains(&password.chars().count())
+}
+
 /// How long an instance trusts what it read of an account's state.
 pub const STATE_TTL: Duration = Duration::from_secs(2);
 /// The `iss` and `aud` of the tokens this server signs.

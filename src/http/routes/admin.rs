@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{AccountBody, PASSWORD_MAX, PASSWORD_MIN, accounts, username_field};
+use super::auth::{AccountBody, accounts, username_field};
+use crate::domain::accounts::{PASSWORD_MAX, PASSWORD_MIN};
 use crate::http::AppState;
 use crate::http::auth::{AccountOf, Owner};
 use crate::http::docs::{DetailBody, ValidationBody};

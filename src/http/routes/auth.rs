@@ -21,7 +21,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::domain::accounts::{Account, AccountError, Accounts, Key, Tokens};
+use crate::domain::accounts::{
+    Account, AccountError, Accounts, Key, PASSWORD_MAX, PASSWORD_MIN, Tokens, USERNAME_MAX,
+    USERNAME_MIN, USERNAME_PATTERN, username_chars_allowed, valid_username,
+};
 use crate::domain::models::format_rfc3339;
 use crate::http::AppState;
 use crate::http::auth::{ACCOUNT_OWNER, AccountOf};
@@ -32,18 +35,6 @@ use crate::http::validate::Fields;
 
 /// The refresh token's cookie.
 pub const REFRESH_COOKIE: &str = "chatbot_refresh";
-/// Usernames: 3 to 32 of these, kept lower-cased.
-pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9._-]+$";
-pub const USERNAME_MIN: usize = 3;
-pub const USERNAME_MAX: usize = 32;
-/// Passwords: at least this long, and at most that (hashing is bounded).
-pub const PASSWORD_MIN: usize = 8;
-pub const PASSWORD_MAX: usize = 128;
-
-fn username_allowed(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 /// The username field of a body, lower-cased.
 pub fn username_field(fields: &mut Fields) -> Option<String> {
@@ -53,7 +44,7 @@ pub fn username_field(fields: &mut Fields) -> Option<String> {
             true,
             USERNAME_MIN,
             USERNAME_MAX,
-            Some((username_allowed, USERNAME_PATTERN)),
+            Some((username_chars_allowed, USERNAME_PATTERN)),
         )
         .map(|name| name.to_ascii_lowercase())
 }
@@ -410,15 +401,8 @@ async fn token(State(state): State<AppState>, request: Request) -> Result<Respon
     };
     let username = username.to_ascii_lowercase();
     // A name no account can have gets no bucket of its own (the address's counts).
-    let plausible =
-        (USERNAME_MIN..=USERNAME_MAX).contains(&username.len()) && username_allowed(&username);
-    check_limit(
-        &state,
-        peer,
-        &headers,
-        plausible.then_some(username.as_str()),
-    )
-    .await?;
+    let bucket = valid_username(&username).then_some(username.as_str());
+    check_limit(&state, peer, &headers, bucket).await?;
     let tokens = accounts.sign_in(&username, password).await;
     if let Err(AccountError::BadCredentials) = &tokens {
         // Not the name itself: people type their password into it.
