@@ -444,10 +444,16 @@ impl Fields {
 
     /// The problems found, if any, as a 422.
     pub fn finish(self) -> Result<(), ApiError> {
-        if self.issues.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Validation(self.issues))
+        self.finish_with(Some(()))
+    }
+
+    /// As [`Fields::finish`], answering the required fields read:
+    /// `required` is `None` only when one is missing or wrong, which is
+    /// then among the problems.
+    pub fn finish_with<T>(self, required: Option<T>) -> Result<T, ApiError> {
+        match required {
+            Some(values) if self.issues.is_empty() => Ok(values),
+            _ => Err(ApiError::Validation(self.issues)),
         }
     }
 }

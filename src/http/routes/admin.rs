@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{AccountBody, accounts, username_field};
+use super::auth::{AccountBody, accounts, new_account_fields};
 use crate::domain::accounts::{PASSWORD_MAX, PASSWORD_MIN};
 use crate::http::AppState;
 use crate::http::auth::{AccountOf, Owner};
@@ -83,14 +83,9 @@ async fn create_user(
     admin_only(&caller)?;
     let accounts = accounts(&state)?.clone();
     let mut fields = Fields::json(json_body(request, &state.limits).await?)?;
-    let username = username_field(&mut fields);
-    let password = fields.secret("password", true, PASSWORD_MIN, PASSWORD_MAX);
-    let display_name = fields.text("display_name", false, 1, 100, None);
+    let (username, password, display_name) = new_account_fields(&mut fields);
     let admin = fields.boolean("admin");
-    fields.finish()?;
-    let (Some(username), Some(password)) = (username, password) else {
-        return Err(ApiError::Validation(Vec::new()));
-    };
+    let (username, password) = fields.finish_with(username.zip(password))?;
     let account = accounts
         .register(
             &username,

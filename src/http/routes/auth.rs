@@ -49,6 +49,15 @@ pub fn username_field(fields: &mut Fields) -> Option<String> {
         .map(|name| name.to_ascii_lowercase())
 }
 
+/// The fields a new account is made of (sign-up, and an admin's
+/// `POST /admin/users`): username, password, display name.
+pub fn new_account_fields(fields: &mut Fields) -> (Option<String>, Option<String>, Option<String>) {
+    let username = username_field(fields);
+    let password = fields.secret("password", true, PASSWORD_MIN, PASSWORD_MAX);
+    let display_name = fields.text("display_name", false, 1, 100, None);
+    (username, password, display_name)
+}
+
 /// Routes anyone may call (each refuses what it must).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -320,13 +329,8 @@ async fn register(State(state): State<AppState>, request: Request) -> Result<Res
     let peer = peer_of(&request);
     let headers = request.headers().clone();
     let mut fields = Fields::json(json_body(request, &state.limits).await?)?;
-    let username = username_field(&mut fields);
-    let password = fields.secret("password", true, PASSWORD_MIN, PASSWORD_MAX);
-    let display_name = fields.text("display_name", false, 1, 100, None);
-    fields.finish()?;
-    let (Some(username), Some(password)) = (username, password) else {
-        return Err(ApiError::Validation(Vec::new()));
-    };
+    let (username, password, display_name) = new_account_fields(&mut fields);
+    let (username, password) = fields.finish_with(username.zip(password))?;
     check_limit(&state, peer, &headers, None).await?;
     let account = accounts
         .register(&username, password, display_name, None)
@@ -395,10 +399,7 @@ async fn token(State(state): State<AppState>, request: Request) -> Result<Respon
         64,
         Some((|g: &str| g == "password", "^password$")),
     );
-    fields.finish()?;
-    let (Some(username), Some(password)) = (username, password) else {
-        return Err(ApiError::Validation(Vec::new()));
-    };
+    let (username, password) = fields.finish_with(username.zip(password))?;
     let username = username.to_ascii_lowercase();
     // A name no account can have gets no bucket of its own (the address's counts).
     let bucket = valid_username(&username).then_some(username.as_str());
@@ -544,10 +545,7 @@ async fn change_password(
     let mut fields = Fields::json(json_body(request, &state.limits).await?)?;
     let current = fields.secret("current_password", true, 1, PASSWORD_MAX);
     let new = fields.secret("new_password", true, PASSWORD_MIN, PASSWORD_MAX);
-    fields.finish()?;
-    let (Some(current), Some(new)) = (current, new) else {
-        return Err(ApiError::Validation(Vec::new()));
-    };
+    let (current, new) = fields.finish_with(current.zip(new))?;
     check_limit(&state, peer, &headers, Some(&username)).await?;
     let tokens = accounts.change_password(&username, current, new).await?;
     tracing::info!(target: "chatbot_api::accounts", username = %username, "password changed");
@@ -622,10 +620,7 @@ async fn create_key(
     let accounts = accounts(&state)?.clone();
     let mut fields = Fields::json(json_body(request, &state.limits).await?)?;
     let name = fields.text("name", true, 1, 100, None);
-    fields.finish()?;
-    let Some(name) = name else {
-        return Err(ApiError::Validation(Vec::new()));
-    };
+    let name = fields.finish_with(name)?;
     if accounts.keys(&username).await?.len() >= MAX_KEYS {
         return Ok((
             StatusCode::CONFLICT,
