@@ -1139,12 +1139,11 @@ async fn the_sign_in_limit_is_the_fleets_with_redis() {
     let site = memory_site().await;
     let accounts = accounts(&site, settings(Signup::Open)).await;
     // Two instances on one Redis: the account's attempts add up.
-    let prefix = redis_prefix();
-    let redis = Redis::connect(&url, &prefix).await.unwrap();
+    let redis = Redis::connect(&url, &redis_prefix()).await.unwrap();
     let a = app_with(&site, accounts.clone(), |s| {
         s.with_signin_limits(100, 3).with_redis(redis.clone())
     });
-    let b = app_with(&site, accounts.clone(), |s| {
+    let b = app_with(&site, accounts, |s| {
         s.with_signin_limits(100, 3).with_redis(redis)
     });
     register(&a, "uma", "uma's password").await;
@@ -1164,22 +1163,6 @@ async fn the_sign_in_limit_is_the_fleets_with_redis() {
         sign_in(&b, "uma", "uma%27s%20password").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-
-    // Redis unreachable: sign-ins are refused, not let through.
-    let gone = Redis::open("redis://127.0.0.1:1/", &prefix).unwrap();
-    let c = app_with(&site, accounts, |s| s.with_redis(gone));
-    let refused = sign_in(&c, "uma", "uma%27s%20password").await;
-    assert_eq!(
-        refused.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        refused.text()
-    );
-    assert_eq!(
-        refused.text(),
-        r#"{"detail":"Sign-in is unavailable: try again shortly"}"#
-    );
-    assert!(refused.header("retry-after").is_some());
 }
 
 /// Median time of `n` sign-ins.

@@ -253,6 +253,50 @@ pub enum Checked {
     NotOurs,
 }
 
+/// What an instance read of the database, kept for [`STATE_TTL`]: at most
+/// [`Fresh::MAX`] entries (past that it starts afresh).
+struct Fresh<V> {
+    map: RwLock<HashMap<String, (V, Instant)>>,
+}
+
+impl<V> Default for Fresh<V> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+        }
+    }
+}
+
+impl<V: Clone> Fresh<V> {
+    const MAX: usize = 100_000;
+
+    fn get(&self, key: &str) -> Option<V> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < STATE_TTL)
+            .map(|(value, _)| value.clone())
+    }
+
+    fn put(&self, key: String, value: V) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() > Self::MAX {
+            map.clear();
+        }
+        map.insert(key, (value, Instant::now()));
+    }
+
+    fn remove(&self, key: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn clear(&self) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// A personal key's id, and its account's name and id.
 type KeyOwner = (String, String, String);
 
@@ -264,9 +308,9 @@ pub struct Accounts {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    states: RwLock<HashMap<String, (Option<State>, Instant)>>,
+    states: Fresh<Option<State>>,
     /// Keys' digests to (id, username), and when each was last noted used.
-    keys: RwLock<HashMap<String, (Option<KeyOwner>, Instant)>>,
+    keys: Fresh<Option<KeyOwner>>,
     touched: RwLock<HashMap<String, i64>>,
     /// Changes made on this instance (see [`Accounts::state_now`]).
     changes: AtomicU64,
@@ -328,8 +372,8 @@ impl Accounts {
             validation,
             db,
             settings,
-            states: RwLock::default(),
-            keys: RwLock::default(),
+            states: Fresh::default(),
+            keys: Fresh::default(),
             touched: RwLock::default(),
             changes: AtomicU64::new(0),
         })
@@ -606,7 +650,8 @@ impl Accounts {
     /// The first step of removing an account: it is disabled and signed
     /// out everywhere, so nothing acts as it while the caller removes its
     /// conversations; then [`Accounts::remove`].
-    pub async fn retire(&self, username: &str) -> Result<(), AccountError> {
+    /// Answers the account's id (whose conversations are to go).
+    pub async fn retire(&self, username: &str) -> Result<String, AccountError> {
         let (before, _, _) = self
             .db
             .get(username)
@@ -617,14 +662,14 @@ impl Accounts {
             .update(username, None, Some(true), None, true, active_admin)
             .await?;
         self.forget(username);
-        Ok(())
+        Ok(before.id)
     }
 
     /// Removes the account, its tokens and its keys.
     pub async fn remove(&self, username: &str) -> Result<(), AccountError> {
         self.db.delete(username).await?;
         self.forget(username);
-        self.keys.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.keys.clear();
         Ok(())
     }
 
@@ -663,29 +708,18 @@ impl Accounts {
             return Err(AccountError::NoKey);
         }
         // Other instances drop it from their cache within STATE_TTL.
-        self.keys.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.keys.clear();
         Ok(())
     }
 
     /// The account a personal key speaks for, if it is one and the account may act.
     pub async fn key_caller(&self, presented: &str) -> Result<Option<Signed>, AccountError> {
         let hash = digest(presented);
-        let cached = self
-            .keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
-            .filter(|(_, at)| at.elapsed() < STATE_TTL)
-            .map(|(found, _)| found.clone());
-        let found = match cached {
+        let found = match self.keys.get(&hash) {
             Some(found) => found,
             None => {
                 let found = self.db.key_by_hash(&hash).await?;
-                let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-                if keys.len() > 100_000 {
-                    keys.clear();
-                }
-                keys.insert(hash, (found.clone(), Instant::now()));
+                self.keys.put(hash, found.clone());
                 found
             }
         };
@@ -790,14 +824,7 @@ impl Accounts {
 
     /// The account's state, from this instance's copy if fresh.
     async fn state(&self, username: &str) -> Result<Option<State>, AccountError> {
-        let cached = self
-            .states
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(username)
-            .filter(|(_, at)| at.elapsed() < STATE_TTL)
-            .map(|(state, _)| state.clone());
-        match cached {
+        match self.states.get(username) {
             Some(state) => Ok(state),
             None => self.state_now(username).await,
         }
@@ -806,14 +833,10 @@ impl Accounts {
     async fn state_now(&self, username: &str) -> Result<Option<State>, AccountError> {
         let changes = self.changes.load(Ordering::Acquire);
         let state = self.db.get(username).await?.map(|(_, state, _)| state);
-        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         // A change on this instance while it was read: the copy may be
         // older than the change, so it is used this once, not kept.
         if self.changes.load(Ordering::Acquire) == changes {
-            if states.len() > 100_000 {
-                states.clear();
-            }
-            states.insert(username.to_owned(), (state.clone(), Instant::now()));
+            self.states.put(username.to_owned(), state.clone());
         }
         Ok(state)
     }
@@ -821,10 +844,7 @@ impl Accounts {
     /// Drops this instance's copy of the account's state.
     fn forget(&self, username: &str) {
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.states
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(username);
+        self.states.remove(username);
     }
 
     /// Drops spent refresh tokens past their expiry.

@@ -189,16 +189,11 @@ async fn delete_user(
     admin_only(&caller)?;
     let username = username.to_ascii_lowercase();
     let accounts = accounts(&state)?.clone();
-    let account_id = accounts
-        .id_of(&username)
-        .await?
-        .ok_or(crate::domain::accounts::AccountError::NoAccount)?;
     // Disabled and signed out first, then its conversations, then the
     // account. Conversations belong to the account's id, never reused: a
     // new account of the same name sees none of them, even any a request
-    // still running wrote after this sweep (they are then unreachable,
-    // except to an admin's `?owner=`-less reads of the store itself).
-    accounts.retire(&username).await?;
+    // still running wrote after this sweep (they are then unreachable).
+    let account_id = accounts.retire(&username).await?;
     let owner = Owner::account(&account_id);
     let mut deleted = 0usize;
     loop {
